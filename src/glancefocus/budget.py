@@ -1,0 +1,137 @@
+"""Budgeted batch classification (SPEC "Evaluation"): exit fractions, thresholds, accuracy.
+
+Everything here is vectorised over samples and over budgets: the 39-point curve of the
+paper is one call of :func:`budgeted_curve`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: The paper's 39 budgets: q = k / 20 for k = 1..39.
+PAPER_QS: tuple[float, ...] = tuple(k / 20 for k in range(1, 40))
+
+
+def exit_fractions(q: float, T: int) -> torch.Tensor:
+    """Fractions of samples exiting at steps 1..T, proportional to q^t and summing to 1."""
+    if T < 1:
+        raise ValueError(f"T must be >= 1 (got {T})")
+    if q <= 0:
+        raise ValueError(f"q must be > 0 (got {q})")
+    powers = torch.tensor([q**t for t in range(1, T + 1)], dtype=torch.float64)
+    return powers / powers.sum()
+
+
+def _exit_counts(fractions: torch.Tensor, n: int) -> torch.Tensor:
+    """floor(N · fraction_t), as the authors' release (MSDNet's dynamic evaluation) computes it."""
+    return torch.tensor([[math.floor(n * float(f)) for f in row] for row in fractions], dtype=torch.long)
+
+
+def _thresholds_batched(confidence: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Thresholds for K budgets at once.
+
+    Args:
+        confidence: (T, N) max softmax probability of each held-out sample at each step.
+        counts: (K, T) number of samples that should exit at each step.
+
+    Returns:
+        (K, T) thresholds; the last is −inf.  At step t the ``counts[k, t]``-th most confident
+        sample not yet exited sets η_t, and every sample at least that confident exits.  If
+        fewer samples remain than asked for, η_t = +inf and nobody exits at t.
+    """
+    T, N = confidence.shape
+    K = counts.shape[0]
+    thresholds = torch.full((K, T), math.inf, dtype=confidence.dtype, device=confidence.device)
+    thresholds[:, -1] = -math.inf
+    remaining = torch.ones(K, N, dtype=torch.bool, device=confidence.device)
+    counts = counts.to(confidence.device)
+    for t in range(T - 1):  # T is small; everything inside is over (K, N) at once
+        order = torch.argsort(confidence[t], descending=True)
+        sorted_conf = confidence[t, order]
+        rank = remaining[:, order].long().cumsum(dim=1)  # rank among the not-yet-exited, per budget
+        hit = (rank == counts[:, t : t + 1]) & remaining[:, order] & (counts[:, t : t + 1] > 0)
+        found = hit.any(dim=1)
+        position = hit.float().argmax(dim=1)
+        thresholds[found, t] = sorted_conf[position[found]]
+        remaining &= ~(confidence[t].unsqueeze(0) >= thresholds[:, t : t + 1])
+    return thresholds
+
+
+def find_thresholds(probs: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """Confidence thresholds η_1..η_T (η_T = −inf) from held-out softmax outputs.
+
+    Args:
+        probs: (T, N, C) softmax outputs of N held-out samples after each of T steps.
+        fractions: (T,) fraction of samples to exit at each step (e.g. :func:`exit_fractions`).
+
+    At each step the most confident not-yet-exited samples exit first, floor(N · fraction_t)
+    of them (SPEC "Evaluation").
+    """
+    T, N, _ = probs.shape
+    fractions = torch.as_tensor(fractions, dtype=torch.float64).reshape(1, -1)
+    if fractions.shape[1] != T:
+        raise ValueError(f"fractions has {fractions.shape[1]} entries but probs has T={T} steps")
+    confidence = probs.max(dim=2).values
+    return _thresholds_batched(confidence, _exit_counts(fractions, N))[0]
+
+
+def exit_steps(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Index of the first step whose confidence reaches its threshold, per sample.
+
+    ``confidence`` is (T, N); ``thresholds`` is (T,) or (K, T); returns (N,) or (K, N).
+    The last step always exits.
+    """
+    T = confidence.shape[0]
+    if thresholds.shape[-1] != T:
+        raise ValueError(f"expected {T} thresholds (one per step), got {thresholds.shape[-1]}")
+    exits = confidence.unsqueeze(0) >= thresholds.reshape(-1, T, 1).to(confidence)  # (K, T, N)
+    exits[:, -1] = True
+    steps = exits.long().argmax(dim=1)  # first True
+    return steps if thresholds.dim() == 2 else steps[0]
+
+
+def _accuracy_and_cost(
+    probs: torch.Tensor, targets: torch.Tensor, madds: torch.Tensor, thresholds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    confidence, predictions = probs.max(dim=2)  # (T, N)
+    steps = exit_steps(confidence, thresholds)  # (K, N)
+    correct = (predictions == targets.to(predictions.device)).gather(0, steps)  # (K, N)
+    cost = torch.as_tensor(madds, dtype=torch.float64, device=probs.device)[steps]
+    return correct.double().mean(dim=1) * 100, cost.mean(dim=1)
+
+
+def budgeted_accuracy(
+    probs: torch.Tensor, targets: torch.Tensor, madds, thresholds: torch.Tensor
+) -> tuple[float, float]:
+    """Top-1 accuracy (%) and mean multiply-adds when each sample exits at the first step
+    whose max probability reaches that step's threshold.
+
+    Args:
+        probs: (T, N, C) softmax outputs; targets: (N,); madds: T cumulative costs;
+        thresholds: (T,).
+    """
+    accuracy, cost = _accuracy_and_cost(probs, targets, madds, torch.as_tensor(thresholds).reshape(1, -1))
+    return float(accuracy[0]), float(cost[0])
+
+
+def budgeted_curve(
+    heldout_probs: torch.Tensor,
+    test_probs: torch.Tensor,
+    test_targets: torch.Tensor,
+    madds,
+    qs: tuple[float, ...] = PAPER_QS,
+) -> tuple[torch.Tensor, list[dict]]:
+    """Thresholds from held-out outputs and the test accuracy/cost at every budget q.
+
+    Returns the (K, T) thresholds and a list of {"q", "madds", "accuracy"}.
+    """
+    T, N, _ = heldout_probs.shape
+    fractions = torch.stack([exit_fractions(q, T) for q in qs])
+    thresholds = _thresholds_batched(heldout_probs.max(dim=2).values, _exit_counts(fractions, N))
+    accuracy, cost = _accuracy_and_cost(test_probs, test_targets, madds, thresholds)
+    curve = [
+        {"q": q, "madds": float(c), "accuracy": float(a)} for q, a, c in zip(qs, accuracy.tolist(), cost.tolist())
+    ]
+    return thresholds, curve

@@ -1,0 +1,163 @@
+"""Command-line interface: ``glancefocus {train,evaluate,predict,visualize,demo,presets}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import TrainConfig
+from .data import BUILTIN
+from .distributed import init_world
+from .engine import Context, NonFiniteLoss, RunLog
+from .presets import PRESETS, preset_config
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default 256)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes per training process")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", help=f"a Table 2 configuration: {', '.join(PRESETS)}")
+    g.add_argument("--backbone", help="any timm CNN name (default resnet50, or the preset's)")
+    g.add_argument("--patch-size", type=int, help="H' = W' of the glance and of the focus patches")
+    g.add_argument("--T", type=int, help="maximum number of steps")
+    g.add_argument("--image-size", type=int, help="full image side H = W")
+    g.add_argument("--classifier", choices=["gru", "cascade"], help="fC variant (default: the family's)")
+    g.add_argument("--policy", choices=["mlp", "conv"], help="π trunk (default: the family's)")
+    g.add_argument(
+        "--pretrained", default="false",
+        help="encoder initialisation: false, true (timm hub), lite0/lite1/lite2 (offline packages) or a weights file",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glancefocus", description="GFNet: Glance and Focus Networks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one stage, or the whole pipeline")
+    t.add_argument("--stage", choices=["glance", "1", "2", "3", "all"], required=True)
+    t.add_argument("--data", default=BUILTIN, help="ImageFolder root with train/ and val/ (default: built-in data)")
+    t.add_argument("--out", type=Path, default=Path("runs/gfnet"), help="folder for checkpoints and logs")
+    t.add_argument("--init", type=Path, help="checkpoint to start from (default: the previous stage's in --out)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
+    _add_model_options(t)
+    g = t.add_argument_group("optimisation (defaults: appendix A.2/A.3 for the backbone family)")
+    g.add_argument("--epochs", type=int, help="epochs of every stage (overrides the per-stage values)")
+    g.add_argument("--glance-epochs", type=int)
+    g.add_argument("--stage1-epochs", type=int)
+    g.add_argument("--stage2-epochs", type=int)
+    g.add_argument("--stage3-epochs", type=int)
+    g.add_argument("--lr-classifier", type=float)
+    g.add_argument("--lr-encoder", type=float)
+    g.add_argument("--glance-lr", type=float)
+    g.add_argument("--holdout", type=float, default=0.1, help="fraction of training images held out")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap batches per epoch (quick runs)")
+    _add_run_options(t)
+
+    e = sub.add_parser("evaluate", help="anytime and budgeted evaluation of a checkpoint")
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--data", default=None, help="ImageFolder root (default: the data it was trained on)")
+    e.add_argument("--json", type=Path, help="write the results here")
+    e.add_argument("--plot", type=Path, help="accuracy-vs-MAdds PNG (default: next to --json)")
+    e.add_argument("--policy", choices=["learned", "random", "fixed"], default="learned")
+    _add_run_options(e)
+
+    sub.add_parser("presets", help="list the Table 2 presets")
+    return parser
+
+
+def _pretrained(value: str) -> bool | str:
+    return {"false": False, "no": False, "none": False, "true": True, "yes": True}.get(value.lower(), value)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .pipeline import STAGES, dataset_classes, default_model_config, train
+
+    world = init_world(args.device)
+    classes = dataset_classes(args.data)
+    fields = {
+        "backbone": args.backbone, "patch_size": args.patch_size, "T": args.T, "image_size": args.image_size,
+        "classifier": args.classifier, "policy": args.policy, "num_classes": len(classes),
+    }
+    if args.preset:
+        config = preset_config(args.preset, **fields)
+    else:
+        config = default_model_config(args.data, **fields)
+    epochs = args.epochs
+    tc = TrainConfig(
+        batch_size=args.batch_size or 256,
+        holdout=args.holdout,
+        seed=args.seed,
+        amp=args.amp,
+        checkpoint_every=args.checkpoint_every,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        workers=args.workers if args.workers is not None else (0 if args.data == BUILTIN else 2),
+        glance_epochs=args.glance_epochs or epochs or 5,
+        stage1_epochs=args.stage1_epochs or epochs,
+        stage3_epochs=args.stage3_epochs or epochs,
+        lr_encoder=args.lr_encoder,
+        glance_lr=args.glance_lr,
+        **({"lr_classifier": args.lr_classifier} if args.lr_classifier else {}),
+    )
+    if args.stage2_epochs or epochs:
+        tc.ppo.epochs = args.stage2_epochs or epochs
+    args.out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(
+        out_dir=args.out, world=world, amp=args.amp, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        max_steps_per_epoch=args.max_steps_per_epoch, log=RunLog(args.out, world), quiet=args.quiet,
+    )
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    last = train(stages, config=config, tc=tc, data=args.data, ctx=ctx, init=args.init, pretrained=_pretrained(args.pretrained))
+    ctx.log.close()
+    if args.stage == "all" and world.is_main:
+        _evaluate_into(last, ctx, args.data)
+
+
+def _evaluate_into(checkpoint: Path, ctx: Context, data: str | None, **kw) -> dict:
+    from .pipeline import evaluate_checkpoint
+
+    json_out = kw.pop("json_out", None) or checkpoint.with_suffix(".results.json")
+    plot = kw.pop("plot", None) or json_out.with_suffix(".png")
+    results = evaluate_checkpoint(checkpoint, ctx=ctx, data=data, json_out=json_out, plot=plot, **kw)
+    if ctx.world.is_main:
+        acc = " ".join(f"{a:.1f}" for a in results["anytime_accuracy"])
+        madds = " ".join(f"{m / 1e6:.1f}" for m in results["madds"])
+        print(f"anytime top-1 (%) per step: {acc}\nMAdds (M) per step: {madds}\nresults: {json_out}  plot: {plot}")
+    return results
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    world = init_world(args.device)
+    ctx = Context(out_dir=args.checkpoint.parent, world=world, amp=args.amp, quiet=args.quiet)
+    _evaluate_into(
+        args.checkpoint, ctx, args.data, json_out=args.json, plot=args.plot, policy=args.policy,
+        batch_size=args.batch_size or 256, workers=args.workers or 0,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            _train(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
+        elif args.command == "presets":
+            for name, cfg in PRESETS.items():
+                print(f"{name:32s} backbone={cfg.backbone} patch={cfg.patch_size} T={cfg.T} image={cfg.image_size}")
+    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
+        print(f"glancefocus: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""torch.distributed glue: one process per device, launched by ``torchrun``.
+
+NCCL on GPUs, gloo on CPUs.  Without torchrun's environment everything degrades to a
+single process and these helpers are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def init_world(device: str | None = None) -> World:
+    """Join the process group described by torchrun's environment, if there is one."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return World(device=pick_device(device))
+    if not dist.is_initialized():
+        use_cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank, size = dist.get_rank(), dist.get_world_size()
+    if torch.cuda.is_available() and (device is None or device.startswith("cuda")):
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return World(rank, size, torch.device("cuda", local))
+    return World(rank, size, pick_device(device))
+
+
+def wrap(module: nn.Module, world: World) -> nn.Module:
+    """``module`` in DistributedDataParallel when running on several processes."""
+    if not world.distributed:
+        return module
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def all_mean(values: torch.Tensor, world: World) -> torch.Tensor:
+    """Mean of ``values`` over processes (sums divided by the world size)."""
+    if world.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= world.size
+    return values
+
+
+def all_sum(values: torch.Tensor, world: World) -> torch.Tensor:
+    if world.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def all_gather_cat(tensor: torch.Tensor, world: World, dim: int = 0) -> torch.Tensor:
+    """Concatenate equally-shaped tensors from every process along ``dim``."""
+    if not world.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world.size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()

@@ -1,0 +1,125 @@
+"""Evaluation (SPEC "Evaluation"): anytime accuracy, budgeted batch classification, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .budget import PAPER_QS, budgeted_curve
+from .distributed import World, all_gather_cat
+from .model import GFNet
+
+
+def centre_then_corners(T: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The fixed policy of the paper's ablation: centre, then the four corners (cycling)."""
+    order = [(0.5, 0.5), (0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+    steps = [order[i % len(order)] for i in range(T - 1)]
+    return torch.tensor(steps, device=device).view(T - 1, 1, 2).expand(T - 1, batch, 2).contiguous()
+
+
+@torch.inference_mode()
+def collect_probs(
+    model: GFNet,
+    loader: DataLoader,
+    world: World,
+    *,
+    policy: str = "learned",
+    amp: str = "none",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax outputs after every step, (T, N, C), and targets (N,), for all of ``loader``.
+
+    ``policy``: "learned" (π's mean), "random" (uniform) or "fixed" (centre, then corners).
+    With several processes each evaluates its shard and the results are gathered (so N
+    may include the few samples repeated to even out the shards).
+    """
+    model.eval()
+    device = world.device
+    all_probs, all_targets = [], []
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        if policy == "learned":
+            where: str | torch.Tensor = "policy"
+        elif policy == "random":
+            where = torch.rand(model.T - 1, images.shape[0], 2, generator=generator).to(device)
+        elif policy == "fixed":
+            where = centre_then_corners(model.T, images.shape[0], device)
+        else:
+            raise ValueError(f"unknown policy {policy!r}: use learned, random or fixed")
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images, locations=where, need_aux=False).logits
+        all_probs.append(F.softmax(logits.float(), dim=2))
+        all_targets.append(targets.to(device))
+    probs = torch.cat(all_probs, dim=1)
+    targets = torch.cat(all_targets)
+    return all_gather_cat(probs, world, dim=1).cpu(), all_gather_cat(targets, world).cpu()
+
+
+def anytime_accuracy(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """Top-1 accuracy (%) of p_t for every step t."""
+    return ((probs.argmax(dim=2) == targets.unsqueeze(0)).double().mean(dim=1) * 100).tolist()
+
+
+def oracle_accuracy(probs: torch.Tensor, targets: torch.Tensor, madds: list[float]) -> dict[str, float]:
+    """Each image exits at the first step whose prediction is correct (or the last step):
+    the bound no confidence-threshold rule can beat."""
+    correct = probs.argmax(dim=2) == targets.unsqueeze(0)  # (T, N)
+    stop = correct.clone()
+    stop[-1] = True
+    steps = stop.long().argmax(dim=0)
+    return {
+        "accuracy": float(correct.any(dim=0).double().mean() * 100),
+        "madds": float(torch.tensor(madds, dtype=torch.float64)[steps].mean()),
+    }
+
+
+def evaluate_results(
+    heldout_probs: torch.Tensor, test_probs: torch.Tensor, test_targets: torch.Tensor, madds: list[float]
+) -> dict[str, Any]:
+    """The results a checkpoint carries: MAdds, anytime accuracy, 39 thresholds, budgeted curve."""
+    thresholds, curve = budgeted_curve(heldout_probs, test_probs, test_targets, madds, PAPER_QS)
+    return {
+        "madds": madds,
+        "anytime_accuracy": anytime_accuracy(test_probs, test_targets),
+        "thresholds": [[_finite(v) for v in row] for row in thresholds.tolist()],
+        "budgeted": curve,
+    }
+
+
+def _finite(v: float) -> float | str:
+    # JSON has no infinities: keep them readable and loadable.
+    return v if v not in (float("inf"), float("-inf")) else ("inf" if v > 0 else "-inf")
+
+
+def thresholds_tensor(rows: list[list[float | str]]) -> torch.Tensor:
+    return torch.tensor([[float(v) for v in row] for row in rows])
+
+
+def plot_results(results: dict[str, Any], path: str | Path, *, title: str = "GFNet", extra: dict[str, dict] | None = None) -> None:
+    """Accuracy vs multiply-adds: the budgeted curve, the anytime points, and ``extra``
+    series ({label: {"madds": [...], "accuracy": [...]}})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    curve = results["budgeted"]
+    ax.plot([p["madds"] / 1e6 for p in curve], [p["accuracy"] for p in curve], "-", label="budgeted (39 budgets)")
+    ax.plot([m / 1e6 for m in results["madds"]], results["anytime_accuracy"], "o--", label="anytime (step t)")
+    for label, series in (extra or {}).items():
+        ax.plot([m / 1e6 for m in series["madds"]], series["accuracy"], "s:", label=label)
+    ax.set_xlabel("multiply-adds per image (M)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

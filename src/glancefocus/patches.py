@@ -1,0 +1,48 @@
+"""The two inputs GFNet reads: the glance (a resized image) and focus patches (windows)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def glance_resize(images: torch.Tensor, size: int, *, interpolation: str = "bicubic") -> torch.Tensor:
+    """Step 1 input x̃1: the whole image resized to ``size``×``size`` (SPEC "The model").
+
+    Deviation: we anti-alias (as PIL does); the authors' release interpolates without it,
+    which aliases badly at 224→96.
+    """
+    return F.interpolate(images, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
+
+
+def patch_corners(locations: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """Integer top-left corners floor(l · (H − P), l · (W − P)) of shape (B, 2), as (row, col)."""
+    span = torch.tensor([height - patch_size, width - patch_size], device=locations.device, dtype=torch.float32)
+    return torch.floor(locations.float().clamp(0, 1) * span).long()
+
+
+def crop_patches(images: torch.Tensor, locations: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Crop one ``patch_size``² window per image, vectorised over the batch.
+
+    Args:
+        images: (B, C, H, W).
+        locations: (B, 2) fractions in [0, 1] as (row, col); the window's top-left corner is
+            floor(l · (H − P)), so 0 is the top/left edge and 1 the bottom/right edge.
+        patch_size: P, at most min(H, W).
+
+    Returns:
+        (B, C, P, P), identical to slicing ``images[b, :, r:r+P, c:c+P]`` for every b.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    B, _, H, W = images.shape
+    if locations.shape != (B, 2):
+        raise ValueError(f"locations must be ({B}, 2) for a batch of {B}, got {tuple(locations.shape)}")
+    if patch_size > min(H, W) or patch_size < 1:
+        raise ValueError(
+            f"patch_size {patch_size} does not fit in images of size {H}x{W}: choose 1 <= patch_size <= {min(H, W)}"
+        )
+    corners = patch_corners(locations, H, W, patch_size)
+    # A strided view of every window, then one gather of the B chosen ones: a single copy.
+    windows = images.unfold(2, patch_size, 1).unfold(3, patch_size, 1)  # (B, C, H-P+1, W-P+1, P, P)
+    return windows[torch.arange(B, device=images.device), :, corners[:, 0], corners[:, 1]]

@@ -1,0 +1,74 @@
+"""Stage II objective: PPO for the patch proposal network π (appendix A.2, Eq. 4–8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def step_rewards(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """r_t = p_t(y) − p_{t−1}(y) for t = 2..T: the gain in true-class probability.
+
+    ``probs`` is (T, B, C); returns (T−1, B).
+    """
+    true_class = probs.gather(2, targets.view(1, -1, 1).expand(probs.shape[0], -1, 1)).squeeze(2)
+    return true_class[1:] - true_class[:-1]
+
+
+def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R_t = r_t + γ r_{t+1} + … + γ^{T−t} r_T, over the first (step) dimension."""
+    returns = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):  # T is small; each step is vectorised over B
+        running = rewards[t] + gamma * running
+        returns[t] = running
+    return returns
+
+
+@dataclass
+class PPOLoss:
+    loss: torch.Tensor
+    policy: torch.Tensor  # −E[min(ρÂ, clip(ρ)Â)]
+    value: torch.Tensor  # E[(V − R)²]
+    entropy: torch.Tensor  # E[S]
+
+
+def ppo_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    *,
+    clip: float = 0.2,
+    value_coef: float = 0.5,
+    entropy_coef: float = 0.01,
+) -> PPOLoss:
+    """Negative of Eq. 8: −E[L^CLIP − c1 (V − R)² + c2 S], with Â = R − V (V not differentiated
+    through the advantage).  All inputs share one shape, e.g. (T−1, B)."""
+    ratio = torch.exp(log_probs - old_log_probs.detach())
+    advantage = returns - values.detach()
+    surrogate = torch.min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage).mean()
+    value_error = (values - returns).pow(2).mean()
+    mean_entropy = entropy.mean()
+    loss = -surrogate + value_coef * value_error - entropy_coef * mean_entropy
+    return PPOLoss(loss, -surrogate, value_error, mean_entropy)
+
+
+class PolicyReplay(torch.nn.Module):
+    """Re-runs π over the feature maps of a rollout to score its actions under the current
+    parameters: the log-probabilities, values and entropies PPO's update needs, (T−1, B)."""
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, maps: list[torch.Tensor], actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        state, log_probs, values, entropies = None, [], [], []
+        for feature_map, action in zip(maps, actions):
+            mean, value, state = self.policy(feature_map, state)
+            log_probs.append(self.policy.log_prob(mean, action))
+            values.append(value)
+            entropies.append(self.policy.entropy(mean))
+        return torch.stack(log_probs), torch.stack(values), torch.stack(entropies)
