@@ -161,7 +161,7 @@ def test_write_image_folder_round_trips(tmp_path) -> None:
         path, target = folder.samples[0]
         index = int(path.rsplit("/", 1)[1].split(".")[0])
         assert target == labels[index].item() and torch.equal(
-            torch.from_numpy(np.asarray(Image.open(path))).permute(2, 0, 1), images[index]
+            torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1), images[index]
         )
     with pytest.raises(FileExistsError):
         write_image_folder(root, TINY)

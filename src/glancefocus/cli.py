@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap batches per epoch (quick runs)")
+    g.add_argument("--skip-bad-images", action="store_true", help="drop unreadable or too small images (counted)")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     _add_run_options(t)
 
     e = sub.add_parser("evaluate", help="anytime and budgeted evaluation of a checkpoint")
@@ -69,6 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", type=Path, help="accuracy-vs-MAdds PNG (default: next to --json)")
     e.add_argument("--policy", choices=["learned", "random", "fixed"], default="learned")
     _add_run_options(e)
+
+    pr = sub.add_parser("predict", help="early-exit classification of image files")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--checkpoint", type=Path, required=True)
+    pr.add_argument("--budget", type=float, help="target mean multiply-adds per image (picks stored thresholds)")
+    pr.add_argument("--json", type=Path, help="write the predictions here")
+    pr.add_argument("--channels-last", action="store_true")
+    _add_run_options(pr)
+
+    v = sub.add_parser("visualize", help="PNG of the glance and the focus patches, with probabilities")
+    v.add_argument("images", nargs="+", help="image files or folders")
+    v.add_argument("--checkpoint", type=Path, required=True)
+    v.add_argument("--out", type=Path, default=Path("patches.png"))
+    v.add_argument("--budget", type=float, help="mark each image's exit step for this budget")
+    v.add_argument("--device", default=None)
+
+    d = sub.add_parser("demo", help="train and evaluate the whole pipeline, write a report")
+    d.add_argument("--data", default=BUILTIN, help="ImageFolder root (default: built-in cluttered digits)")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--backbone", default=None, help="timm CNN (default efficientnet_lite0)")
+    d.add_argument("--pretrained", default=None, help="false, true, lite0/lite1/lite2 or a weights file (default lite0)")
+    d.add_argument("--device", default=None)
+    d.add_argument("--quiet", action="store_true")
 
     sub.add_parser("presets", help="list the Table 2 presets")
     return parser
@@ -99,6 +125,9 @@ def _train(args: argparse.Namespace) -> None:
         amp=args.amp,
         checkpoint_every=args.checkpoint_every,
         max_steps_per_epoch=args.max_steps_per_epoch,
+        skip_bad_images=args.skip_bad_images,
+        channels_last=args.channels_last,
+        compile=args.compile,
         workers=args.workers if args.workers is not None else (0 if args.data == BUILTIN else 2),
         glance_epochs=args.glance_epochs or epochs or 5,
         stage1_epochs=args.stage1_epochs or epochs,
@@ -115,7 +144,7 @@ def _train(args: argparse.Namespace) -> None:
         max_steps_per_epoch=args.max_steps_per_epoch, log=RunLog(args.out, world), quiet=args.quiet,
     )
     stages = list(STAGES) if args.stage == "all" else [args.stage]
-    last = train(stages, config=config, tc=tc, data=args.data, ctx=ctx, init=args.init, pretrained=_pretrained(args.pretrained))
+    last, _ = train(stages, config=config, tc=tc, data=args.data, ctx=ctx, init=args.init, pretrained=_pretrained(args.pretrained))
     ctx.log.close()
     if args.stage == "all" and world.is_main:
         _evaluate_into(last, ctx, args.data)
@@ -143,6 +172,62 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _load(checkpoint: Path, device: str | None):
+    from .distributed import pick_device
+    from .pipeline import load_model
+
+    model, meta = load_model(checkpoint, pick_device(device))
+    return model.eval(), meta
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from .checkpoint import atomic_write_text
+    from .inference import image_files, predict_files, select_thresholds
+
+    model, meta = _load(args.checkpoint, args.device)
+    thresholds, point = select_thresholds(meta, args.budget)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    rows = predict_files(model, image_files(args.images), thresholds, meta.get("classes", []),
+                         batch_size=args.batch_size or 64, amp=amp, channels_last=args.channels_last)
+    for r in rows:
+        print(f"{r['file']}\t{r['class']}\tp={r['probability']:.3f}\texit step {r['exit_step']}\t{r['madds'] / 1e6:.1f} MMAdds")
+    mean = sum(r["madds"] for r in rows) / len(rows)
+    print(f"{len(rows)} images, mean {mean / 1e6:.1f} MMAdds (budget point q={point['q']}: {point['madds'] / 1e6:.1f} M, {point['accuracy']:.1f}% on val)")
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"budget_point": point, "predictions": rows}, indent=2))
+
+
+def _visualize(args: argparse.Namespace) -> None:
+    from .inference import image_files, load_images, select_thresholds
+    from .visualize import visualize
+
+    model, meta = _load(args.checkpoint, args.device)
+    files = image_files(args.images)
+    images = load_images(files, model).to(next(model.parameters()).device)
+    exits = None
+    if args.budget is not None:
+        exits = model.predict(images, select_thresholds(meta, args.budget)[0]).exit_step
+    visualize(model, images, args.out, classes=meta.get("classes", []), titles=[f.name for f in files], exit_steps=exits)
+    print(f"wrote {args.out}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import DemoConfig, run_demo
+
+    demo = DemoConfig()
+    if args.backbone:
+        demo.backbone = args.backbone
+    if args.pretrained is not None:
+        demo.pretrained = _pretrained(args.pretrained)
+    run_demo(args.data, args.out, world=init_world(args.device), demo=demo, quiet=args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -150,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "predict":
+            _predict(args)
+        elif args.command == "visualize":
+            _visualize(args)
+        elif args.command == "demo":
+            _demo(args)
         elif args.command == "presets":
             for name, cfg in PRESETS.items():
                 print(f"{name:32s} backbone={cfg.backbone} patch={cfg.patch_size} T={cfg.T} image={cfg.image_size}")

@@ -1,8 +1,11 @@
 """Cluttered digits: a built-in, download-free data set where *where to look* matters.
 
-Each sample is a 96x96 RGB canvas (by default) holding one handwritten digit,
-upscaled to 28x28 and placed at a uniformly random position, among 8 clutter
-fragments: 10x10 crops of *other* digits scattered over the canvas. A
+Each sample is a 96x96 RGB canvas (by default): a dark, mildly noisy background
+holding one handwritten digit, upscaled bilinearly to 28x28 (then contrast-stretched
+into crisp strokes) at a uniformly random position, among 8 clutter fragments:
+10x10 crops of *other* digits of the same split, scattered around it (never over
+it, so the label stays unambiguous), all max-blended and given one random colour
+tint per canvas (colour carries no hint of where the digit is). A
 downsampled glance sees digit-like strokes everywhere, so a model must find the
 real digit and read it at full resolution -- the setting of the cluttered MNIST
 benchmark of the Recurrent Attention Model (Mnih et al., "Recurrent Models of
@@ -15,7 +18,7 @@ train / val pools (val digits come from writers' samples never seen in
 training); by default 6,000 train and 1,500 val canvases are drawn from them.
 Generation is vectorised torch code driven by a ``torch.Generator`` seeded from
 ``(config.seed, split)``: bit-identical on every call, independent of the
-global RNG, and about a second for the default sizes on a laptop CPU.
+global RNG, and about a second for the default train + val on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ class ClutteredDigitsConfig:
         if self.digit > self.canvas:
             raise ValueError(f"digit ({self.digit}) must fit in the canvas ({self.canvas}): need digit <= canvas")
         if self.fragment > self.digit:
-            raise ValueError(f"fragment ({self.fragment}) is cropped from a digit ({self.digit}): need fragment <= digit")
+            raise ValueError(
+                f"fragment ({self.fragment}) is cropped from a digit ({self.digit}): need fragment <= digit"
+            )
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,7 +80,7 @@ def _digits_array() -> np.ndarray:
     # find_spec locates the wheel without importing sklearn (a slow import we do not need)
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("scikit-learn is required: its wheel ships the 8x8 digits (pip install scikit-learn)")
+        raise ModuleNotFoundError("scikit-learn is required: its wheel ships the 8x8 digits")
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
     return np.loadtxt(path, delimiter=",", dtype=np.float32)
 
@@ -115,7 +120,8 @@ def _split_id(split: str) -> int:
 def _paste_max(canvas: torch.Tensor, patches: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> None:
     """Max-blend patch i (B, s, s) into canvas i (B, H, W) at (top[i], left[i]), in place, all i at once."""
     ar = torch.arange(patches.shape[-1])
-    n, rows, cols = torch.arange(len(canvas))[:, None, None], (top[:, None] + ar)[:, :, None], (left[:, None] + ar)[:, None, :]
+    n = torch.arange(len(canvas))[:, None, None]
+    rows, cols = (top[:, None] + ar)[:, :, None], (left[:, None] + ar)[:, None, :]
     canvas[n, rows, cols] = torch.maximum(canvas[n, rows, cols], patches)
 
 
@@ -136,7 +142,8 @@ def make_cluttered_digits(split: str, config: ClutteredDigitsConfig = ClutteredD
     images, labels = load_digit_images()
     pool = source_indices(split)
     up, pool_labels = upscale_digits(images[pool], config.digit), labels[pool]
-    n, size, d, f = (config.train_size if split == "train" else config.val_size), config.canvas, config.digit, config.fragment
+    n = config.train_size if split == "train" else config.val_size
+    size, d, f = config.canvas, config.digit, config.fragment
     out = torch.empty(n, 3, size, size, dtype=torch.uint8)
     out_labels = torch.empty(n, dtype=torch.long)
     positions = torch.empty(n, 2, dtype=torch.long)
@@ -147,19 +154,22 @@ def make_cluttered_digits(split: str, config: ClutteredDigitsConfig = ClutteredD
         pos = torch.randint(size - d + 1, (b, 2), generator=gen)
         canvas = torch.zeros(b, size, size)
         for _ in range(config.fragments):  # a loop over the few clutter slots, never over samples
-            other = (which + torch.randint(1, max(len(pool), 2), (b,), generator=gen)) % len(pool)  # never the target
+            # a nonzero offset modulo the pool never picks the target digit itself
+            other = (which + torch.randint(1, max(len(pool), 2), (b,), generator=gen)) % len(pool)
             off = lo + torch.randint(d - f - 2 * lo + 1, (b, 2), generator=gen)
             ar = torch.arange(f)
             crops = up[other[:, None, None], (off[:, :1] + ar)[:, :, None], (off[:, 1:] + ar)[:, None, :]]
             where = torch.randint(size - f + 1, (b, 2), generator=gen)
-            for _ in range(32):  # redraw positions that would cover the target, so its label stays unambiguous
+            # redraw positions that would cover the target, so its label stays unambiguous
+            # (only cramped configs, barely larger than the digit, can keep an overlap after 32 tries)
+            for _ in range(32):
                 hit = ((where - pos > -f) & (where - pos < d)).all(1)
                 if not hit.any():
                     break
                 where = torch.where(hit[:, None], torch.randint(size - f + 1, (b, 2), generator=gen), where)
             _paste_max(canvas, crops, where[:, 0], where[:, 1])
         _paste_max(canvas, up[which], pos[:, 0], pos[:, 1])
-        # one random tint per canvas for digit and clutter alike: colour is RGB but says nothing about location
+        # one random tint per canvas for digit and clutter alike: RGB, yet colour says nothing of location
         tint = 0.3 + 0.7 * torch.rand(b, 3, generator=gen)
         tint = tint / tint.amax(1, keepdim=True)
         # dark noisy background (noise also grains the strokes); values stay in [0, 1] before the tint

@@ -160,6 +160,7 @@ class TrainConfig:
     glance_lr: float | None = None
     ppo: PPOConfig = field(default_factory=PPOConfig)
     holdout: float = 0.1  # fraction of training images kept out for model selection and thresholds
+    skip_bad_images: bool = False  # drop unreadable / too small images up front instead of failing
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False

@@ -7,8 +7,10 @@ in torchvision's ImageFolder layout.
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
+from tqdm.auto import tqdm
 
 from .cluttered_digits import ClutteredDigits, ClutteredDigitsConfig
 
@@ -35,6 +38,37 @@ def load_rgb(path: str) -> Image.Image:
             f"cannot read image {path}: {e}. The file is corrupt or truncated: replace or delete it."
         ) from e
     return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """:func:`load_rgb` that also refuses images smaller than ``min_size`` (the patch size):
+    a focus patch of an upscaled thumbnail would read only blur.  Picklable, for workers."""
+
+    min_size: int = 1
+
+    def __call__(self, path: str) -> Image.Image:
+        image = load_rgb(path)
+        if min(image.size) < self.min_size:
+            raise ValueError(
+                f"image {path} is {image.size[0]}x{image.size[1]} pixels, smaller than the {self.min_size} px patch: "
+                "remove it, upscale it yourself, or pass --skip-bad-images"
+            )
+        return image
+
+
+def drop_bad_images(dataset: datasets.ImageFolder, loader: ImageLoader) -> list[str]:
+    """Remove the samples ``loader`` cannot read from ``dataset``; returns their paths."""
+    good, bad = [], []
+    for path, target in tqdm(dataset.samples, desc=f"checking images in {dataset.root}", leave=False):
+        try:
+            loader(path)
+            good.append((path, target))
+        except ValueError:
+            bad.append(path)
+    dataset.samples = dataset.imgs = good
+    dataset.targets = [t for _, t in good]
+    return bad
 
 
 def image_transform(
@@ -59,8 +93,13 @@ def load_split(
     train: bool,
     mean: tuple = IMAGENET_MEAN,
     std: tuple = IMAGENET_STD,
+    min_size: int = 1,
+    skip_bad: bool = False,
 ) -> Dataset:
-    """One split ("train" or "val") of ``data`` with its transform; checks it is usable."""
+    """One split ("train" or "val") of ``data`` with its transform; checks it is usable.
+
+    Unreadable files and images smaller than ``min_size`` raise an error naming the file
+    when loaded, or with ``skip_bad`` are removed up front (and counted)."""
     if data == BUILTIN:
         return ClutteredDigits(split, transform=transforms.Normalize(mean, std))
     root = Path(data) / split
@@ -69,16 +108,32 @@ def load_split(
             f"data folder {root} does not exist: --data must contain train/ and val/ folders, "
             "each with one sub-folder of images per class (torchvision ImageFolder layout)"
         )
+    loader = ImageLoader(min_size)
     try:
         dataset = datasets.ImageFolder(
             str(root), transform=image_transform(image_size=image_size, crop_pct=crop_pct, train=train, mean=mean, std=std),
-            loader=load_rgb,
+            loader=loader,
         )
     except FileNotFoundError as e:
         raise ValueError(f"no images found under {root}: {e}") from e
+    if skip_bad:
+        dataset.skipped = drop_bad_images(dataset, loader)
+        if dataset.skipped:
+            print(f"skipped {len(dataset.skipped)} unreadable or too small image(s) in {root}, e.g. {dataset.skipped[0]}")
+        if not dataset.samples:
+            raise ValueError(f"no readable images under {root}")
     if len(dataset.classes) < 2:
         raise ValueError(f"{root} has {len(dataset.classes)} class folder(s); a classifier needs at least 2")
     return dataset
+
+
+def evaluation_view(dataset: Dataset, **transform_options) -> Dataset:
+    """The same images as ``dataset`` (no re-scan) with the evaluation transform."""
+    if not isinstance(dataset, datasets.ImageFolder):
+        return dataset  # the built-in set has no random augmentation
+    view = copy.copy(dataset)
+    view.transform = image_transform(train=False, **transform_options)
+    return view
 
 
 def builtin_image_size() -> int:

@@ -224,7 +224,7 @@ def run_stage(ctx: Context, stage: Stage, step: StepFn, evaluate: Callable[[], d
             best_weights = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
         if ctx.log is not None:
             ctx.log.write(stage.name, global_step, **metrics)
-        if world.is_main and not ctx.quiet:
+        if world.is_main:
             print(f"[{stage.name}] " + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()), flush=True)
         epoch, batch = epoch + 1, 0
         checkpoint(epoch, batch)

@@ -79,11 +79,12 @@ def train(
     ctx: Context,
     init: Path | None = None,
     pretrained: bool | str = False,
-) -> Path:
+) -> tuple[Path, GFNet]:
     """Run ``stages`` in order, each reading the checkpoint the previous one wrote; returns
-    the last checkpoint.  With ``ctx.resume`` finished stages are skipped and an interrupted
+    the last checkpoint and the trained model.  With ``ctx.resume`` finished stages are skipped and an interrupted
     one continues from its last checkpoint."""
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(tc.seed)  # the same initial weights in every process and every run
     model = GFNet(config, pretrained=pretrained)
     tc = tc.for_model(model.config)
     previous = {"1": "glance", "2": "1", "3": "2"}
@@ -102,6 +103,11 @@ def train(
     elif first == "1" and ctx.world.is_main:
         print("note: no glance checkpoint; Stage I starts fG from the backbone's initial weights")
     model.to(ctx.world.device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if tc.compile:
+        for encoder in (model.global_encoder, model.local_encoder):
+            encoder.model.compile()  # in place: parameter names, and so checkpoints, are unchanged
     dataset = load_data(data, model, tc)
     meta = _meta(model, dataset.classes, tc, data)
     last = None
@@ -120,7 +126,7 @@ def train(
                 print(f"[{STAGE_FILE[name]}] done in {time.time() - started:.0f} s -> {out}")
         barrier(ctx.world)
         last = out
-    return last
+    return last, model
 
 
 def _run(name: str, ctx: Context, model: GFNet, data: Data, tc: TrainConfig, meta: dict) -> None:

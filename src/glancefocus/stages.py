@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .config import TrainConfig
-from .data import BUILTIN, ResumableSampler, SeededAugmentation, holdout_split, load_split, subset
+from .data import BUILTIN, ResumableSampler, SeededAugmentation, evaluation_view, holdout_split, load_split, subset
 from .engine import Context, Stage, cosine_schedule, run_stage
 from .evaluate import anytime_accuracy, collect_probs
 from .model import GFNet
@@ -40,9 +40,10 @@ class Data:
 def load_data(data: str, model: GFNet, tc: TrainConfig) -> Data:
     """Train / held-out / val splits of ``data`` (a folder or "builtin")."""
     cfg = model.config
-    kw = {"image_size": cfg.image_size, "crop_pct": cfg.crop_pct, "mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+    transform = {"image_size": cfg.image_size, "crop_pct": cfg.crop_pct, "mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+    kw = {**transform, "min_size": cfg.patch_size, "skip_bad": tc.skip_bad_images}
     train_full = load_split(data, "train", train=True, **kw)
-    train_plain = load_split(data, "train", train=False, **kw)
+    train_plain = evaluation_view(train_full, **transform)
     val = load_split(data, "val", train=False, **kw)
     classes = list(train_full.classes)
     if len(classes) != cfg.num_classes:

@@ -1,0 +1,80 @@
+"""Focus-patch cropping: ``crop_patches`` (one vectorised gather) vs a per-sample slicing loop.
+
+    .venv/bin/python benchmarks/bench_crop.py [--quick] [--device cpu|cuda]
+
+Both take the same float32 images (B, 3, 224, 224) and locations (B, 2) and include the
+corner computation (``patch_corners``); the outputs are checked to be equal before timing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from _common import fmt_ms, parser, setup, timeit, write  # noqa: E402
+
+from glancefocus.patches import crop_patches, patch_corners  # noqa: E402
+
+
+def loop_crop(images: torch.Tensor, locations: torch.Tensor, P: int) -> torch.Tensor:
+    """The straightforward version: one slice per image, then a stack."""
+    _, _, H, W = images.shape
+    corners = patch_corners(locations, H, W, P).tolist()
+    return torch.stack([img[:, r : r + P, c : c + P] for img, (r, c) in zip(images, corners)])
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--patch-sizes", type=int, nargs="+", default=None)
+    args = p.parse_args()
+    device = setup(args)
+    batch = args.batch or (16 if args.quick else 256)
+    size = args.image_size or (64 if args.quick else 224)
+    patches = args.patch_sizes or ([24, 32] if args.quick else [96, 128])
+    repeats = args.repeats or (3 if args.quick else 30)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=g).to(device)
+    locations = torch.rand(batch, 2, generator=g).to(device)
+    locations[:4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])[: min(4, batch)].to(device)  # edges
+
+    figures = []
+    with torch.inference_mode():
+        for P in patches:
+            ours_out, loop_out = crop_patches(images, locations, P), loop_crop(images, locations, P)
+            if not torch.equal(ours_out, loop_out):
+                raise SystemExit(f"crop_patches differs from the per-sample loop at P={P}")
+            ours = timeit(lambda: crop_patches(images, locations, P), device, repeats=repeats, warmup=warmup)
+            loop = timeit(lambda: loop_crop(images, locations, P), device, repeats=repeats, warmup=warmup)
+            speedup = loop["median_s"] / ours["median_s"]
+            line = (
+                f"crop {size}->{P} batch {batch} ({device.type}): ours {fmt_ms(ours['median_s'])}, "
+                f"per-sample loop {fmt_ms(loop['median_s'])}, speed-up {speedup:.1f}x (outputs equal)"
+            )
+            print(line, flush=True)
+            figures.append(
+                {
+                    "line": line,
+                    "image_size": size,
+                    "patch_size": P,
+                    "batch": batch,
+                    "dtype": "float32",
+                    "outputs_equal": True,
+                    "ours": ours,
+                    "loop": loop,
+                    "speedup": speedup,
+                    "repeats": repeats,
+                    "warmup": warmup,
+                }
+            )
+    write("bench_crop", args, device, figures)
+
+
+if __name__ == "__main__":
+    main()

