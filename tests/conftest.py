@@ -27,6 +27,16 @@ def make_image_folder(root: Path, *, classes: int = 2, per_class: int = 8, size:
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny convolutions gain nothing from several intra-op threads, and on a small machine
+    shared with other processes OpenMP's spin-waiting makes them up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")

@@ -106,6 +106,7 @@ def _pretrained(value: str) -> bool | str:
 
 def _train(args: argparse.Namespace) -> None:
     from .pipeline import STAGES, dataset_classes, default_model_config, train
+    from .stages import default_workers
 
     world = init_world(args.device)
     classes = dataset_classes(args.data)
@@ -128,7 +129,7 @@ def _train(args: argparse.Namespace) -> None:
         skip_bad_images=args.skip_bad_images,
         channels_last=args.channels_last,
         compile=args.compile,
-        workers=args.workers if args.workers is not None else (0 if args.data == BUILTIN else 2),
+        workers=args.workers if args.workers is not None else default_workers(args.data, world.device),
         glance_epochs=args.glance_epochs or epochs or 5,
         stage1_epochs=args.stage1_epochs or epochs,
         stage3_epochs=args.stage3_epochs or epochs,
@@ -164,11 +165,14 @@ def _evaluate_into(checkpoint: Path, ctx: Context, data: str | None, **kw) -> di
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .stages import default_workers
+
     world = init_world(args.device)
     ctx = Context(out_dir=args.checkpoint.parent, world=world, amp=args.amp, quiet=args.quiet)
     _evaluate_into(
         args.checkpoint, ctx, args.data, json_out=args.json, plot=args.plot, policy=args.policy,
-        batch_size=args.batch_size or 256, workers=args.workers or 0,
+        batch_size=args.batch_size or 256,
+        workers=args.workers if args.workers is not None else default_workers(args.data or "", world.device),
     )
 
 

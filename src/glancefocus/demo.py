@@ -24,7 +24,7 @@ from .engine import Context, RunLog
 from .evaluate import anytime_accuracy, collect_probs, oracle_accuracy
 from .inference import select_thresholds
 from .pipeline import dataset_classes, default_model_config, evaluate_checkpoint, load_model, train
-from .stages import load_data, loader
+from .stages import default_workers, load_data, loader
 from .visualize import visualize
 
 
@@ -42,9 +42,9 @@ class DemoConfig:
     T: int = 3
     image_size: int | None = None  # default: the data's (96 for the built-in set)
     batch_size: int = 64
-    glance_epochs: int = 3
-    stage1_epochs: int = 3
-    stage2_epochs: int = 2
+    glance_epochs: int = 6
+    stage1_epochs: int = 5
+    stage2_epochs: int = 3
     stage3_epochs: int = 1
     glance_lr: float = 0.02
     lr_encoder: float = 0.01
@@ -67,7 +67,7 @@ def run_demo(data: str = BUILTIN, out: Path = Path("runs/demo"), *, world: World
         glance_lr=demo.glance_lr,
         lr_classifier=demo.lr_classifier,
         ppo=PPOConfig(epochs=demo.stage2_epochs),
-        workers=0 if data == BUILTIN else 2,
+        workers=default_workers(data, world.device),
         run_stage3=True,
     )
     out.mkdir(parents=True, exist_ok=True)

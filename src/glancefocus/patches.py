@@ -16,9 +16,13 @@ def glance_resize(images: torch.Tensor, size: int, *, interpolation: str = "bicu
 
 
 def patch_corners(locations: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
-    """Integer top-left corners floor(l · (H − P), l · (W − P)) of shape (B, 2), as (row, col)."""
-    span = torch.tensor([height - patch_size, width - patch_size], device=locations.device, dtype=torch.float32)
-    return torch.floor(locations.float().clamp(0, 1) * span).long()
+    """Integer top-left corners floor(l · (H − P), l · (W − P)) of shape (B, 2), as (row, col).
+
+    The product is taken in float64: in float32, 0.9 · 20 rounds up to 18.0 although the
+    float32 value of 0.9 is below 0.9, and the corner would differ from Python's own floor.
+    """
+    span = torch.tensor([height - patch_size, width - patch_size], device=locations.device, dtype=torch.float64)
+    return torch.floor(locations.double().clamp(0, 1) * span).long()
 
 
 def crop_patches(images: torch.Tensor, locations: torch.Tensor, patch_size: int) -> torch.Tensor:

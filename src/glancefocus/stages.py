@@ -212,6 +212,9 @@ def _total_steps(ctx: Context, train_loader: DataLoader, epochs: int) -> int:
     return per_epoch * epochs
 
 
-def default_workers(data: str) -> int:
-    """In-memory built-in data needs no workers; JPEG decoding does."""
-    return 0 if data == BUILTIN else min(4, os.cpu_count() or 1)
+def default_workers(data: str, device: torch.device) -> int:
+    """Loader processes: none for the in-memory built-in data, nor on a CPU (they would take
+    cores from the model's own threads); a few for JPEG decoding beside a GPU."""
+    if data == BUILTIN or device.type == "cpu":
+        return 0
+    return min(8, os.cpu_count() or 1)

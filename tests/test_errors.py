@@ -1,0 +1,121 @@
+"""Bad input gets a clear error naming the problem and the fix, and leaves nothing half-made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from glancefocus import GFNet, GFNetConfig
+from glancefocus.cli import main
+from glancefocus.data import load_split
+from glancefocus.presets import preset_config
+
+from conftest import make_image_folder
+
+TINY = ["--backbone", "resnet18", "--patch-size", "32", "--T", "2", "--image-size", "64", "--batch-size", "4",
+        "--workers", "0", "--quiet", "--epochs", "1", "--max-steps-per-epoch", "1"]
+
+
+def _run(capsys, *args: str) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_corrupt_image_is_named_and_can_be_skipped(tmp_path: Path, capsys) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    bad = data / "train" / "class0" / "broken.png"
+    good = (data / "train" / "class0" / "0.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="broken.png"):
+        load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False)[_index_of(data, bad)]
+    code = main([str(a) for a in ("train", "--stage", "glance", "--data", data, "--out", out, "--skip-bad-images", *TINY)])
+    assert code == 0 and (out / "glance.safetensors").exists()
+    assert "skipped 1 unreadable or too small image(s)" in capsys.readouterr().out
+    dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False, skip_bad=True)
+    assert dataset.skipped == [str(bad)] and len(dataset) == 6 * 2
+
+
+def _index_of(data: Path, file: Path) -> int:
+    dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False)
+    return [p for p, _ in dataset.samples].index(str(file))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16"])
+def test_other_colour_modes_are_converted(tmp_path: Path, mode: str) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=2)
+    odd = data / "train" / "class1" / f"odd.{'jpg' if mode == 'CMYK' else 'png'}"
+    Image.new(mode, (70, 50)).save(odd)
+    dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False)
+    image, _ = dataset[[p for p, _ in dataset.samples].index(str(odd))]
+    assert image.shape == (3, 64, 64)
+
+
+def test_image_smaller_than_patch_is_named(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=2)
+    small = data / "train" / "class0" / "thumb.png"
+    Image.new("RGB", (20, 20)).save(small)
+    dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False, min_size=32)
+    with pytest.raises(ValueError, match=r"thumb.png is 20x20 pixels, smaller than the 32 px patch"):
+        dataset[[p for p, _ in dataset.samples].index(str(small))]
+
+
+def test_bad_configurations() -> None:
+    with pytest.raises(ValueError, match="patch_size .* must be smaller than image_size"):
+        GFNetConfig(backbone="resnet18", patch_size=224, image_size=224)
+    with pytest.raises(ValueError, match="T must be >= 1"):
+        GFNetConfig(backbone="resnet18", T=0)
+    with pytest.raises(ValueError, match="Did you mean resnet50-96-t5"):
+        preset_config("resnet50-96-t6")
+    with pytest.raises(ValueError, match="Unknown backbone 'resnet5O'.*Did you mean.*resnet50"):
+        GFNet(GFNetConfig(backbone="resnet5O"))
+
+
+def test_data_set_problems(tmp_path: Path, capsys) -> None:
+    code, err = _run(capsys, "train", "--stage", "1", "--data", tmp_path / "nowhere", "--out", tmp_path / "o", *TINY)
+    assert code == 2 and "nowhere/train does not exist" in err and "ImageFolder layout" in err
+    one = make_image_folder(tmp_path / "one", classes=1)
+    code, err = _run(capsys, "train", "--stage", "1", "--data", one, "--out", tmp_path / "o", *TINY)
+    assert code == 2 and "at least 2" in err
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    (empty / "train" / "b").mkdir(parents=True)
+    code, err = _run(capsys, "train", "--stage", "1", "--data", empty, "--out", tmp_path / "o", *TINY)
+    assert code == 2 and "no images found" in err
+    assert not any((tmp_path / "o").glob("*.safetensors"))
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path: Path, capsys) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "run"
+    assert _run(capsys, "train", "--stage", "1", "--data", data, "--out", out, *TINY)[0] == 0
+    before = (out / "stage1.safetensors").read_bytes()
+    for change in (["--backbone", "resnet34"], ["--patch-size", "48"], ["--T", "3"]):
+        args = [*TINY, *change]
+        code, err = _run(capsys, "train", "--stage", "2", "--data", data, "--out", out, *args)
+        assert code == 2 and "does not match this model" in err, change
+    three = make_image_folder(tmp_path / "three", classes=3, per_class=4)
+    code, err = _run(capsys, "train", "--stage", "2", "--data", three, "--out", out, *TINY)
+    assert code == 2 and "num_classes: checkpoint has 2, expected 3" in err
+    code, err = _run(capsys, "evaluate", "--checkpoint", out / "stage1.safetensors", "--data", three)
+    assert code == 2 and "3 classes but the model was built for 2" in err
+    assert (out / "stage1.safetensors").read_bytes() == before
+    assert not (out / "stage2.safetensors").exists()
+
+
+def test_wrong_number_of_thresholds() -> None:
+    model = GFNet(GFNetConfig(backbone="resnet18", num_classes=3, patch_size=32, T=3, image_size=64)).eval()
+    with pytest.raises(ValueError, match="expected 3 thresholds"):
+        model.predict(torch.randn(2, 3, 64, 64), torch.zeros(2))
+
+
+def test_not_a_checkpoint(tmp_path: Path, capsys) -> None:
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    code, err = _run(capsys, "evaluate", "--checkpoint", junk)
+    assert code == 2 and "not a readable glancefocus checkpoint" in err
+    code, err = _run(capsys, "evaluate", "--checkpoint", tmp_path / "missing.safetensors")
+    assert code == 2 and "does not exist" in err

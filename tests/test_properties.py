@@ -1,0 +1,80 @@
+"""Property-based tests (hypothesis) over shapes, locations, patch sizes and T."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from glancefocus import GFNet, GFNetConfig, crop_patches, exit_fractions, exit_steps, find_thresholds
+
+locations = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 5),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    data=st.data(),
+)
+def test_crop_equals_slicing(batch: int, height: int, width: int, data) -> None:
+    patch = data.draw(st.integers(1, min(height, width)))
+    locs = torch.tensor(data.draw(st.lists(st.tuples(locations, locations), min_size=batch, max_size=batch)))
+    images = torch.randn(batch, 2, height, width)
+    out = crop_patches(images, locs, patch)
+    for b in range(batch):
+        r = math.floor(float(locs[b, 0].float()) * (height - patch))
+        c = math.floor(float(locs[b, 1].float()) * (width - patch))
+        assert torch.equal(out[b], images[b, :, r : r + patch, c : c + patch])
+
+
+def _reference_thresholds(probs: torch.Tensor, fractions: torch.Tensor) -> list[float]:
+    """The authors' loop (MSDNet's dynamic evaluation), sample by sample."""
+    T, N, _ = probs.shape
+    conf = probs.max(dim=2).values.tolist()
+    exited = [False] * N
+    out = []
+    for t in range(T - 1):
+        wanted = math.floor(N * float(fractions[t]))
+        threshold, count = math.inf, 0
+        for i in sorted(range(N), key=lambda i: -conf[t][i]):
+            if not exited[i]:
+                count += 1
+                if count == wanted:
+                    threshold = conf[t][i]
+                    break
+        exited = [e or conf[t][i] >= threshold for i, e in enumerate(exited)]
+        out.append(threshold)
+    return out + [-math.inf]
+
+
+@settings(max_examples=60, deadline=None)
+@given(T=st.integers(1, 6), N=st.integers(1, 60), C=st.integers(2, 5), q=st.floats(0.05, 1.95), seed=st.integers(0, 10_000),
+       ties=st.booleans())
+def test_thresholds_match_the_reference_loop(T: int, N: int, C: int, q: float, seed: int, ties: bool) -> None:
+    logits = torch.randn(T, N, C, generator=torch.Generator().manual_seed(seed))
+    if ties:
+        logits = logits.round()  # many equal confidences
+    probs = logits.softmax(dim=2)
+    fractions = exit_fractions(q, T)
+    assert find_thresholds(probs, fractions).tolist() == _reference_thresholds(probs, fractions)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(T=st.integers(1, 4), patch=st.sampled_from([16, 24, 32]), batch=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_early_exit_equals_all_steps(T: int, patch: int, batch: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = GFNet(GFNetConfig(backbone="resnet18", num_classes=4, patch_size=patch, T=T, image_size=48)).eval()
+    images = torch.randn(batch, 3, 48, 48)
+    with torch.inference_mode():
+        probs = model(images).logits.softmax(dim=2)
+    confidence = probs.max(dim=2).values
+    # Thresholds between observed confidences, so that exits are mixed.
+    thresholds = torch.cat([confidence[:-1].median(dim=1).values, torch.tensor([-math.inf])]) if T > 1 else torch.tensor([-math.inf])
+    expected = exit_steps(confidence, thresholds)
+    result = model.predict(images, thresholds)
+    assert torch.equal(result.exit_step, expected)
+    assert torch.equal(result.labels, probs.argmax(dim=2).gather(0, expected.view(1, -1))[0])

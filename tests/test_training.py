@@ -1,0 +1,266 @@
+"""End-to-end training through the CLI on tiny generated ImageFolder data (SPEC "Training",
+"Evaluation"): every stage, the checkpoints and what they carry, evaluation, errors, a
+learnable task whose loss falls, and Stage II's best-epoch selection."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from glancefocus.checkpoint import read_meta
+from glancefocus.cli import main
+
+MODEL_ARGS = ["--backbone", "resnet18", "--patch-size", "32", "--T", "3", "--image-size", "64"]
+RUN_ARGS = ["--batch-size", "8", "--workers", "0", "--quiet"]
+STAGE_FILES = ["glance", "stage1", "stage2", "stage3"]
+
+
+
+
+def write_folder(root: Path, colours: dict[str, tuple[int, int, int]], n_train: int, n_val: int, seed: int = 0) -> Path:
+    """An ImageFolder tree root/{train,val}/<class>/*.png of 64 px noisy single-colour images."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for name, colour in colours.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.asarray(colour, dtype=np.float64) + rng.normal(0, 20, size=(64, 64, 3))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory) -> Path:
+    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+    return write_folder(tmp_path_factory.mktemp("colours"), colours, n_train=12, n_val=4)
+
+
+@pytest.fixture(scope="module")
+def full_run(colour_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run_all")
+    rc = main(["train", "--stage", "all", "--data", str(colour_data), *MODEL_ARGS, "--epochs", "1", *RUN_ARGS, "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def _floats(row) -> list[float]:
+    return [float(v) for v in row]  # JSON stores ±inf as strings
+
+
+def check_results(results: dict, T: int = 3) -> None:
+    madds = results["madds"]
+    assert len(madds) == T and madds[0] > 0 and all(b > a for a, b in zip(madds, madds[1:]))
+    assert len(results["anytime_accuracy"]) == T
+    assert all(0 <= a <= 100 for a in results["anytime_accuracy"])
+    thresholds = [_floats(row) for row in results["thresholds"]]
+    assert len(thresholds) == 39 and all(len(row) == T for row in thresholds)
+    assert all(row[-1] == -math.inf for row in thresholds)
+    curve = results["budgeted"]
+    assert len(curve) == 39
+    for k, point in enumerate(curve, start=1):
+        assert set(point) >= {"q", "madds", "accuracy"}
+        assert point["q"] == pytest.approx(k / 20)
+        assert madds[0] - 1e-6 <= point["madds"] <= madds[-1] + 1e-6
+        assert 0 <= point["accuracy"] <= 100
+
+
+# ------------------------------------------------------------------------ whole pipeline
+def test_full_pipeline_writes_checkpoints_and_results(full_run, colour_data):
+    out = full_run
+    for name in STAGE_FILES:
+        assert (out / f"{name}.safetensors").is_file(), name
+        assert read_meta(out / f"{name}.safetensors")["stage"] == name
+    meta = read_meta(out / "stage3.safetensors")
+    cfg = meta["config"]
+    assert (cfg["backbone"], cfg["patch_size"], cfg["T"], cfg["image_size"]) == ("resnet18", 32, 3, 64)
+    assert meta["classes"] == ["blue", "green", "red"]
+    assert cfg["num_classes"] == 3
+    check_results(meta["results"])
+    assert meta["madds"] == meta["results"]["madds"]
+    # the history of the stage (1 epoch)
+    assert len(meta["history"]) == 1 and "train_loss" in meta["history"][0]
+
+    # the results file and its plot
+    results = json.loads((out / "stage3.results.json").read_text())
+    check_results(results)
+    assert results["anytime_accuracy"] == meta["results"]["anytime_accuracy"]
+    assert results["num_val"] == 12
+    png = out / "stage3.results.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # one log record at least per stage, each a JSON object
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} >= set(STAGE_FILES)
+    for r in records:
+        assert isinstance(r["step"], int)
+        if r["stage"] != "glance":
+            assert len(r["heldout_accuracy"]) == 3
+
+
+def test_full_pipeline_stages_train_the_right_parts(full_run):
+    """Stage II changes π alone (BatchNorm statistics included: the frozen parts run in
+    eval mode); Stage III leaves π as Stage II left it and trains fL and fC."""
+    w1, w2, w3 = (load_file(str(full_run / f"stage{i}.safetensors")) for i in (1, 2, 3))
+    assert w1.keys() == w2.keys() == w3.keys()
+    policy = [k for k in w1 if k.startswith("policy.")]
+    others = [k for k in w1 if not k.startswith("policy.")]
+    assert policy and others
+    for k in others:
+        assert torch.equal(w1[k], w2[k]), f"Stage II changed {k}"
+    assert any(not torch.equal(w1[k], w2[k]) for k in policy), "Stage II did not train π"
+    for k in policy:
+        assert torch.equal(w2[k], w3[k]), f"Stage III changed {k}"
+    changed = {k.split(".")[0] for k in others if not torch.equal(w2[k], w3[k])}
+    assert {"local_encoder", "classifier", "global_encoder"} <= changed  # ResNet: fG is not frozen
+
+
+def test_evaluate_command(full_run, tmp_path, capsys):
+    out_json = tmp_path / "out.json"
+    rc = main(["evaluate", "--checkpoint", str(full_run / "stage3.safetensors"), "--json", str(out_json), *RUN_ARGS])
+    assert rc == 0
+    results = json.loads(out_json.read_text())
+    check_results(results)
+    assert results["policy"] == "learned"
+    # deterministic: the same numbers as the evaluation at the end of training
+    saved = json.loads((full_run / "stage3.results.json").read_text())
+    assert results["anytime_accuracy"] == saved["anytime_accuracy"]
+    assert results["madds"] == saved["madds"]
+    assert [_floats(r) for r in results["thresholds"]] == [_floats(r) for r in saved["thresholds"]]
+    assert (tmp_path / "out.png").is_file()  # the plot goes next to --json by default
+    assert "anytime" in capsys.readouterr().out
+    # other patch policies evaluate too, and leave the checkpoint's learned results alone
+    rc = main(["evaluate", "--checkpoint", str(full_run / "stage3.safetensors"), "--policy", "fixed",
+               "--json", str(tmp_path / "fixed.json"), *RUN_ARGS])
+    assert rc == 0
+    assert json.loads((tmp_path / "fixed.json").read_text())["policy"] == "fixed"
+    assert read_meta(full_run / "stage3.safetensors")["results"]["policy"] == "learned"
+
+
+def test_evaluate_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "nope.safetensors"), *RUN_ARGS])
+    assert rc == 2
+    assert "nope.safetensors" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ stage by stage
+def test_stages_one_command_each(colour_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--data", str(colour_data), *MODEL_ARGS, "--epochs", "1", *RUN_ARGS, "--out", str(out)]
+    for stage, name in zip(["glance", "1", "2", "3"], STAGE_FILES):
+        assert main(["train", "--stage", stage, *common]) == 0, stage
+        assert (out / f"{name}.safetensors").is_file()
+        assert read_meta(out / f"{name}.safetensors")["stage"] == name
+    printed = capsys.readouterr().out
+    # each stage started from the previous stage's checkpoint
+    for previous in ("glance", "stage1", "stage2"):
+        assert f"initialised from {out / (previous + '.safetensors')}" in printed
+    w1, w2 = (load_file(str(out / f"stage{i}.safetensors")) for i in (1, 2))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1 if not k.startswith("policy."))
+
+
+def test_stage2_without_stage1_checkpoint_fails_clearly(colour_data, tmp_path, capsys):
+    out = tmp_path / "empty"
+    rc = main(["train", "--stage", "2", "--data", str(colour_data), *MODEL_ARGS, "--epochs", "1", *RUN_ARGS, "--out", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "stage1.safetensors" in err and "--stage 1" in err
+    assert not (out / "stage2.safetensors").exists()
+
+
+def test_stage3_without_stage2_checkpoint_fails_clearly(colour_data, tmp_path, capsys):
+    out = tmp_path / "empty3"
+    rc = main(["train", "--stage", "3", "--data", str(colour_data), *MODEL_ARGS, "--epochs", "1", *RUN_ARGS, "--out", str(out)])
+    assert rc == 2
+    assert "--stage 2" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ learning
+def test_stage1_learns_bright_vs_dark(tmp_path):
+    data = write_folder(tmp_path / "bw", {"bright": (220, 220, 220), "dark": (35, 35, 35)}, n_train=20, n_val=6)
+    out = tmp_path / "run"
+    rc = main(["train", "--stage", "1", "--data", str(data), *MODEL_ARGS, "--stage1-epochs", "5", "--holdout", "0.2",
+               *RUN_ARGS, "--out", str(out)])
+    assert rc == 0
+    history = read_meta(out / "stage1.safetensors")["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    losses = [h["train_loss"] for h in history]
+    assert losses[-1] < 0.7 * losses[0], losses
+    # last epoch: the training batches were mostly right at the final step
+    assert history[-1]["train_accuracy"][-1] >= 75, history[-1]
+    # the same log went to log.jsonl
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in records if r["stage"] == "stage1"] == losses
+
+
+# ------------------------------------------------------------------------ model selection
+def test_stage2_keeps_best_epoch_via_cli(colour_data, tmp_path):
+    out = tmp_path / "sel"
+    common = ["--data", str(colour_data), *MODEL_ARGS, *RUN_ARGS, "--out", str(out), "--holdout", "0.25"]
+    assert main(["train", "--stage", "1", "--stage1-epochs", "1", *common]) == 0
+    assert main(["train", "--stage", "2", "--stage2-epochs", "3", *common]) == 0
+    history = read_meta(out / "stage2.safetensors")["history"]
+    assert len(history) == 3
+    kept = json.loads((out / "stage2.metrics.json").read_text())
+    best = max(history, key=lambda h: h["final_accuracy"])
+    assert kept == best
+    assert kept["final_accuracy"] == max(h["final_accuracy"] for h in history)
+
+    # the saved π is the kept epoch's: its held-out accuracy is the kept one
+    from glancefocus.config import TrainConfig
+    from glancefocus.distributed import World
+    from glancefocus.evaluate import anytime_accuracy, collect_probs
+    from glancefocus.pipeline import load_model
+    from glancefocus.stages import load_data
+
+    model, _ = load_model(out / "stage2.safetensors")
+    data = load_data(str(colour_data), model, TrainConfig(holdout=0.25, seed=0, workers=0))
+    probs, targets = collect_probs(model, DataLoader(data.heldout, batch_size=8), World())
+    assert anytime_accuracy(probs, targets) == pytest.approx(kept["heldout_accuracy"])
+
+
+def test_run_stage_restores_best_epoch_weights(tmp_path):
+    """The engine keeps the epoch with the best selection metric, not the last one: both
+    the weights it saves and the metrics file."""
+    from glancefocus.data import ResumableSampler
+    from glancefocus.distributed import World
+    from glancefocus.engine import Context, Stage, run_stage
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    dataset = TensorDataset(torch.randn(8, 3), torch.zeros(8, dtype=torch.long))
+    loader = DataLoader(dataset, batch_size=4, sampler=ResumableSampler(8, shuffle=True, seed=0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stage = Stage("stage2", model, optimizer, loader, 4, {"note": "test"}, select="final_accuracy")
+    scores = iter([20.0, 70.0, 50.0, 60.0])
+    snapshots = []
+
+    def step(x, y):
+        loss = model(x).pow(2).mean() + model.bias.sum()  # moves the weights every step
+        return loss, {}
+
+    def evaluate():
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"final_accuracy": next(scores)}
+
+    ctx = Context(out_dir=tmp_path, world=World(), quiet=True)
+    kept = run_stage(ctx, stage, step, evaluate)
+    assert kept["epoch"] == 2 and kept["final_accuracy"] == 70.0
+    assert json.loads((tmp_path / "stage2.metrics.json").read_text()) == kept
+    saved = load_file(str(tmp_path / "stage2.safetensors"))
+    assert not torch.equal(snapshots[1]["weight"], snapshots[-1]["weight"])
+    for k, v in snapshots[1].items():
+        assert torch.equal(saved[k], v), k
+        assert torch.equal(model.state_dict()[k], v), k
+    meta = read_meta(tmp_path / "stage2.safetensors")
+    assert [h["final_accuracy"] for h in meta["history"]] == [20.0, 70.0, 50.0, 60.0]
+    assert meta["note"] == "test"
