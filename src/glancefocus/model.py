@@ -44,6 +44,17 @@ class StepState:
 
 
 @dataclass
+class _Look:
+    """The choice of a focus location and what the policy computed to make it."""
+
+    location: torch.Tensor | None = None
+    log_prob: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+    policy_state: torch.Tensor | None = None
+    policy_input: torch.Tensor | None = None
+
+
+@dataclass
 class StepOutput:
     logits: torch.Tensor  # (B, C) logits of p_t
     aux_logits: torch.Tensor | None  # (B, C) the encoder's own head on ē_t (deep supervision)
@@ -126,36 +137,34 @@ class GFNet(nn.Module):
         """
         cfg = self.config
         if t == 0:
-            feature_map, pooled = self.global_encoder(glance_resize(images, cfg.patch_size, interpolation=cfg.interpolation))
-            head = self.global_encoder.head
-            out = StepOutput(logits=None, aux_logits=None)  # filled below
-            policy_state = None
+            encoder, view, look = self.global_encoder, glance_resize(images, cfg.patch_size, interpolation=cfg.interpolation), _Look()
+            classifier_state = None
         else:
-            assert state is not None, "focus steps need the previous step's state"
-            policy_state = state.policy
-            if isinstance(locations, torch.Tensor):
-                location = locations
-                out = StepOutput(None, None, location=location)
-            elif locations == "random":
-                location = torch.rand(images.shape[0], 2, device=images.device)
-                out = StepOutput(None, None, location=location)
-            else:
-                mean, value, policy_state = self.policy(state.feature_map, state.policy)
-                if locations == "sample":
-                    location, log_prob = self.policy.sample(mean)
-                    out = StepOutput(None, None, location, log_prob, value, state.feature_map)
-                elif locations == "policy":
-                    location = mean
-                    out = StepOutput(None, None, location, value=value)
-                else:
-                    raise ValueError(f"unknown locations mode {locations!r}")
-            feature_map, pooled = self.local_encoder(crop_patches(images, location, cfg.patch_size))
-            head = self.local_encoder.head
+            if state is None:
+                raise ValueError("focus steps (t >= 1) need the state returned by the previous step")
+            look = self._look(images.shape[0], images.device, state, locations)
+            encoder, view = self.local_encoder, crop_patches(images, look.location, cfg.patch_size)
+            classifier_state = state.classifier
+        feature_map, pooled = encoder(view)
         cascade_first = t == 0 and isinstance(self.classifier, CascadeClassifier)
-        aux = head(pooled) if (need_aux or cascade_first) else None
-        out.logits, classifier_state = self.classifier(pooled, None if t == 0 else state.classifier, aux)
-        out.aux_logits = aux if need_aux else None
-        return out, StepState(feature_map.detach(), classifier_state, policy_state)
+        aux = encoder.head(pooled) if (need_aux or cascade_first) else None
+        logits, classifier_state = self.classifier(pooled, classifier_state, aux)
+        out = StepOutput(logits, aux if need_aux else None, look.location, look.log_prob, look.value, look.policy_input)
+        return out, StepState(feature_map.detach(), classifier_state, look.policy_state)
+
+    def _look(self, batch: int, device: torch.device, state: StepState, locations: str | torch.Tensor) -> _Look:
+        """Where the next patch is: given, uniformly random, or asked of π."""
+        if isinstance(locations, torch.Tensor):
+            return _Look(locations, policy_state=state.policy)
+        if locations == "random":
+            return _Look(torch.rand(batch, 2, device=device), policy_state=state.policy)
+        if locations not in ("policy", "sample"):
+            raise ValueError(f"unknown locations mode {locations!r}: use policy, sample, random or a tensor")
+        mean, value, policy_state = self.policy(state.feature_map, state.policy)
+        if locations == "policy":
+            return _Look(mean, value=value, policy_state=policy_state)
+        location, log_prob = self.policy.sample(mean)
+        return _Look(location, log_prob, value, policy_state, policy_input=state.feature_map)
 
     def forward(
         self,
@@ -163,21 +172,19 @@ class GFNet(nn.Module):
         *,
         locations: str | torch.Tensor = "policy",
         need_aux: bool | None = None,
-        steps: int | None = None,
     ) -> GFNetOutput:
         """All steps on the whole batch (training and all-steps evaluation).
 
         ``locations`` is a mode (see :meth:`step`) or a (T-1, B, 2) tensor of fractions.
         """
         need_aux = self.training if need_aux is None else need_aux
-        steps = steps or self.T
         state, outs = None, []
-        for t in range(steps):
+        for t in range(self.T):
             where = locations[t - 1] if isinstance(locations, torch.Tensor) and t > 0 else locations
             out, state = self.step(images, t, state, locations=where, need_aux=need_aux)
             outs.append(out)
         focus = outs[1:]
-        sampled = locations == "sample" if isinstance(locations, str) else False
+        sampled = isinstance(locations, str) and locations == "sample"
         return GFNetOutput(
             logits=torch.stack([o.logits for o in outs]),
             aux_logits=torch.stack([o.aux_logits for o in outs]) if need_aux else None,
