@@ -30,7 +30,21 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def setup(args: argparse.Namespace) -> torch.device:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 1.5:
+        print(f"warning: load average {load:.1f} before the run: other processes compete for the CPU, "
+              "timings may be unreliable", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -59,6 +73,24 @@ def timeit(fn: Callable[[], object], device: torch.device, *, repeats: int, warm
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
 
 
+def compare(fns: dict[str, Callable[[], object]], device: torch.device, *, repeats: int, warmup: int) -> dict[str, dict]:
+    """Like :func:`timeit` for several functions, run round-robin (A, B, A, B, ...) so that a
+    change of machine load during the measurement affects all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for name, t in times.items()}
+
+
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
@@ -78,7 +110,7 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,

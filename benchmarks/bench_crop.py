@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import fmt_ms, parser, setup, timeit, write  # noqa: E402
+from _common import compare, fmt_ms, parser, setup, write  # noqa: E402
 
 from glancefocus.patches import crop_patches, patch_corners  # noqa: E402
 
@@ -50,8 +50,11 @@ def main() -> None:
             ours_out, loop_out = crop_patches(images, locations, P), loop_crop(images, locations, P)
             if not torch.equal(ours_out, loop_out):
                 raise SystemExit(f"crop_patches differs from the per-sample loop at P={P}")
-            ours = timeit(lambda: crop_patches(images, locations, P), device, repeats=repeats, warmup=warmup)
-            loop = timeit(lambda: loop_crop(images, locations, P), device, repeats=repeats, warmup=warmup)
+            timed = compare(
+                {"ours": lambda: crop_patches(images, locations, P), "loop": lambda: loop_crop(images, locations, P)},
+                device, repeats=repeats, warmup=warmup,
+            )
+            ours, loop = timed["ours"], timed["loop"]
             speedup = loop["median_s"] / ours["median_s"]
             line = (
                 f"crop {size}->{P} batch {batch} ({device.type}): ours {fmt_ms(ours['median_s'])}, "

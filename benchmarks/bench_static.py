@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import timm  # noqa: E402
 import torch  # noqa: E402
-from _common import parser, setup, timeit, write  # noqa: E402
+from _common import compare, parser, setup, write  # noqa: E402
 from bench_early_exit import build, model_args  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -48,12 +48,15 @@ def main() -> None:
     static_cost = static_madds(static, size, device)
 
     with torch.inference_mode():
-        t_static = timeit(lambda: static(images), device, repeats=repeats, warmup=warmup)
-        t_all = timeit(lambda: model(images), device, repeats=repeats, warmup=warmup)
         probs = model(images).logits.float().softmax(dim=-1)
-    thresholds = find_thresholds(probs, exit_fractions(args.budget, cfg.T))
-    pred = model.predict(images, thresholds)
-    t_exit = timeit(lambda: model.predict(images, thresholds), device, repeats=repeats, warmup=warmup)
+        thresholds = find_thresholds(probs, exit_fractions(args.budget, cfg.T))
+        pred = model.predict(images, thresholds)
+        timed = compare(
+            {"static": lambda: static(images), "all": lambda: model(images),
+             "exit": lambda: model.predict(images, thresholds)},
+            device, repeats=repeats, warmup=warmup,
+        )
+    t_static, t_all, t_exit = timed["static"], timed["all"], timed["exit"]
     exit_cost = float(torch.tensor(madds, dtype=torch.float64)[pred.exit_step.cpu()].mean())
 
     ips = {name: B / t["median_s"] for name, t in (("static", t_static), ("all", t_all), ("exit", t_exit))}

@@ -145,6 +145,28 @@ def train_static(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows:
     return result
 
 
+def markdown_table(report: dict) -> str:
+    """RESULTS.md's tables, from results.json."""
+    m = lambda v: f"{v / 1e6:.1f}"  # noqa: E731
+    lines = ["| model | MMAdds / image | top-1 (%) |", "|---|---:|---:|"]
+    for s in report["static"]:
+        lines.append(f"| static EfficientNet-Lite0, {s['size']} px ({s['epochs']} epochs) | {m(s['madds'])} | {s['accuracy']:.2f} |")
+    g = report["glance_encoder_alone"]
+    lines.append(f"| glance encoder alone, low-res fine-tuned ({report['patch_size']} px, appendix B.1) | {m(g['madds'])} | {g['accuracy']:.2f} |")
+    for t, (madds, acc) in enumerate(zip(report["madds"], report["anytime_accuracy"]), 1):
+        lines.append(f"| GFNet, exit after step {t} (anytime) | {m(madds)} | {acc:.2f} |")
+    o = report["oracle"]
+    lines.append(f"| GFNet, oracle exit (first correct step) | {m(o['madds'])} | {o['accuracy']:.2f} |")
+    lines += ["", "| policy | " + " | ".join(f"step {t}" for t in range(1, report["T"] + 1)) + " |",
+              "|---|" + "---:|" * report["T"]]
+    for name, accs in report["anytime_accuracy_by_policy"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
+    lines += ["", "| q | MMAdds / image | top-1 (%) |", "|---:|---:|---:|"]
+    for p in report["budgeted"][::4] + ([report["budgeted"][-1]] if len(report["budgeted"]) % 4 != 1 else []):
+        lines.append(f"| {p['q']:.2f} | {m(p['madds'])} | {p['accuracy']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("../shared/data/imagenette"))
@@ -159,8 +181,12 @@ def main() -> None:
     p.add_argument("--static-epochs", type=int, default=2, help="full-resolution fine-tuning epochs, as Stage I gets")
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 192, 224])
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
+    p.add_argument("--table", action="store_true", help="only print RESULTS.md's tables from --out/results.json")
     p.add_argument("--workers", type=int, default=0, help="in-memory data: loader processes would only compete with compute")
     args = p.parse_args()
+    if args.table:
+        print(markdown_table(json.loads((args.out / "results.json").read_text())))
+        return
     started = time.time()
     torch.manual_seed(0)
     world = init_world()
@@ -225,7 +251,8 @@ def main() -> None:
     plot_results({"budgeted": [], "madds": madds, "anytime_accuracy": results["anytime_accuracy"]}, args.out / "anytime.png",
                  title="Anytime accuracy by patch policy",
                  extra={f"{k} patches": {"madds": madds, "accuracy": v} for k, v in ablation.items()})
-    print(json.dumps({k: report[k] for k in ("anytime_accuracy_by_policy", "oracle", "glance_encoder_alone", "static", "seconds")}, indent=1))
+    print(markdown_table(report))
+    print(f"total {timings['total']} s")
 
 
 if __name__ == "__main__":

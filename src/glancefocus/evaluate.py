@@ -109,8 +109,9 @@ def plot_results(results: dict[str, Any], path: str | Path, *, title: str = "GFN
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    curve = results["budgeted"]
-    ax.plot([p["madds"] / 1e6 for p in curve], [p["accuracy"] for p in curve], "-", label="budgeted (39 budgets)")
+    curve = sorted(results["budgeted"], key=lambda p: p["madds"])
+    if curve:
+        ax.plot([p["madds"] / 1e6 for p in curve], [p["accuracy"] for p in curve], ".-", label=f"budgeted ({len(curve)} budgets)")
     ax.plot([m / 1e6 for m in results["madds"]], results["anytime_accuracy"], "o--", label="anytime (step t)")
     for label, series in (extra or {}).items():
         ax.plot([m / 1e6 for m in series["madds"]], series["accuracy"], "s:", label=label)
