@@ -114,3 +114,27 @@ def test_nan_during_cli_training_exits_with_message_and_keeps_checkpoint(tmp_pat
     assert res.returncode == 2
     assert "non-finite loss" in res.stderr and "global step" in res.stderr
     assert _digest(out / "stage1.safetensors") == good
+
+
+@pytest.mark.slow
+def test_compiled_encoders_and_bf16_train_and_save_plain_names(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4, size=64)
+    out = tmp_path / "run"
+    args = ["train", "--stage", "1", "--data", str(data), "--epochs", "1", "--out", str(out), "--compile",
+            "--amp", "bf16", "--channels-last", *TRAIN]
+    subprocess.run(_cli(*args), check=True, capture_output=True)
+    names = load_file(str(out / "stage1.safetensors")).keys()
+    assert not any("_orig_mod" in k for k in names)  # loadable without compiling
+    subprocess.run(_cli("evaluate", "--checkpoint", str(out / "stage1.safetensors"), "--amp", "bf16"), check=True, capture_output=True)
+
+
+def test_bf16_training_runs_every_stage(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4, size=64)
+    out = tmp_path / "run"
+    res = subprocess.run(_cli("train", "--stage", "all", "--data", str(data), "--epochs", "1", "--out", str(out),
+                              "--amp", "bf16", *TRAIN), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    for stage in ("glance", "stage1", "stage2", "stage3"):
+        weights = load_file(str(out / f"{stage}.safetensors"))
+        floats = [v for v in weights.values() if v.is_floating_point()]
+        assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in floats), stage
