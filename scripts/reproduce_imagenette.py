@@ -124,7 +124,7 @@ def train_static(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows:
     for epoch in range(epochs):
         net.train()
         train_loader.sampler.set_epoch(epoch)
-        splits.data.train.set_epoch(epoch)
+        splits.data.train.set_epoch(epoch, f"static{size}")
         for images, targets in tqdm(train_loader, desc=f"static {size} epoch {epoch + 1}/{epochs}", leave=False):
             images, targets = images.to(device), targets.to(device)
             loss = F.cross_entropy(net(glance_resize(images, size) if size != 224 else images), targets)

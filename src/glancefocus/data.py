@@ -141,21 +141,22 @@ def builtin_image_size() -> int:
 
 
 class SeededAugmentation(Dataset):
-    """Wraps a dataset so the random augmentation of sample i in epoch e depends only on
-    (seed, e, i): data order and augmentation then survive a resume, whatever the workers."""
+    """Wraps a dataset so the random augmentation of sample i in epoch e of a stage depends
+    only on (seed, stage, e, i): it survives a resume, whatever the workers, and each stage
+    sees fresh augmentations rather than replaying the previous stage's."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.dataset, self.seed, self.epoch, self.stage = dataset, seed, 0, ""
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, stage: str = "") -> None:
+        self.epoch, self.stage = epoch, stage
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()))
+            torch.manual_seed(zlib.crc32(f"{self.seed}:{self.stage}:{self.epoch}:{index}".encode()))
             return self.dataset[index]
 
 

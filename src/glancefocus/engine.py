@@ -176,7 +176,7 @@ def run_stage(ctx: Context, stage: Stage, step: StepFn, evaluate: Callable[[], d
     while epoch < stage.epochs:
         sampler.set_epoch(epoch, skip_samples=batch * stage.loader.batch_size)
         if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
+            dataset.set_epoch(epoch, stage.name)
         (stage.train_mode or model.train)()
         totals: dict[str, torch.Tensor] = {}
         count = 0
