@@ -23,7 +23,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (smoke test)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice; 1 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median is reported)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per measurement")
     p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/<name>.json, or <name>-quick.json with --quick)")
@@ -47,6 +47,10 @@ def setup(args: argparse.Namespace) -> torch.device:
               "timings may be unreliable", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif args.quick:
+        # A smoke test: one thread keeps it at a few seconds even when other processes load the
+        # CPU (OpenMP threads that wait for each other slow tiny models down up to 100x there).
+        torch.set_num_threads(1)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
