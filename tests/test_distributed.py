@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 import torch
 import torch.distributed as dist
@@ -13,7 +16,7 @@ from glancefocus import GFNet, GFNetConfig, TrainConfig
 from glancefocus.config import PPOConfig
 from glancefocus.distributed import World
 from glancefocus.engine import Context
-from glancefocus.pipeline import train
+from glancefocus.pipeline import evaluate_checkpoint, train
 
 from conftest import make_image_folder
 
@@ -34,6 +37,9 @@ def _worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> 
         for stage in ("glance", "1", "2"):  # each stage starts from the checkpoint rank 0 wrote
             _, model = train([stage], config=GFNetConfig(**CONFIG), tc=_train_config(), data=data, ctx=ctx)
             torch.save(model.state_dict(), Path(out) / f"{stage}.rank{rank}.pt")
+        # Each process evaluates its shard of the held-out and val images; rank 0 writes.
+        evaluate_checkpoint(Path(out) / "stage2.safetensors", ctx=ctx, data=data, json_out=Path(out) / "eval.json",
+                            batch_size=6, save=False)
     finally:
         dist.destroy_process_group()
 
@@ -58,6 +64,12 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path: Path) -> N
     assert any(not torch.allclose(one[k], initial[k]) for k in encoder), "the glance stage did not train"
     for k in encoder:  # two processes x 4 images per step == one process x 8 images
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+    # Sharded evaluation equals evaluation in one process, padding samples removed.
+    two_eval = json.loads((out / "eval.json").read_text())
+    one_eval = evaluate_checkpoint(out / "stage2.safetensors", ctx=Context(out_dir=single, world=World(), quiet=True),
+                                   data=str(data), batch_size=6, save=False)
+    assert two_eval["num_val"] == one_eval["num_val"] == 32 and two_eval["num_heldout"] == one_eval["num_heldout"]
+    assert two_eval["anytime_accuracy"] == pytest.approx(one_eval["anytime_accuracy"])
     # Stage II trained π in both processes alike, and only π.
     s1, s2 = torch.load(out / "1.rank0.pt", weights_only=True), torch.load(out / "2.rank0.pt", weights_only=True)
     assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("policy."))

@@ -147,7 +147,7 @@ def _train(args: argparse.Namespace) -> None:
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     last, _ = train(stages, config=config, tc=tc, data=args.data, ctx=ctx, init=args.init, pretrained=_pretrained(args.pretrained))
     ctx.log.close()
-    if args.stage == "all" and world.is_main:
+    if args.stage == "all":  # every process evaluates its shard; rank 0 writes
         _evaluate_into(last, ctx, args.data)
 
 

@@ -185,7 +185,7 @@ class ResumableSampler(Sampler[int]):
     def set_epoch(self, epoch: int, skip_samples: int = 0) -> None:
         self.epoch, self.skip = epoch, skip_samples
 
-    def _indices(self) -> list[int]:
+    def _indices(self, rank: int | None = None) -> list[int]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.size, generator=g).tolist()
@@ -193,7 +193,11 @@ class ResumableSampler(Sampler[int]):
             order = list(range(self.size))
         per_rank = math.ceil(self.size / self.world)
         order += order[: per_rank * self.world - self.size]  # pad so every rank gets as many
-        return order[self.rank :: self.world]
+        return order[(self.rank if rank is None else rank) :: self.world]
+
+    def gathered_indices(self) -> torch.Tensor:
+        """Dataset index of each row of an all-gather of every rank's outputs, in rank order."""
+        return torch.tensor([i for r in range(self.world) for i in self._indices(r)])
 
     def __iter__(self):
         return iter(self._indices()[self.skip :])

@@ -34,8 +34,8 @@ def collect_probs(
     """Softmax outputs after every step, (T, N, C), and targets (N,), for all of ``loader``.
 
     ``policy``: "learned" (π's mean), "random" (uniform) or "fixed" (centre, then corners).
-    With several processes each evaluates its shard and the results are gathered (so N
-    may include the few samples repeated to even out the shards).
+    With several processes each evaluates its shard; the gathered results are put back in
+    dataset order, without the samples repeated to even out the shards.
     """
     model.eval()
     device = world.device
@@ -55,9 +55,17 @@ def collect_probs(
             logits = model(images, locations=where, need_aux=False).logits
         all_probs.append(F.softmax(logits.float(), dim=2))
         all_targets.append(targets.to(device))
-    probs = torch.cat(all_probs, dim=1)
-    targets = torch.cat(all_targets)
-    return all_gather_cat(probs, world, dim=1).cpu(), all_gather_cat(targets, world).cpu()
+    probs = all_gather_cat(torch.cat(all_probs, dim=1), world, dim=1).cpu()
+    targets = all_gather_cat(torch.cat(all_targets), world).cpu()
+    if world.distributed:
+        index = loader.sampler.gathered_indices()
+        size = int(index.max()) + 1
+        ordered_probs = probs.new_empty(probs.shape[0], size, probs.shape[2])
+        ordered_probs[:, index] = probs  # a repeated sample writes the same values twice
+        ordered_targets = targets.new_empty(size)
+        ordered_targets[index] = targets
+        probs, targets = ordered_probs, ordered_targets
+    return probs, targets
 
 
 def anytime_accuracy(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:
