@@ -145,6 +145,16 @@ def train_static(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows:
     return result
 
 
+def static_result(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows: list[int], epochs: int) -> dict:
+    """:func:`train_static`, kept in the work folder so an interrupted run does each size once."""
+    done = ctx.out_dir / f"static_{size}px_{epochs}ep.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    result = train_static(size, splits, ctx, tc, rows, epochs)
+    atomic_write_text(done, json.dumps(result))
+    return result
+
+
 def markdown_table(report: dict) -> str:
     """RESULTS.md's tables, from results.json."""
     m = lambda v: f"{v / 1e6:.1f}"  # noqa: E731
@@ -203,7 +213,8 @@ def main() -> None:
         pretrained_head(encoder.model, rows)
     model.to(world.device)
     args.work.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out_dir=args.work, world=world, log=RunLog(args.work, world), quiet=False)
+    # resume=True: a rerun continues each stage from its last checkpoint (finished ones are kept).
+    ctx = Context(out_dir=args.work, world=world, log=RunLog(args.work, world), quiet=False, resume=True)
     meta = {"config": model.config.to_dict(), "classes": splits.classes, "train_config": tc.to_dict(),
             "data": str(args.data), "madds": model.madds()}
     timings = {}
@@ -228,7 +239,7 @@ def main() -> None:
     glance = {"accuracy": results["anytime_accuracy"][0], "madds": madds_at(model.global_encoder.model, args.patch_size)}
 
     t0 = time.time()
-    static = [train_static(s, splits, ctx, tc, rows, args.static_epochs) for s in args.sizes]
+    static = [static_result(s, splits, ctx, tc, rows, args.static_epochs) for s in args.sizes]
     timings["static"] = round(time.time() - t0)
     timings["total"] = round(time.time() - started)
 
