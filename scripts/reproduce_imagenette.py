@@ -4,9 +4,10 @@
 
 Trains a GFNet (tf_efficientnet_lite0, 224 px images, 96 px patches, T = 4) with the
 paper's pipeline (glance fine-tune, Stage I, Stage II; no Stage III for EfficientNet,
-appendix A.3), fine-tunes the static backbone at 96..224 px for as many epochs as Stage I
-trains the GFNet at full resolution, and writes JSON + PNG results and ``RESULTS.md``'s table.
-Epochs are cut down from appendix A.3 to fit two CPU cores in under two hours.
+appendix A.3), fine-tunes the static backbone at 96..224 px (``--static-epochs`` each),
+and writes JSON + PNG results; ``--table`` prints RESULTS.md's tables from them.
+Epochs are cut down from appendix A.3 to fit two CPU cores in about two hours. A rerun
+resumes: finished stages and static sizes are kept in ``--work``.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def main() -> None:
     p.add_argument("--glance-epochs", type=int, default=2)
     p.add_argument("--stage1-epochs", type=int, default=3)
     p.add_argument("--stage2-epochs", type=int, default=2)
-    p.add_argument("--static-epochs", type=int, default=2, help="full-resolution fine-tuning epochs, as Stage I gets")
+    p.add_argument("--static-epochs", type=int, default=2, help="fine-tuning epochs of each static baseline")
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 192, 224])
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
     p.add_argument("--table", action="store_true", help="only print RESULTS.md's tables from --out/results.json")
