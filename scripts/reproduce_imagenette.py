@@ -31,7 +31,7 @@ from glancefocus.config import PPOConfig, TrainConfig
 from glancefocus.data import SeededAugmentation, holdout_split, load_rgb, subset
 from glancefocus.distributed import init_world
 from glancefocus.engine import Context, RunLog
-from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, oracle_accuracy, plot_results
+from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, plot_results
 from glancefocus.patches import glance_resize
 from glancefocus.pretrained import PACKAGE_MEAN, PACKAGE_STD, create_backbone, imagenet_indices, restrict_head
 from glancefocus.stages import Data, loader, train_classifier, train_glance, train_policy
@@ -251,7 +251,6 @@ def main() -> None:
         "epochs": {"glance": args.glance_epochs, "stage1": args.stage1_epochs, "stage2": args.stage2_epochs, "static": args.static_epochs},
         **results,
         "anytime_accuracy_by_policy": {"learned": results["anytime_accuracy"], **ablation},
-        "oracle": oracle_accuracy(probs, targets, madds),
         "glance_encoder_alone": glance,
         "static": static,
         "seconds": timings,

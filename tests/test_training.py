@@ -62,6 +62,10 @@ def check_results(results: dict, T: int = 3) -> None:
     assert len(madds) == T and madds[0] > 0 and all(b > a for a, b in zip(madds, madds[1:]))
     assert len(results["anytime_accuracy"]) == T
     assert all(0 <= a <= 100 for a in results["anytime_accuracy"])
+    # The oracle exits at the first correct step: at least as accurate as any one step, never
+    # dearer than running them all.
+    assert results["oracle"]["accuracy"] >= max(results["anytime_accuracy"]) - 1e-9
+    assert results["madds"][0] <= results["oracle"]["madds"] <= results["madds"][-1]
     thresholds = [_floats(row) for row in results["thresholds"]]
     assert len(thresholds) == 39 and all(len(row) == T for row in thresholds)
     assert all(row[-1] == -math.inf for row in thresholds)

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, read_meta
 from .config import PPOConfig, TrainConfig
 from .data import BUILTIN
 from .distributed import World
 from .engine import Context, RunLog
-from .evaluate import anytime_accuracy, collect_probs, oracle_accuracy
+from .evaluate import anytime_accuracy, collect_probs
 from .inference import select_thresholds
-from .pipeline import dataset_classes, default_model_config, evaluate_checkpoint, load_model, train
+from .pipeline import dataset_classes, default_model_config, evaluate_checkpoint, train
 from .stages import default_workers, load_data, loader
 from .visualize import visualize
 
@@ -72,30 +72,28 @@ def run_demo(data: str = BUILTIN, out: Path = Path("runs/demo"), *, world: World
     )
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out_dir=out, world=world, log=RunLog(out, world), quiet=quiet)
-    final, _ = train(["glance", "1", "2", "3"], config=config, tc=tc, data=data, ctx=ctx, pretrained=demo.pretrained)
+    final, model = train(["glance", "1", "2", "3"], config=config, tc=tc, data=data, ctx=ctx, pretrained=demo.pretrained)
     ctx.log.close()
     print("evaluating ...", flush=True)
     results = evaluate_checkpoint(final, ctx=ctx, data=data, json_out=out / "results.json", plot=out / "budgeted.png", batch_size=256)
-    model, meta = load_model(final, world.device)
     dataset = load_data(data, model, tc.for_model(model.config))
     val_loader = loader(dataset.val, ctx, tc, train=False)
     ablation = {}
     for policy in ("random", "fixed"):
         probs, targets = collect_probs(model, val_loader, world, policy=policy, generator=torch.Generator().manual_seed(0))
         ablation[policy] = anytime_accuracy(probs, targets)
-    probs, targets = collect_probs(model, val_loader, world)
     report = {
         "data": data,
         "config": model.config.to_dict(),
         "madds": results["madds"],
         "anytime_accuracy": {"learned": results["anytime_accuracy"], **ablation},
-        "oracle": oracle_accuracy(probs, targets, results["madds"]),
+        "oracle": results["oracle"],
         "budgeted": results["budgeted"],
         "seconds": round(time.time() - started, 1),
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     _plot_anytime(report, out / "anytime.png")
-    thresholds, _ = select_thresholds(meta)
+    thresholds, _ = select_thresholds(read_meta(final))
     images = torch.stack([dataset.val[i][0] for i in range(min(6, len(dataset.val)))]).to(world.device)
     exits = model.predict(images, thresholds).exit_step
     visualize(model, images, out / "patches.png", classes=dataset.classes, exit_steps=exits,

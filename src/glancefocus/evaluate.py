@@ -89,13 +89,15 @@ def oracle_accuracy(probs: torch.Tensor, targets: torch.Tensor, madds: list[floa
 def evaluate_results(
     heldout_probs: torch.Tensor, test_probs: torch.Tensor, test_targets: torch.Tensor, madds: list[float]
 ) -> dict[str, Any]:
-    """The results a checkpoint carries: MAdds, anytime accuracy, 39 thresholds, budgeted curve."""
+    """The results a checkpoint carries: MAdds, anytime accuracy, 39 thresholds, budgeted
+    curve, and the oracle exit that bounds the curve."""
     thresholds, curve = budgeted_curve(heldout_probs, test_probs, test_targets, madds, PAPER_QS)
     return {
         "madds": madds,
         "anytime_accuracy": anytime_accuracy(test_probs, test_targets),
         "thresholds": [[_finite(v) for v in row] for row in thresholds.tolist()],
         "budgeted": curve,
+        "oracle": oracle_accuracy(test_probs, test_targets, madds),
     }
 
 

@@ -15,9 +15,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def select_thresholds(meta: dict[str, Any], budget: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Thresholds stored in a checkpoint, for the budget point whose mean MAdds is the
-    largest not above ``budget`` (the cheapest point if none is); without a budget, the
-    most accurate point.  Returns (thresholds (T,), the chosen {"q", "madds", "accuracy"})."""
+    """Thresholds stored in a checkpoint: those of the most accurate budget point whose mean
+    MAdds is within ``budget`` (the cheapest point if none is); without a budget, of the most
+    accurate point overall.  Returns (thresholds (T,), the chosen {"q", "madds", "accuracy"})."""
     results = meta.get("results")
     if not results or "thresholds" not in results:
         raise ValueError("this checkpoint has no thresholds: run `glancefocus evaluate --checkpoint CK` first")
