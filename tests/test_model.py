@@ -332,6 +332,24 @@ def test_eval_policy_is_deterministic():
     assert (s1.locations - a.locations).abs().mean() < 0.3
 
 
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_050"])
+def test_channels_last_model_feeds_its_convs_channels_last_with_same_outputs(backbone):
+    torch.manual_seed(0)
+    model = GFNet(GFNetConfig(backbone=backbone, num_classes=5, patch_size=32, T=3, image_size=64)).eval()
+    reference = copy.deepcopy(model)
+    model.to(memory_format=torch.channels_last)
+    seen = []
+    for encoder in (model.global_encoder, model.local_encoder):
+        stem = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+        stem.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    images = torch.randn(6, 3, 64, 64)  # NCHW, as a data loader yields them
+    with torch.no_grad():
+        ours, ref = model(images), reference(images)
+    assert seen == [True, True, True]  # glance and both patches reach the stem conv channels_last
+    assert torch.allclose(ours.logits, ref.logits, atol=1e-4) and torch.allclose(ours.locations, ref.locations, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- gradients
 def stage1_loss(model: GFNet, images, targets, aux_weight: float = 1.0):
     out = model(images, locations="random", need_aux=True)

@@ -44,6 +44,10 @@ class Encoder(nn.Module):
         return self.model.get_classifier()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Inputs follow the weights' memory format: a channels_last model fed NCHW views
+        # (glances, crops) would convert them in every conv and lose most of its speed-up.
+        if next(self.model.parameters()).is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         feature_map = self.model.forward_features(x)
         return feature_map, self.model.forward_head(feature_map, pre_logits=True)
 

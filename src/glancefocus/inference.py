@@ -60,7 +60,6 @@ def predict_files(
     *,
     batch_size: int = 64,
     amp: torch.dtype | None = None,
-    channels_last: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per file: label, class name, probability, exit step, MAdds spent, locations."""
     device = next(model.parameters()).device
@@ -69,8 +68,6 @@ def predict_files(
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         images = load_images(chunk, model).to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         out = model.predict(images, thresholds, amp=amp)
         for i, f in enumerate(chunk):
             step = int(out.exit_step[i])
