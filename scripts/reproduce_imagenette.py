@@ -31,10 +31,11 @@ from glancefocus.config import PPOConfig, TrainConfig
 from glancefocus.data import SeededAugmentation, holdout_split, load_rgb, subset
 from glancefocus.distributed import init_world
 from glancefocus.engine import Context, RunLog
-from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, plot_results
+from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, plot_results, thresholds_tensor
 from glancefocus.patches import glance_resize
 from glancefocus.pretrained import PACKAGE_MEAN, PACKAGE_STD, create_backbone, imagenet_indices, restrict_head
 from glancefocus.stages import Data, loader, train_classifier, train_glance, train_policy
+from glancefocus.visualize import visualize
 
 
 class CachedImages(Dataset):
@@ -116,7 +117,7 @@ def train_static(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows:
     """Fine-tune the static backbone on images resized to ``size`` (same recipe as the glance
     fine-tune), then report its val accuracy and multiply-adds."""
     device = ctx.world.device
-    net = create_backbone("tf_efficientnet_lite0", pretrained="lite0").to(device)
+    net = create_backbone("tf_efficientnet_lite0", pretrained="lite0").to(device, memory_format=torch.channels_last)
     restrict_head(net, rows)
     optimizer = torch.optim.SGD(net.parameters(), lr=tc.glance_lr, momentum=0.9, nesterov=True, weight_decay=tc.weight_decay)
     train_loader = loader(splits.data.train, ctx, tc, train=True)
@@ -127,7 +128,7 @@ def train_static(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows:
         train_loader.sampler.set_epoch(epoch)
         splits.data.train.set_epoch(epoch, f"static{size}")
         for images, targets in tqdm(train_loader, desc=f"static {size} epoch {epoch + 1}/{epochs}", leave=False):
-            images, targets = images.to(device), targets.to(device)
+            images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
             loss = F.cross_entropy(net(glance_resize(images, size) if size != 224 else images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -137,7 +138,7 @@ def train_static(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows:
     correct = total = 0
     with torch.inference_mode():
         for images, targets in loader(splits.data.val, ctx, tc, train=False):
-            images = images.to(device)
+            images = images.to(device, memory_format=torch.channels_last)
             logits = net(glance_resize(images, size) if size != 224 else images)
             correct += int((logits.argmax(1).cpu() == targets).sum())
             total += len(targets)
@@ -154,6 +155,19 @@ def static_result(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows
     result = train_static(size, splits, ctx, tc, rows, epochs)
     atomic_write_text(done, json.dumps(result))
     return result
+
+
+def draw_patches(model: GFNet, results: dict, splits: Splits, path: Path, device: torch.device) -> None:
+    """Where the learned policy looks on the first val image of each of six classes, with each
+    image's exit step at the budget q = 1 (equal exit fractions)."""
+    val = splits.data.val
+    first = {int(t): i for i, t in reversed(list(enumerate(val.targets.tolist())))}
+    picks = [first[c] for c in sorted(first)[:6]]
+    images = torch.stack([val[i][0] for i in picks]).to(device)
+    point = min(range(len(results["budgeted"])), key=lambda k: abs(results["budgeted"][k]["q"] - 1.0))
+    exits = model.predict(images, thresholds_tensor([results["thresholds"][point]])[0]).exit_step
+    visualize(model, images, path, classes=splits.classes, exit_steps=exits,
+              titles=[f"true: {splits.classes[int(val.targets[i])]}" for i in picks])
 
 
 def markdown_table(report: dict) -> str:
@@ -187,8 +201,8 @@ def main() -> None:
     p.add_argument("--patch-size", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--glance-epochs", type=int, default=2)
-    p.add_argument("--stage1-epochs", type=int, default=3)
-    p.add_argument("--stage2-epochs", type=int, default=2)
+    p.add_argument("--stage1-epochs", type=int, default=5)
+    p.add_argument("--stage2-epochs", type=int, default=5)
     p.add_argument("--static-epochs", type=int, default=2, help="fine-tuning epochs of each static baseline")
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 192, 224])
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
@@ -212,7 +226,7 @@ def main() -> None:
     rows = imagenet_indices(splits.classes)
     for encoder in (model.global_encoder, model.local_encoder):
         pretrained_head(encoder.model, rows)
-    model.to(world.device)
+    model.to(world.device, memory_format=torch.channels_last)
     args.work.mkdir(parents=True, exist_ok=True)
     # resume=True: a rerun continues each stage from its last checkpoint (finished ones are kept).
     ctx = Context(out_dir=args.work, world=world, log=RunLog(args.work, world), quiet=False, resume=True)
@@ -262,6 +276,7 @@ def main() -> None:
     plot_results({"budgeted": [], "madds": madds, "anytime_accuracy": results["anytime_accuracy"]}, args.out / "anytime.png",
                  title="Anytime accuracy by patch policy",
                  extra={f"{k} patches": {"madds": madds, "accuracy": v} for k, v in ablation.items()})
+    draw_patches(model, results, splits, args.out / "patches.png", world.device)
     print(markdown_table(report))
     print(f"total {timings['total']} s")
 
