@@ -65,7 +65,7 @@ def test_deterministic_and_independent_of_global_rng() -> None:
 def test_shapes_dtypes_labels(split: str) -> None:
     images, labels = make_cluttered_digits(split, SMALL)
     n = SMALL.train_size if split == "train" else SMALL.val_size
-    assert images.shape == (n, 3, 96, 96) and images.dtype == torch.uint8
+    assert images.shape == (n, 3, SMALL.canvas, SMALL.canvas) and images.dtype == torch.uint8
     assert labels.shape == (n,) and labels.dtype == torch.int64
     assert set(labels.tolist()) == set(range(10))
     # colour: the three channels differ, yet the background stays dark
@@ -107,7 +107,7 @@ def test_digit_is_at_its_position_and_from_its_own_pool(split: str) -> None:
 
 
 def test_glance_is_hard_but_focus_is_easy() -> None:
-    # nearest class-mean classifier: fit on train, score on val, from a 4x-downsampled glance
+    # nearest class-mean classifier: fit on train, score on val, from the demo's 48 px glance
     # of the whole canvas versus the full-resolution digit-sized patch at the digit
     cfg = ClutteredDigitsConfig(train_size=2000, val_size=500)
     (xt, yt, pt), (xv, yv, pv) = (make_cluttered_digits(s, cfg, return_positions=True) for s in ("train", "val"))
@@ -117,7 +117,7 @@ def test_glance_is_hard_but_focus_is_easy() -> None:
         centroids = torch.stack([ft[yt == k].mean(0) for k in range(10)])
         return ((fv @ centroids.T).argmax(1) == yv).float().mean().item()
 
-    glance = accuracy(tuple(F.avg_pool2d(_grey(x)[:, None], 4) for x in (xt, xv)))
+    glance = accuracy(tuple(F.avg_pool2d(_grey(x)[:, None], cfg.canvas // 48) for x in (xt, xv)))
     focus = accuracy((_crop(_grey(xt), pt, cfg.digit), _crop(_grey(xv), pv, cfg.digit)))
     assert glance < 0.3, glance
     assert focus > 0.75, focus
@@ -135,7 +135,7 @@ def test_dataset_class() -> None:
     assert len(ds) == SMALL.val_size and ds.classes == [str(k) for k in range(10)]
     assert ds.targets == labels.tolist() and all(isinstance(t, int) for t in ds.targets)
     image, label = ds[3]
-    assert seen == [(3, 96, 96)] and label == labels[3].item()
+    assert seen == [(3, SMALL.canvas, SMALL.canvas)] and label == labels[3].item()
     assert image.dtype == torch.float32 and torch.allclose(image, images[3].float() / 255 * 2)
     plain, _ = ClutteredDigits("val", SMALL)[3]
     assert 0 <= plain.min() and plain.max() <= 1
@@ -186,7 +186,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"digit": 100}, "digit .* canvas"),
+        ({"digit": 200}, "digit .* canvas"),
         ({"fragment": 30}, "fragment .* digit"),
         ({"canvas": 0}, "canvas must be >= 1"),
         ({"train_size": 0}, "train_size must be >= 1"),
@@ -204,3 +204,29 @@ def test_bad_split_raises() -> None:
         make_cluttered_digits("test", SMALL)
     with pytest.raises(ValueError, match="split"):
         ClutteredDigits("training", SMALL)
+
+
+def test_fresh_canvases_each_epoch_while_heldout_views_stay() -> None:
+    from glancefocus.data import SeededAugmentation, evaluation_view, subset
+
+    train = ClutteredDigits("train", SMALL, fresh_each_epoch=True)
+    first, first_labels = train.images, train.labels
+    plain = evaluation_view(train)  # what held-out images are cut from
+    augmented = SeededAugmentation(subset(train, list(range(10))), seed=0)
+
+    augmented.set_epoch(1, "glance")
+    epoch1 = train.images
+    assert not torch.equal(epoch1, first) and train.targets == train.labels.tolist()
+    assert set(train.labels.tolist()) == set(range(10))
+    augmented.set_epoch(2, "glance")
+    assert not torch.equal(train.images, epoch1)
+    augmented.set_epoch(1, "stage1")
+    assert not torch.equal(train.images, epoch1)  # each stage sees new canvases too
+    augmented.set_epoch(1, "glance")
+    assert torch.equal(train.images, epoch1)  # deterministic: a resumed epoch sees the same canvases
+    assert torch.equal(augmented[3][0], train[3][0])
+    # the held-out view and a fixed set keep their canvases
+    assert torch.equal(plain.images, first) and torch.equal(plain.labels, first_labels)
+    fixed = ClutteredDigits("train", SMALL)
+    fixed.set_epoch(5, "glance")
+    assert torch.equal(fixed.images, first)

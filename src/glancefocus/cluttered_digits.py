@@ -1,13 +1,15 @@
 """Cluttered digits: a built-in, download-free data set where *where to look* matters.
 
-Each sample is a 96x96 RGB canvas (by default): a dark, mildly noisy background
-holding one handwritten digit, upscaled bilinearly to 28x28 (then contrast-stretched
+Each sample is a 112x112 RGB canvas (by default): a dark, mildly noisy background
+holding one handwritten digit, upscaled bilinearly to 14x14 (then contrast-stretched
 into crisp strokes) at a uniformly random position, among 8 clutter fragments:
-10x10 crops of *other* digits of the same split, scattered around it (never over
+5x5 crops of *other* digits of the same split, scattered around it (never over
 it, so the label stays unambiguous), all max-blended and given one random colour
-tint per canvas (colour carries no hint of where the digit is). A
-downsampled glance sees digit-like strokes everywhere, so a model must find the
-real digit and read it at full resolution -- the setting of the cluttered MNIST
+tint per canvas (colour carries no hint of where the digit is). The geometry is
+chosen for a 48 px glance (the demo's patch size): there the digit shrinks to 6 px,
+a blob that shows *where* it is far better than *which* it is, while a 48 px patch
+at full resolution holds it whole -- if it is in the right place, which a uniformly
+random patch is about one time in four. This is the setting of the cluttered MNIST
 benchmark of the Recurrent Attention Model (Mnih et al., "Recurrent Models of
 Visual Attention", NeurIPS 2014), which GFNet's glance-and-focus policy targets.
 
@@ -15,18 +17,20 @@ The source images are the 1,797 8x8 digits (17 grey levels, 10 classes) shipped
 inside the scikit-learn wheel (``sklearn/datasets/data/digits.csv.gz``), so
 nothing is downloaded. The digits are split per class, 80% / 20%, into disjoint
 train / val pools (val digits come from writers' samples never seen in
-training); by default 6,000 train and 1,500 val canvases are drawn from them.
+training); by default 12,000 train and 2,000 val canvases are drawn from them.
 Generation is vectorised torch code driven by a ``torch.Generator`` seeded from
 ``(config.seed, split)``: bit-identical on every call, independent of the
-global RNG, and about a second for the default train + val on 2 CPU cores.
+global RNG, and about two seconds for the default train + val on 2 CPU cores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, overload
@@ -51,12 +55,12 @@ _CHUNK = 1024  # fixed chunk size keeps memory flat without making results machi
 class ClutteredDigitsConfig:
     """Geometry and size of the cluttered-digits data set (all lengths in pixels)."""
 
-    canvas: int = 96  # side of the square canvas
-    digit: int = 28  # side of the upscaled digit
+    canvas: int = 112  # side of the square canvas
+    digit: int = 14  # side of the upscaled digit
     fragments: int = 8  # clutter pieces per canvas
-    fragment: int = 10  # side of a clutter piece
-    train_size: int = 6000
-    val_size: int = 1500
+    fragment: int = 5  # side of a clutter piece
+    train_size: int = 12000
+    val_size: int = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -107,7 +111,7 @@ def source_indices(split: str) -> torch.Tensor:
 def upscale_digits(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinearly upscale (N, 8, 8) digits to (N, size, size) in [0, 1], then contrast-stretch them."""
     up = F.interpolate(images[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    # bilinear 8x8 -> 28x28 gives fat blurry blobs; the stretch makes crisp, thinner, MNIST-like strokes
+    # bilinear upscaling gives fat blurry blobs; the stretch makes crisp, thinner, MNIST-like strokes
     return ((up - 0.4) / 0.4).clamp(0, 1)
 
 
@@ -181,16 +185,31 @@ def make_cluttered_digits(split: str, config: ClutteredDigitsConfig = ClutteredD
 
 
 class ClutteredDigits(Dataset):
-    """Map-style data set of one split; items are (float image (3, H, W) in [0, 1], int label)."""
+    """Map-style data set of one split; items are (float image (3, H, W) in [0, 1], int label).
+
+    With ``fresh_each_epoch``, :meth:`set_epoch` draws a new set of canvases for each
+    (stage, epoch) from the same source digits: an endless supply, as RAM's cluttered MNIST
+    is generated on the fly, so no model can memorise canvases (a few thousand fixed ones
+    are learnt by heart within a few epochs, the glance first, and then the focus steps
+    have nothing left to teach).
+    """
 
     classes = [str(c) for c in range(10)]
 
     def __init__(self, split: str, config: ClutteredDigitsConfig = ClutteredDigitsConfig(),
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        self.split, self.config, self.transform = split, config, transform
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                 fresh_each_epoch: bool = False) -> None:
+        self.split, self.config, self.transform, self.fresh_each_epoch = split, config, transform, fresh_each_epoch
         self.images, self.labels = make_cluttered_digits(split, config)
         self.targets: list[int] = self.labels.tolist()  # like torchvision's ImageFolder
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    def set_epoch(self, epoch: int, stage: str = "") -> None:
+        if not self.fresh_each_epoch:
+            return
+        seed = zlib.crc32(f"{self.config.seed}:{stage}:{epoch}".encode())
+        self.images, self.labels = make_cluttered_digits(self.split, dataclasses.replace(self.config, seed=seed))
+        self.targets = self.labels.tolist()
 
     def __len__(self) -> int:
         return len(self.labels)

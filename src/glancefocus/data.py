@@ -101,7 +101,7 @@ def load_split(
     Unreadable files and images smaller than ``min_size`` raise an error naming the file
     when loaded, or with ``skip_bad`` are removed up front (and counted)."""
     if data == BUILTIN:
-        return ClutteredDigits(split, transform=transforms.Normalize(mean, std))
+        return ClutteredDigits(split, transform=transforms.Normalize(mean, std), fresh_each_epoch=train)
     root = Path(data) / split
     if not root.is_dir():
         raise FileNotFoundError(
@@ -129,8 +129,12 @@ def load_split(
 
 def evaluation_view(dataset: Dataset, **transform_options) -> Dataset:
     """The same images as ``dataset`` (no re-scan) with the evaluation transform."""
+    if isinstance(dataset, ClutteredDigits):  # the same canvases, kept when training draws fresh ones
+        view = copy.copy(dataset)
+        view.fresh_each_epoch = False
+        return view
     if not isinstance(dataset, datasets.ImageFolder):
-        return dataset  # the built-in set has no random augmentation
+        return dataset
     view = copy.copy(dataset)
     view.transform = image_transform(train=False, **transform_options)
     return view
@@ -150,6 +154,9 @@ class SeededAugmentation(Dataset):
 
     def set_epoch(self, epoch: int, stage: str = "") -> None:
         self.epoch, self.stage = epoch, stage
+        inner = self.dataset.dataset if isinstance(self.dataset, Subset) else self.dataset
+        if hasattr(inner, "set_epoch"):  # data drawn afresh each epoch (the built-in set)
+            inner.set_epoch(epoch, stage)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -29,7 +29,7 @@ def dataset_classes(data: str) -> list[str]:
 
 
 def default_model_config(data: str, **fields: Any) -> GFNetConfig:
-    """A config for ``data``: the built-in set uses its 96 px canvas uncropped."""
+    """A config for ``data``: the built-in set uses its whole canvas (112 px), uncropped."""
     if data == BUILTIN:
         fields = {"image_size": builtin_image_size(), "crop_pct": 1.0, **fields}
     return GFNetConfig(**{k: v for k, v in fields.items() if v is not None})
