@@ -162,7 +162,7 @@ class TrainConfig:
     holdout: float = 0.1  # fraction of training images kept out for model selection and thresholds
     skip_bad_images: bool = False  # drop unreadable / too small images up front instead of failing
     amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = True  # oneDNN convs: 1.8-2.7x faster CPU training (benchmarks/bench_memory_format.py)
+    channels_last: bool = True  # oneDNN convs: a CPU Stage I step 1.9x faster (benchmarks/bench_memory_format.py)
     compile: bool = False
     workers: int = 2
     seed: int = 0
