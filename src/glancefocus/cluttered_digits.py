@@ -25,13 +25,12 @@ global RNG, and about two seconds for the default train + val on 2 CPU cores.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import os
 import shutil
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal, overload
 
@@ -208,7 +207,7 @@ class ClutteredDigits(Dataset):
         if not self.fresh_each_epoch:
             return
         seed = zlib.crc32(f"{self.config.seed}:{stage}:{epoch}".encode())
-        self.images, self.labels = make_cluttered_digits(self.split, dataclasses.replace(self.config, seed=seed))
+        self.images, self.labels = make_cluttered_digits(self.split, replace(self.config, seed=seed))
         self.targets = self.labels.tolist()
 
     def __len__(self) -> int:
