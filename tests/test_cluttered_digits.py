@@ -17,6 +17,7 @@ from glancefocus.cluttered_digits import (
     upscale_digits,
     write_image_folder,
 )
+from glancefocus.data import BUILTIN, builtin_image_size, load_split
 
 SMALL = ClutteredDigitsConfig(train_size=300, val_size=200)
 
@@ -230,3 +231,10 @@ def test_fresh_canvases_each_epoch_while_heldout_views_stay() -> None:
     fixed = ClutteredDigits("train", SMALL)
     fixed.set_epoch(5, "glance")
     assert torch.equal(fixed.images, first)
+
+
+def test_builtin_split_is_served_at_the_model_image_size() -> None:
+    # a preset's 224 px config gets 224 px canvases, so the checkpoint describes what it saw
+    kw = dict(crop_pct=1.0, train=False)
+    assert load_split(BUILTIN, "val", image_size=builtin_image_size(), **kw)[0][0].shape == (3, 112, 112)
+    assert load_split(BUILTIN, "val", image_size=224, **kw)[0][0].shape == (3, 224, 224)

@@ -100,8 +100,11 @@ def load_split(
 
     Unreadable files and images smaller than ``min_size`` raise an error naming the file
     when loaded, or with ``skip_bad`` are removed up front (and counted)."""
-    if data == BUILTIN:
-        return ClutteredDigits(split, transform=transforms.Normalize(mean, std), fresh_each_epoch=train)
+    if data == BUILTIN:  # whole canvases (no crop), resized only if the model asks another size
+        steps = [transforms.Normalize(mean, std)]
+        if image_size != builtin_image_size():
+            steps.insert(0, transforms.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True))
+        return ClutteredDigits(split, transform=transforms.Compose(steps), fresh_each_epoch=train)
     root = Path(data) / split
     if not root.is_dir():
         raise FileNotFoundError(

@@ -29,10 +29,12 @@ def dataset_classes(data: str) -> list[str]:
 
 
 def default_model_config(data: str, **fields: Any) -> GFNetConfig:
-    """A config for ``data``: the built-in set uses its whole canvas (112 px), uncropped."""
+    """A config for ``data``: the built-in set uses its whole canvas (112 px), uncropped.
+    Fields given as None take the data's default, or else GFNetConfig's."""
+    given = {k: v for k, v in fields.items() if v is not None}
     if data == BUILTIN:
-        fields = {"image_size": builtin_image_size(), "crop_pct": 1.0, **fields}
-    return GFNetConfig(**{k: v for k, v in fields.items() if v is not None})
+        given = {"image_size": builtin_image_size(), "crop_pct": 1.0, **given}
+    return GFNetConfig(**given)
 
 
 def load_model(
