@@ -126,6 +126,16 @@ def test_preset_names_and_sizes():
         fc_kind, pi_kind, interp = FAMILY[family(cfg.backbone)]
         r = cfg.resolved()
         assert (r.classifier, r.policy, r.interpolation) == (fc_kind, pi_kind, interp), name
+        assert r.classifier_hidden == {"gru": 1024, "cascade": 0}[fc_kind], name
+        assert r.policy_hidden == {"mlp": 1024, "conv": 256}[pi_kind], name
+
+
+def test_widths_follow_the_kind_asked_for_not_the_family():
+    # SPEC "The model": π's GRU is 1024 wide after the MLP trunk and 256 after the conv trunk
+    assert GFNetConfig(backbone="regnety_006", policy="mlp").resolved().policy_hidden == 1024
+    assert GFNetConfig(backbone="resnet50", policy="conv").resolved().policy_hidden == 256
+    assert GFNetConfig(backbone="efficientnet_b0", classifier="gru").resolved().classifier_hidden == 1024
+    assert GFNetConfig(backbone="resnet50", policy="conv", policy_hidden=64).resolved().policy_hidden == 64
 
 
 @pytest.mark.parametrize("name", list(TABLE2))

@@ -42,9 +42,7 @@ class FamilyDefaults:
     """What appendix A fixes per backbone family."""
 
     classifier: ClassifierKind  # fC: GRU (ResNet/DenseNet/RegNet) or cascade of linears
-    classifier_hidden: int
     policy: PolicyKind  # π: flatten+MLP (ResNet/DenseNet) or 1x1 conv to 32 ch (others)
-    policy_hidden: int
     interpolation: str  # glance resize: bicubic or bilinear (SPEC "The model")
     aux_weight: float  # λ of the deep-supervision loss
     encoder_lr: float
@@ -54,14 +52,20 @@ class FamilyDefaults:
     stage3: bool  # appendix A.3 skips Stage III for EfficientNet
 
 
+# Widths follow the kind, whichever family asks for it (SPEC "The model"): a GRU fC has
+# 1024 hidden units (0: the cascade has none); π's GRU has 1024 after the MLP trunk, 256
+# after the light conv trunk.
+CLASSIFIER_HIDDEN: dict[ClassifierKind, int] = {"gru": 1024, "cascade": 0}
+POLICY_HIDDEN: dict[PolicyKind, int] = {"mlp": 1024, "conv": 256}
+
 FAMILY_DEFAULTS: dict[Family, FamilyDefaults] = {
-    "resnet": FamilyDefaults("gru", 1024, "mlp", 1024, "bicubic", 1.0, 0.01, 1e-4, 60, False, True),
-    "densenet": FamilyDefaults("gru", 1024, "mlp", 1024, "bilinear", 1.0, 0.01, 1e-4, 60, False, True),
-    "regnet": FamilyDefaults("gru", 1024, "conv", 256, "bilinear", 1.0, 0.02, 5e-5, 60, False, True),
-    "mobilenetv3": FamilyDefaults("cascade", 0, "conv", 256, "bicubic", 5.0, 0.005, 1e-4, 90, True, True),
-    "efficientnet": FamilyDefaults("cascade", 0, "conv", 256, "bicubic", 5.0, 0.005, 1e-4, 30, True, False),
+    "resnet": FamilyDefaults("gru", "mlp", "bicubic", 1.0, 0.01, 1e-4, 60, False, True),
+    "densenet": FamilyDefaults("gru", "mlp", "bilinear", 1.0, 0.01, 1e-4, 60, False, True),
+    "regnet": FamilyDefaults("gru", "conv", "bilinear", 1.0, 0.02, 5e-5, 60, False, True),
+    "mobilenetv3": FamilyDefaults("cascade", "conv", "bicubic", 5.0, 0.005, 1e-4, 90, True, True),
+    "efficientnet": FamilyDefaults("cascade", "conv", "bicubic", 5.0, 0.005, 1e-4, 30, True, False),
     # Any other timm CNN: the RegNet recipe (GRU fC, light conv π) is the cheapest generic choice.
-    "other": FamilyDefaults("gru", 1024, "conv", 256, "bicubic", 1.0, 0.01, 1e-4, 60, False, True),
+    "other": FamilyDefaults("gru", "conv", "bicubic", 1.0, 0.01, 1e-4, 60, False, True),
 }
 
 
@@ -107,18 +111,16 @@ class GFNetConfig:
     def resolved(self) -> GFNetConfig:
         """A copy with every ``None`` field set from the family defaults."""
         d = FAMILY_DEFAULTS[self.family]
+        classifier = self.classifier or d.classifier
+        policy = self.policy or d.policy
         fill = {
-            "classifier": d.classifier,
-            "classifier_hidden": d.classifier_hidden,
-            "policy": d.policy,
-            "policy_hidden": d.policy_hidden,
+            "classifier": classifier,
+            "classifier_hidden": CLASSIFIER_HIDDEN[classifier],
+            "policy": policy,
+            "policy_hidden": POLICY_HIDDEN[policy],
             "interpolation": d.interpolation,
         }
-        fill = {k: v for k, v in fill.items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, **fill)
-        if cfg.classifier == "gru" and not cfg.classifier_hidden:
-            cfg = dataclasses.replace(cfg, classifier_hidden=1024)
-        return cfg
+        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
