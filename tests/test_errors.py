@@ -32,11 +32,19 @@ def test_corrupt_image_is_named_and_can_be_skipped(tmp_path: Path, capsys) -> No
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="broken.png"):
         load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False)[_index_of(data, bad)]
-    code = main([str(a) for a in ("train", "--stage", "glance", "--data", data, "--out", out, "--skip-bad-images", *TINY)])
-    assert code == 0 and (out / "glance.safetensors").exists()
-    assert "skipped 1 unreadable or too small image(s)" in capsys.readouterr().out
+    (data / "val" / "class1" / "junk.png").write_bytes(b"not an image")
+    # the whole pipeline, including the evaluation at its end, skips both
+    code = main([str(a) for a in ("train", "--stage", "all", "--data", data, "--out", out, "--skip-bad-images", *TINY)])
+    assert code == 0 and (out / "stage3.results.json").exists()
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable or too small image(s)" in printed and "junk.png" in printed
     dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False, skip_bad=True)
     assert dataset.skipped == [str(bad)] and len(dataset) == 6 * 2
+
+
+def test_package_weights_for_another_backbone_are_refused() -> None:
+    with pytest.raises(ValueError, match="weights for tf_efficientnet_lite0, not for backbone 'resnet18'"):
+        GFNet(GFNetConfig(backbone="resnet18", num_classes=3, patch_size=32, image_size=64), pretrained="lite0")
 
 
 def _index_of(data: Path, file: Path) -> int:

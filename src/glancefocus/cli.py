@@ -11,14 +11,17 @@ from .data import BUILTIN
 from .distributed import init_world
 from .engine import Context, NonFiniteLoss, RunLog
 from .presets import PRESETS, preset_config
+from .pretrained import PACKAGE_WEIGHTS
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_run_options(p: argparse.ArgumentParser, *, loads_data: bool = True) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default 256)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes per training process")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if loads_data:
+        p.add_argument("--workers", type=int, default=None, help="data-loading processes per training process")
+        p.add_argument("--skip-bad-images", action="store_true", help="drop unreadable or too small images (counted)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (default; faster convolutions on CPU and with AMP on GPU)")
 
@@ -26,7 +29,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", help=f"a Table 2 configuration: {', '.join(PRESETS)}")
-    g.add_argument("--backbone", help="any timm CNN name (default resnet50, or the preset's)")
+    g.add_argument("--backbone", help="any timm CNN name (default resnet50, the preset's, or that of --pretrained liteN)")
     g.add_argument("--patch-size", type=int, help="H' = W' of the glance and of the focus patches")
     g.add_argument("--T", type=int, help="maximum number of steps")
     g.add_argument("--image-size", type=int, help="full image side H = W")
@@ -62,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap batches per epoch (quick runs)")
-    g.add_argument("--skip-bad-images", action="store_true", help="drop unreadable or too small images (counted)")
     g.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     _add_run_options(t)
 
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", type=Path, required=True)
     pr.add_argument("--budget", type=float, help="target mean multiply-adds per image (picks stored thresholds)")
     pr.add_argument("--json", type=Path, help="write the predictions here")
-    _add_run_options(pr)
+    _add_run_options(pr, loads_data=False)
 
     v = sub.add_parser("visualize", help="PNG of the glance and the focus patches, with probabilities")
     v.add_argument("images", nargs="+", help="image files or folders")
@@ -110,8 +112,12 @@ def _train(args: argparse.Namespace) -> None:
 
     world = init_world(args.device)
     classes = dataset_classes(args.data)
+    pretrained = _pretrained(args.pretrained)
+    backbone = args.backbone
+    if backbone is None and not args.preset and isinstance(pretrained, str):
+        backbone = PACKAGE_WEIGHTS.get(pretrained)  # --pretrained lite0 alone means that network
     fields = {
-        "backbone": args.backbone, "patch_size": args.patch_size, "T": args.T, "image_size": args.image_size,
+        "backbone": backbone, "patch_size": args.patch_size, "T": args.T, "image_size": args.image_size,
         "classifier": args.classifier, "policy": args.policy, "num_classes": len(classes),
     }
     if args.preset:
@@ -171,7 +177,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     ctx = Context(out_dir=args.checkpoint.parent, world=world, amp=args.amp, quiet=args.quiet)
     _evaluate_into(
         args.checkpoint, ctx, args.data, json_out=args.json, plot=args.plot, policy=args.policy,
-        batch_size=args.batch_size or 256, channels_last=args.channels_last,
+        batch_size=args.batch_size or 256, channels_last=args.channels_last, skip_bad_images=args.skip_bad_images,
         workers=args.workers if args.workers is not None else default_workers(args.data or "", world.device),
     )
 

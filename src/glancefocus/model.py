@@ -97,7 +97,13 @@ class GFNet(nn.Module):
         super().__init__()
         if isinstance(pretrained, str) and pretrained in PACKAGE_WEIGHTS:
             # Offline package weights need their own architecture variant and input scaling.
-            config = replace(config, backbone=PACKAGE_WEIGHTS[pretrained], mean=PACKAGE_MEAN, std=PACKAGE_STD)
+            arch = PACKAGE_WEIGHTS[pretrained]
+            if config.backbone not in (arch, arch.removeprefix("tf_")):
+                raise ValueError(
+                    f"pretrained={pretrained!r} are weights for {arch}, not for backbone {config.backbone!r}: "
+                    f"pass --backbone {arch.removeprefix('tf_')} (or leave --backbone out), or another --pretrained"
+                )
+            config = replace(config, backbone=arch, mean=PACKAGE_MEAN, std=PACKAGE_STD)
         self.config = cfg = config.resolved()
         self.global_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained)
         self.local_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained)

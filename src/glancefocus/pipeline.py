@@ -156,13 +156,19 @@ def evaluate_checkpoint(
     policy: str = "learned",
     save: bool = True,
     channels_last: bool = True,
+    skip_bad_images: bool = False,
 ) -> dict[str, Any]:
     """Anytime accuracy, MAdds, thresholds (held-out training images) and the 39-point
-    budgeted curve (val images); stored into the checkpoint's metadata and ``json_out``."""
+    budgeted curve (val images); stored into the checkpoint's metadata and ``json_out``.
+    Unreadable images are skipped if asked here or if training skipped them: the held-out
+    split must be drawn from the same images as in training."""
     model, meta = load_model(checkpoint, ctx.world.device, channels_last=channels_last)
     data = data or meta.get("data") or BUILTIN
     saved_tc = meta.get("train_config", {})
-    tc = replace(TrainConfig(), batch_size=batch_size, workers=workers, holdout=saved_tc.get("holdout", 0.1), seed=saved_tc.get("seed", 0))
+    tc = replace(
+        TrainConfig(), batch_size=batch_size, workers=workers, holdout=saved_tc.get("holdout", 0.1), seed=saved_tc.get("seed", 0),
+        skip_bad_images=skip_bad_images or saved_tc.get("skip_bad_images", False),
+    )
     dataset = load_data(data, model, tc)
     heldout, _ = collect_probs(model, loader(dataset.heldout, ctx, tc, train=False), ctx.world, policy=policy, amp=ctx.amp)
     probs, targets = collect_probs(model, loader(dataset.val, ctx, tc, train=False), ctx.world, policy=policy, amp=ctx.amp)
