@@ -136,25 +136,30 @@ def _train(args: argparse.Namespace) -> None:
         channels_last=args.channels_last,
         compile=args.compile,
         workers=args.workers if args.workers is not None else default_workers(args.data, world.device),
-        glance_epochs=args.glance_epochs or epochs or 5,
-        stage1_epochs=args.stage1_epochs or epochs,
-        stage3_epochs=args.stage3_epochs or epochs,
+        glance_epochs=_given(args.glance_epochs, epochs, 5),
+        stage1_epochs=_given(args.stage1_epochs, epochs),
+        stage3_epochs=_given(args.stage3_epochs, epochs),
         lr_encoder=args.lr_encoder,
         glance_lr=args.glance_lr,
-        **({"lr_classifier": args.lr_classifier} if args.lr_classifier else {}),
+        **({"lr_classifier": args.lr_classifier} if args.lr_classifier is not None else {}),
     )
-    if args.stage2_epochs or epochs:
-        tc.ppo.epochs = args.stage2_epochs or epochs
+    if (stage2_epochs := _given(args.stage2_epochs, epochs)) is not None:
+        tc.ppo.epochs = stage2_epochs
     args.out.mkdir(parents=True, exist_ok=True)
     ctx = Context(
         out_dir=args.out, world=world, amp=args.amp, resume=args.resume, checkpoint_every=args.checkpoint_every,
         max_steps_per_epoch=args.max_steps_per_epoch, log=RunLog(args.out, world), quiet=args.quiet,
     )
     stages = list(STAGES) if args.stage == "all" else [args.stage]
-    last, _ = train(stages, config=config, tc=tc, data=args.data, ctx=ctx, init=args.init, pretrained=_pretrained(args.pretrained))
+    last, _ = train(stages, config=config, tc=tc, data=args.data, ctx=ctx, init=args.init, pretrained=pretrained)
     ctx.log.close()
     if args.stage == "all":  # every process evaluates its shard; rank 0 writes
-        _evaluate_into(last, ctx, args.data, channels_last=args.channels_last)
+        _evaluate_into(last, ctx, args.data, channels_last=args.channels_last, batch_size=tc.batch_size, workers=tc.workers)
+
+
+def _given(*values):
+    """The first value that is not None (so an explicit 0 counts)."""
+    return next((v for v in values if v is not None), None)
 
 
 def _evaluate_into(checkpoint: Path, ctx: Context, data: str | None, **kw) -> dict:
