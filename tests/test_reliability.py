@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from glancefocus.checkpoint import atomic_write, save_checkpoint, state_path
-from glancefocus.data import ResumableSampler
+from glancefocus.cli import main
+from glancefocus.data import ResumableSampler, SeededAugmentation
 from glancefocus.distributed import World
 from glancefocus.engine import Context, NonFiniteLoss, Stage, run_stage
 
@@ -57,6 +58,31 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_resume_that_starts_a_stage_anew_matches_uninterrupted_run(tmp_path: Path) -> None:
+    # Stopped between stages, a run leaves no training state for the next stage; its random
+    # draws (PPO's sampled patches) must still be those of the uninterrupted run.
+    data = make_image_folder(tmp_path / "data", per_class=6, size=64)
+    common = ["train", "--data", str(data), "--epochs", "1", *TRAIN]
+    assert main([*common, "--stage", "all", "--out", str(tmp_path / "straight")]) == 0
+    for stage in ("glance", "1"):
+        assert main([*common, "--stage", stage, "--out", str(tmp_path / "stopped")]) == 0
+    assert main([*common, "--stage", "all", "--resume", "--out", str(tmp_path / "stopped")]) == 0
+    for name in ("stage2", "stage3"):
+        a, b = (load_file(str(tmp_path / run / f"{name}.safetensors")) for run in ("straight", "stopped"))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{name}: {k}")
+
+
+def test_augmentation_seeding_leaves_the_cuda_generator_alone(monkeypatch) -> None:
+    # torch.manual_seed reseeds every device; per-sample seeding must only touch the CPU's,
+    # or on a GPU every batch's random patches would be replayed from the last sample's seed.
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    dataset = SeededAugmentation(TensorDataset(torch.arange(4)), seed=0)
+    assert [int(dataset[i][0]) for i in range(4)] == [0, 1, 2, 3]
+    assert calls == []
 
 
 def _tiny_stage(tmp_path: Path, step_fn, *, checkpoint_every: int = 2) -> tuple[Context, Stage]:

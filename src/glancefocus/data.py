@@ -165,8 +165,8 @@ class SeededAugmentation(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(f"{self.seed}:{self.stage}:{self.epoch}:{index}".encode()))
+        with torch.random.fork_rng(devices=[]):  # transforms draw from the CPU generator; CUDA's is left alone
+            torch.default_generator.manual_seed(zlib.crc32(f"{self.seed}:{self.stage}:{self.epoch}:{index}".encode()))
             return self.dataset[index]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -83,6 +84,15 @@ def all_gather_cat(tensor: torch.Tensor, world: World, dim: int = 0) -> torch.Te
     parts = [torch.empty_like(tensor) for _ in range(world.size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=dim)
+
+
+def all_gather_objects(obj: Any, world: World) -> list[Any]:
+    """``obj`` from every process, in rank order (picklable objects, e.g. RNG states)."""
+    if not world.distributed:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(world: World) -> None:

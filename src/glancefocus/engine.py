@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text, load_checkpoint, load_train_state, save_checkpoint
-from .distributed import World, all_mean, all_sum
+from .distributed import World, all_gather_objects, all_mean, all_sum
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -90,6 +91,7 @@ class Stage:
     meta: dict[str, Any]
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     select: str | None = None  # keep the epoch with the highest value of this metric
+    seed: int = 0  # with the stage name and the rank, seeds the stage's random draws
     train_mode: Callable[[], Any] | None = None  # puts the model in training mode (default: .train())
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -99,6 +101,15 @@ def _rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _seed_stage(seed: int, stage: str, rank: int) -> None:
+    """Start a stage's random draws (patch locations, PPO noise, dropout) from (seed, stage,
+    rank): a resume replays them even when it starts a stage anew, and processes differ."""
+    value = zlib.crc32(f"{seed}:{stage}:{rank}".encode())
+    torch.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value)
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -139,6 +150,7 @@ def run_stage(ctx: Context, stage: Stage, step: StepFn, evaluate: Callable[[], d
     epoch, batch, global_step, best, best_weights = 0, 0, 0, -math.inf, None
 
     last = _last_path(ctx, stage.name)
+    _seed_stage(stage.seed, stage.name, world.rank)
     saved = load_train_state(last) if ctx.resume and last.exists() else None
     if saved is not None:
         weights, _ = load_checkpoint(last, device=world.device)
@@ -147,13 +159,16 @@ def run_stage(ctx: Context, stage: Stage, step: StepFn, evaluate: Callable[[], d
         if stage.scheduler is not None:
             stage.scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
-        _set_rng_state(saved["rng"])
+        states = saved["rng"]  # one per process; with another process count, the fresh seeds stay
+        if len(states) == world.size:
+            _set_rng_state(states[world.rank])
         epoch, batch, global_step = saved["epoch"], saved["batch"], saved["global_step"]
         best, best_weights, stage.history = saved["best"], saved["best_weights"], saved["history"]
         if world.is_main and not ctx.quiet:
             print(f"[{stage.name}] resuming at epoch {epoch + 1}, batch {batch}")
 
     def checkpoint(next_epoch: int, next_batch: int) -> None:
+        rng = all_gather_objects(_rng_state(), world)
         if world.is_main:
             save_checkpoint(
                 last,
@@ -163,7 +178,7 @@ def run_stage(ctx: Context, stage: Stage, step: StepFn, evaluate: Callable[[], d
                     "optimizer": stage.optimizer.state_dict(),
                     "scheduler": stage.scheduler.state_dict() if stage.scheduler is not None else None,
                     "scaler": scaler.state_dict(),
-                    "rng": _rng_state(),
+                    "rng": rng,
                     "epoch": next_epoch,
                     "batch": next_batch,
                     "global_step": global_step,

@@ -105,7 +105,7 @@ def train_glance(ctx: Context, model: GFNet, data: Data, tc: TrainConfig, meta: 
     net = wrap(glance, ctx.world)
     optimizer = _sgd([{"params": list(glance.parameters()), "lr": tc.glance_lr}], tc)
     train_loader = loader(data.train, ctx, tc, train=True)
-    stage = Stage("glance", model, optimizer, train_loader, tc.glance_epochs, meta)
+    stage = Stage("glance", model, optimizer, train_loader, tc.glance_epochs, meta, seed=tc.seed)
     stage.scheduler = cosine_schedule(optimizer, _total_steps(ctx, train_loader, tc.glance_epochs))
 
     def step(images, targets):
@@ -148,7 +148,7 @@ def train_classifier(ctx: Context, model: GFNet, data: Data, tc: TrainConfig, me
         tc,
     )
     train_loader = loader(data.train, ctx, tc, train=True)
-    stage = Stage(f"stage{stage_number}", model, optimizer, train_loader, epochs, meta)
+    stage = Stage(f"stage{stage_number}", model, optimizer, train_loader, epochs, meta, seed=tc.seed)
     stage.scheduler = cosine_schedule(optimizer, _total_steps(ctx, train_loader, epochs))
     stage.train_mode = lambda: _train_mode(model, freeze_glance=tc.freeze_glance)
 
@@ -183,7 +183,7 @@ def train_policy(ctx: Context, model: GFNet, data: Data, tc: TrainConfig, meta: 
     net = wrap(replay, ctx.world)
     optimizer = torch.optim.Adam(model.policy.parameters(), lr=ppo.lr, betas=tuple(ppo.betas))
     train_loader = loader(data.train, ctx, tc, train=True)
-    stage = Stage("stage2", model, optimizer, train_loader, ppo.epochs, meta, select="final_accuracy")
+    stage = Stage("stage2", model, optimizer, train_loader, ppo.epochs, meta, select="final_accuracy", seed=tc.seed)
     stage.train_mode = model.eval  # encoders and fC are frozen, BatchNorm included
 
     def step(images, targets):
