@@ -24,7 +24,7 @@ from .evaluate import anytime_accuracy, collect_probs
 from .model import GFNet
 from .patches import glance_resize
 from .ppo import PolicyReplay, discounted_returns, ppo_loss, step_rewards
-from .distributed import wrap
+from .distributed import all_sum, wrap
 
 
 @dataclass
@@ -116,12 +116,13 @@ def train_glance(ctx: Context, model: GFNet, data: Data, tc: TrainConfig, meta: 
     @torch.inference_mode()
     def evaluate():
         glance.eval()
-        correct = total = 0
+        counts = torch.zeros(2, device=ctx.world.device)  # correct, seen; summed over shards (padding repeats < world size images)
         for images, targets in loader(data.heldout, ctx, tc, train=False):
             images, targets = images.to(ctx.world.device), targets.to(ctx.world.device)
             with ctx.autocast():
-                correct += int((glance(images).argmax(1) == targets).sum())
-            total += len(targets)
+                counts[0] += (glance(images).argmax(1) == targets).sum()
+            counts[1] += len(targets)
+        correct, total = all_sum(counts, ctx.world).tolist()
         return {"heldout_accuracy": 100.0 * correct / max(total, 1)}
 
     return run_stage(ctx, stage, step, evaluate)
