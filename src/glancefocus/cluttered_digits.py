@@ -9,7 +9,7 @@ tint per canvas (colour carries no hint of where the digit is). The geometry is
 chosen for a 48 px glance (the demo's patch size): there the digit shrinks to 6 px,
 a blob that shows *where* it is long before a model learns *which* it is, while a 48 px patch
 at full resolution holds it whole -- if it is in the right place, which a uniformly
-random patch is about one time in four. This is the setting of the cluttered MNIST
+random patch is about one time in eight. This is the setting of the cluttered MNIST
 benchmark of the Recurrent Attention Model (Mnih et al., "Recurrent Models of
 Visual Attention", NeurIPS 2014), which GFNet's glance-and-focus policy targets.
 
