@@ -160,6 +160,7 @@ def run_stage(ctx: Context, stage: Stage, step: StepFn, evaluate: Callable[[], d
             stage.scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         states = saved["rng"]  # one per process; with another process count, the fresh seeds stay
+        states = [states] if isinstance(states, dict) else states  # written before per-rank states
         if len(states) == world.size:
             _set_rng_state(states[world.rank])
         epoch, batch, global_step = saved["epoch"], saved["batch"], saved["global_step"]
