@@ -55,17 +55,22 @@ def collect_probs(
             logits = model(images, locations=where, need_aux=False).logits
         all_probs.append(F.softmax(logits.float(), dim=2))
         all_targets.append(targets.to(device))
-    probs = all_gather_cat(torch.cat(all_probs, dim=1), world, dim=1).cpu()
-    targets = all_gather_cat(torch.cat(all_targets), world).cpu()
-    if world.distributed:
-        index = loader.sampler.gathered_indices()
-        size = int(index.max()) + 1
-        ordered_probs = probs.new_empty(probs.shape[0], size, probs.shape[2])
-        ordered_probs[:, index] = probs  # a repeated sample writes the same values twice
-        ordered_targets = targets.new_empty(size)
-        ordered_targets[index] = targets
-        probs, targets = ordered_probs, ordered_targets
-    return probs, targets
+    probs = gather_in_order(torch.cat(all_probs, dim=1), loader, world, dim=1)
+    return probs, gather_in_order(torch.cat(all_targets), loader, world)
+
+
+def gather_in_order(values: torch.Tensor, loader: DataLoader, world: World, dim: int = 0) -> torch.Tensor:
+    """This process's per-sample ``values`` (along ``dim``) for its shard of ``loader``,
+    gathered from every process (on the CPU) and put back in dataset order, without the
+    samples repeated to even out the shards."""
+    values = all_gather_cat(values, world, dim=dim).cpu()
+    if not world.distributed:
+        return values
+    index = loader.sampler.gathered_indices()
+    rows = values.movedim(dim, 0)
+    ordered = rows.new_empty(int(index.max()) + 1, *rows.shape[1:])
+    ordered[index] = rows  # a repeated sample writes the same values twice
+    return ordered.movedim(0, dim)
 
 
 def anytime_accuracy(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:

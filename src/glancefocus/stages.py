@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 from .config import TrainConfig
 from .data import BUILTIN, ResumableSampler, SeededAugmentation, evaluation_view, holdout_split, load_split, subset
 from .engine import Context, Stage, cosine_schedule, run_stage
-from .evaluate import anytime_accuracy, collect_probs
+from .evaluate import anytime_accuracy, collect_probs, gather_in_order
 from .model import GFNet
 from .patches import glance_resize
 from .ppo import PolicyReplay, discounted_returns, ppo_loss, step_rewards
-from .distributed import all_sum, wrap
+from .distributed import wrap
 
 
 @dataclass
@@ -116,14 +116,14 @@ def train_glance(ctx: Context, model: GFNet, data: Data, tc: TrainConfig, meta: 
     @torch.inference_mode()
     def evaluate():
         glance.eval()
-        counts = torch.zeros(2, device=ctx.world.device)  # correct, seen; summed over shards (padding repeats < world size images)
-        for images, targets in loader(data.heldout, ctx, tc, train=False):
+        heldout, hits = loader(data.heldout, ctx, tc, train=False), []
+        for images, targets in heldout:
             images, targets = images.to(ctx.world.device), targets.to(ctx.world.device)
             with ctx.autocast():
-                counts[0] += (glance(images).argmax(1) == targets).sum()
-            counts[1] += len(targets)
-        correct, total = all_sum(counts, ctx.world).tolist()
-        return {"heldout_accuracy": 100.0 * correct / max(total, 1)}
+                hits.append((glance(images).argmax(1) == targets).float())
+        if not hits:  # no held-out images (--holdout 0), on every process alike
+            return {"heldout_accuracy": 0.0}
+        return {"heldout_accuracy": 100.0 * float(gather_in_order(torch.cat(hits), heldout, ctx.world).mean())}
 
     return run_stage(ctx, stage, step, evaluate)
 
