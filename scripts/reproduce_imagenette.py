@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from timm.data import ImageNetInfo
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -31,7 +32,9 @@ from glancefocus.config import PPOConfig, TrainConfig
 from glancefocus.data import SeededAugmentation, holdout_split, load_rgb, subset
 from glancefocus.distributed import init_world
 from glancefocus.engine import Context, RunLog
-from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, plot_results, thresholds_tensor
+from glancefocus.evaluate import (
+    anytime_accuracy, collect_probs, evaluate_results, location_spread, plot_anytime, plot_results, policy_locations, thresholds_tensor,
+)
 from glancefocus.patches import glance_resize
 from glancefocus.pretrained import PACKAGE_MEAN, PACKAGE_STD, create_backbone, imagenet_indices, restrict_head
 from glancefocus.stages import Data, loader, train_classifier, train_glance, train_policy
@@ -166,8 +169,9 @@ def draw_patches(model: GFNet, results: dict, splits: Splits, path: Path, device
     images = torch.stack([val[i][0] for i in picks]).to(device)
     point = min(range(len(results["budgeted"])), key=lambda k: abs(results["budgeted"][k]["q"] - 1.0))
     exits = model.predict(images, thresholds_tensor([results["thresholds"][point]])[0]).exit_step
-    visualize(model, images, path, classes=splits.classes, exit_steps=exits,
-              titles=[f"true: {splits.classes[int(val.targets[i])]}" for i in picks])
+    info = ImageNetInfo()  # WordNet ids -> readable names ("n01440764" -> "tench")
+    names = [info.label_name_to_description(wnid).split(",")[0] for wnid in splits.classes]
+    visualize(model, images, path, classes=names, exit_steps=exits, titles=[f"true: {names[int(val.targets[i])]}" for i in picks])
 
 
 def markdown_table(report: dict) -> str:
@@ -186,6 +190,9 @@ def markdown_table(report: dict) -> str:
               "|---|" + "---:|" * report["T"]]
     for name, accs in report["anytime_accuracy_by_policy"].items():
         lines.append(f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
+    lines += ["", "| focus step | mean location (row, col) | std across images (row, col) |", "|---:|---|---|"]
+    for t, s in enumerate(report["policy_locations"], 2):
+        lines.append(f"| {t} | ({s['mean'][0]:.2f}, {s['mean'][1]:.2f}) | ({s['std'][0]:.3f}, {s['std'][1]:.3f}) |")
     lines += ["", "| q | MMAdds / image | top-1 (%) |", "|---:|---:|---:|"]
     for p in report["budgeted"][::4] + ([report["budgeted"][-1]] if len(report["budgeted"]) % 4 != 1 else []):
         lines.append(f"| {p['q']:.2f} | {m(p['madds'])} | {p['accuracy']:.2f} |")
@@ -201,8 +208,8 @@ def main() -> None:
     p.add_argument("--patch-size", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--glance-epochs", type=int, default=2)
-    p.add_argument("--stage1-epochs", type=int, default=5)
-    p.add_argument("--stage2-epochs", type=int, default=5)
+    p.add_argument("--stage1-epochs", type=int, default=10)
+    p.add_argument("--stage2-epochs", type=int, default=10)
     p.add_argument("--static-epochs", type=int, default=2, help="fine-tuning epochs of each static baseline")
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 192, 224])
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
@@ -251,6 +258,7 @@ def main() -> None:
     for policy in ("random", "fixed"):
         p_probs, _ = collect_probs(model, val_loader, world, policy=policy, generator=torch.Generator().manual_seed(0))
         ablation[policy] = anytime_accuracy(p_probs, targets)
+    spread = location_spread(policy_locations(model, val_loader, world))
     glance = {"accuracy": results["anytime_accuracy"][0], "madds": madds_at(model.global_encoder.model, args.patch_size)}
 
     t0 = time.time()
@@ -267,17 +275,17 @@ def main() -> None:
         "epochs": {"glance": args.glance_epochs, "stage1": args.stage1_epochs, "stage2": args.stage2_epochs, "static": args.static_epochs},
         **results,
         "anytime_accuracy_by_policy": {"learned": results["anytime_accuracy"], **ablation},
+        "policy_locations": spread,
         "glance_encoder_alone": glance,
         "static": static,
         "seconds": timings,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
-    plot_results(results, args.out / "budgeted.png", title="GFNet (EfficientNet-Lite0, P=96, T=4) on Imagenette",
+    plot_results(results, args.out / "budgeted.png", title=f"GFNet (EfficientNet-Lite0, P={args.patch_size}, T={args.T}) on Imagenette",
                  extra={"static backbone (96..224 px)": {"madds": [s["madds"] for s in static], "accuracy": [s["accuracy"] for s in static]}})
-    plot_results({"budgeted": [], "madds": madds, "anytime_accuracy": results["anytime_accuracy"]}, args.out / "anytime.png",
-                 title="Anytime accuracy by patch policy",
-                 extra={f"{k} patches": {"madds": madds, "accuracy": v} for k, v in ablation.items()})
+    plot_anytime(madds, report["anytime_accuracy_by_policy"], results["oracle"], args.out / "anytime.png",
+                 title="Anytime accuracy by patch policy")
     draw_patches(model, results, splits, args.out / "patches.png", world.device)
     print(markdown_table(report))
     print(f"total {timings['total']} s")

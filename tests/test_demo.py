@@ -40,3 +40,5 @@ def test_demo_on_a_folder_writes_its_report(tiny_data: Path, tmp_path: Path, cap
     assert anytime["learned"][0] == anytime["random"][0] == anytime["fixed"][0]
     assert report["oracle"]["accuracy"] >= max(anytime["learned"]) - 1e-9
     assert len(report["budgeted"]) == 39
+    (spread,) = report["policy_locations"]  # T - 1 = 1 focus step
+    assert all(0 <= m <= 1 for m in spread["mean"]) and all(0 <= s <= 0.5 for s in spread["std"])

@@ -80,3 +80,24 @@ def test_predict_needs_thresholds_in_the_checkpoint(tmp_path: Path, capsys) -> N
     assert main(["train", "--stage", "1", "--data", str(data), "--out", str(out), *TINY]) == 0
     assert main(["predict", "--checkpoint", str(out / "stage1.safetensors"), str(data / "val")]) == 2
     assert "run `glancefocus evaluate" in capsys.readouterr().err
+
+
+def test_policy_locations_match_one_batch_and_spread_is_per_step() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from glancefocus.distributed import World
+    from glancefocus.evaluate import location_spread, policy_locations
+
+    torch.manual_seed(0)
+    model = GFNet(GFNetConfig(backbone="resnet18", num_classes=3, patch_size=32, T=3, image_size=64)).eval()
+    images = torch.randn(7, 3, 64, 64)
+    batched = policy_locations(model, DataLoader(TensorDataset(images, torch.zeros(7)), batch_size=3), World())
+    with torch.inference_mode():
+        whole = model(images, locations="policy").locations
+    assert batched.shape == (2, 7, 2)
+    torch.testing.assert_close(batched, whole)  # batching and order do not change where π looks
+
+    fixed = torch.tensor([[[0.5, 0.5]] * 4, [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
+    spread = location_spread(fixed)
+    assert spread[0] == {"mean": [0.5, 0.5], "std": [0.0, 0.0]}  # one place for every image
+    assert spread[1]["mean"] == [0.5, 0.5] and spread[1]["std"] == pytest.approx([0.57735, 0.57735], abs=1e-5)

@@ -38,3 +38,5 @@ def test_reproduction_script_smoke_run(tmp_path: Path) -> None:
     assert static[96]["madds"] < static[128]["madds"]
     assert results["oracle"]["accuracy"] >= max(results["anytime_accuracy"])
     assert len(results["budgeted"]) == 39
+    assert len(results["policy_locations"]) == 1 and "| focus step |" in subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--table"], check=True, capture_output=True, text=True).stdout

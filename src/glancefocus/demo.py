@@ -21,7 +21,7 @@ from .config import PPOConfig, TrainConfig
 from .data import BUILTIN
 from .distributed import World
 from .engine import Context, RunLog
-from .evaluate import anytime_accuracy, collect_probs
+from .evaluate import anytime_accuracy, collect_probs, location_spread, plot_anytime, policy_locations
 from .inference import select_thresholds
 from .pipeline import dataset_classes, default_model_config, evaluate_checkpoint, train
 from .stages import default_workers, load_data, loader
@@ -89,11 +89,13 @@ def run_demo(data: str = BUILTIN, out: Path = Path("runs/demo"), *, world: World
         "madds": results["madds"],
         "anytime_accuracy": {"learned": results["anytime_accuracy"], **ablation},
         "oracle": results["oracle"],
+        "policy_locations": location_spread(policy_locations(model, val_loader, world)),
         "budgeted": results["budgeted"],
         "seconds": round(time.time() - started, 1),
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    _plot_anytime(report, out / "anytime.png")
+    plot_anytime(report["madds"], report["anytime_accuracy"], report["oracle"], out / "anytime.png",
+                 title="Anytime prediction: accuracy after each step")
     thresholds, _ = select_thresholds(read_meta(final))
     images = torch.stack([dataset.val[i][0] for i in range(min(6, len(dataset.val)))]).to(world.device)
     exits = model.predict(images, thresholds).exit_step
@@ -106,24 +108,3 @@ def run_demo(data: str = BUILTIN, out: Path = Path("runs/demo"), *, world: World
         f"oracle {report['oracle']['accuracy']:.1f}%.\nreport: {out}/report.json, budgeted.png, anytime.png, patches.png"
     )
     return report
-
-
-def _plot_anytime(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    madds = [m / 1e6 for m in report["madds"]]
-    for label, acc in report["anytime_accuracy"].items():
-        ax.plot(madds, acc, "o-", label=f"{label} patches")
-    ax.plot([report["oracle"]["madds"] / 1e6], [report["oracle"]["accuracy"]], "k*", markersize=10, label="oracle exit")
-    ax.set_xlabel("multiply-adds per image (M)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Anytime prediction: accuracy after each step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -59,6 +59,20 @@ def collect_probs(
     return probs, gather_in_order(torch.cat(all_targets), loader, world)
 
 
+@torch.inference_mode()
+def policy_locations(model: GFNet, loader: DataLoader, world: World) -> torch.Tensor:
+    """π's test-time (mean) locations l_2..l_T for all of ``loader``, (T−1, N, 2), in dataset order."""
+    model.eval()
+    found = [model(images.to(world.device), locations="policy", need_aux=False).locations.float() for images, _ in loader]
+    return gather_in_order(torch.cat(found, dim=1), loader, world, dim=1)
+
+
+def location_spread(locations: torch.Tensor) -> list[dict[str, list[float]]]:
+    """For each focus step, the mean location (row, col) over images and its standard
+    deviation across images: how much π adapts to the image (0 = the same place for all)."""
+    return [{"mean": step.mean(0).tolist(), "std": step.std(0).tolist()} for step in locations]
+
+
 def gather_in_order(values: torch.Tensor, loader: DataLoader, world: World, dim: int = 0) -> torch.Tensor:
     """This process's per-sample ``values`` (along ``dim``) for its shard of ``loader``,
     gathered from every process (on the CPU) and put back in dataset order, without the
@@ -113,6 +127,32 @@ def _finite(v: float) -> float | str:
 
 def thresholds_tensor(rows: list[list[float | str]]) -> torch.Tensor:
     return torch.tensor([[float(v) for v in row] for row in rows])
+
+
+def plot_anytime(
+    madds: list[float], by_policy: dict[str, list[float]], oracle: dict[str, float], path: str | Path, *, title: str
+) -> None:
+    """Anytime accuracy after each step for each patch policy ({name: [acc_1..acc_T]}), and
+    the oracle exit as one point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    x = [m / 1e6 for m in madds]
+    for name, accuracy in by_policy.items():
+        ax.plot(x, accuracy, "o-", label=f"{name} patches")
+    ax.plot([oracle["madds"] / 1e6], [oracle["accuracy"]], "k*", markersize=10, label="oracle exit")
+    ax.set_xlabel("multiply-adds per image (M)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_results(results: dict[str, Any], path: str | Path, *, title: str = "GFNet", extra: dict[str, dict] | None = None) -> None:
