@@ -49,6 +49,15 @@ def test_load_digit_images_matches_sklearn() -> None:
     assert images.min() == 0 and images.max() == 1
 
 
+def test_source_digits_ship_inside_the_scikit_learn_wheel() -> None:
+    # the wheel's RECORD lists every file it installed: the digits came with the package,
+    # not from a download or a cache (load_digits itself would fetch nothing either)
+    from importlib.metadata import files
+
+    record = {str(f).replace("\\", "/") for f in files("scikit-learn")}
+    assert "sklearn/datasets/data/digits.csv.gz" in record
+
+
 def test_deterministic_and_independent_of_global_rng() -> None:
     torch.manual_seed(1)
     a = make_cluttered_digits("train", SMALL)
