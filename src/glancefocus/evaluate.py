@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,53 +131,46 @@ def thresholds_tensor(rows: list[list[float | str]]) -> torch.Tensor:
     return torch.tensor([[float(v) for v in row] for row in rows])
 
 
+@contextmanager
+def _accuracy_plot(path: str | Path, title: str) -> Iterator[Any]:
+    """Axes for a top-1 vs multiply-adds plot, labelled and saved to ``path`` on exit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    yield ax
+    ax.set_xlabel("multiply-adds per image (M)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_anytime(
     madds: list[float], by_policy: dict[str, list[float]], oracle: dict[str, float], path: str | Path, *, title: str
 ) -> None:
     """Anytime accuracy after each step for each patch policy ({name: [acc_1..acc_T]}), and
     the oracle exit as one point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    x = [m / 1e6 for m in madds]
-    for name, accuracy in by_policy.items():
-        ax.plot(x, accuracy, "o-", label=f"{name} patches")
-    ax.plot([oracle["madds"] / 1e6], [oracle["accuracy"]], "k*", markersize=10, label="oracle exit")
-    ax.set_xlabel("multiply-adds per image (M)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with _accuracy_plot(path, title) as ax:
+        x = [m / 1e6 for m in madds]
+        for name, accuracy in by_policy.items():
+            ax.plot(x, accuracy, "o-", label=f"{name} patches")
+        ax.plot([oracle["madds"] / 1e6], [oracle["accuracy"]], "k*", markersize=10, label="oracle exit")
 
 
 def plot_results(results: dict[str, Any], path: str | Path, *, title: str = "GFNet", extra: dict[str, dict] | None = None) -> None:
     """Accuracy vs multiply-adds: the budgeted curve, the anytime points, and ``extra``
     series ({label: {"madds": [...], "accuracy": [...]}})."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    curve = sorted(results["budgeted"], key=lambda p: p["madds"])
-    if curve:
-        ax.plot([p["madds"] / 1e6 for p in curve], [p["accuracy"] for p in curve], ".-", label=f"budgeted ({len(curve)} budgets)")
-    ax.plot([m / 1e6 for m in results["madds"]], results["anytime_accuracy"], "o--", label="anytime (step t)")
-    for label, series in (extra or {}).items():
-        ax.plot([m / 1e6 for m in series["madds"]], series["accuracy"], "s:", label=label)
-    ax.set_xlabel("multiply-adds per image (M)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with _accuracy_plot(path, title) as ax:
+        curve = sorted(results["budgeted"], key=lambda p: p["madds"])
+        if curve:
+            ax.plot([p["madds"] / 1e6 for p in curve], [p["accuracy"] for p in curve], ".-", label=f"budgeted ({len(curve)} budgets)")
+        ax.plot([m / 1e6 for m in results["madds"]], results["anytime_accuracy"], "o--", label="anytime (step t)")
+        for label, series in (extra or {}).items():
+            ax.plot([m / 1e6 for m in series["madds"]], series["accuracy"], "s:", label=label)
