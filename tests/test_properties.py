@@ -74,12 +74,14 @@ def test_early_exit_equals_all_steps(T: int, patch: int, batch: int, seed: int) 
     confidence = probs.max(dim=2).values
     # Thresholds halfway between two observed confidences, so that exits are mixed. Not at one:
     # predict runs smaller batches, whose last-bit differences would decide a tie either way.
-    ranked = confidence[:-1].sort(dim=1).values
-    if batch > 1:
+    ranked = confidence[:-1].sort(dim=1).values  # (T-1, B)
+    if batch == 1:
+        between = ranked[:, 0]  # one image: predict's batch is the all-steps batch, no tie to fear
+    else:
         low, high = ranked[:, (batch - 1) // 2], ranked[:, (batch - 1) // 2 + 1]
         assume(T == 1 or bool((high - low).min() > 1e-5))
-        ranked = ((low + high) / 2).unsqueeze(1)
-    thresholds = torch.cat([ranked[:, 0], torch.tensor([-math.inf])])
+        between = (low + high) / 2
+    thresholds = torch.cat([between, torch.tensor([-math.inf])])
     expected = exit_steps(confidence, thresholds)
     result = model.predict(images, thresholds)
     assert torch.equal(result.exit_step, expected)
