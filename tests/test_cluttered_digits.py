@@ -17,7 +17,7 @@ from glancefocus.cluttered_digits import (
     upscale_digits,
     write_image_folder,
 )
-from glancefocus.data import BUILTIN, builtin_image_size, load_split
+from glancefocus.data import BUILTIN, Transform, data_source
 
 SMALL = ClutteredDigitsConfig(train_size=300, val_size=200)
 
@@ -217,12 +217,15 @@ def test_bad_split_raises() -> None:
 
 
 def test_fresh_canvases_each_epoch_while_heldout_views_stay() -> None:
-    from glancefocus.data import SeededAugmentation, evaluation_view, subset
+    from torch.utils.data import Subset
+
+    from glancefocus.data import evaluation_view
+    from glancefocus.sampling import SeededAugmentation
 
     train = ClutteredDigits("train", SMALL, fresh_each_epoch=True)
     first, first_labels = train.images, train.labels
-    plain = evaluation_view(train)  # what held-out images are cut from
-    augmented = SeededAugmentation(subset(train, list(range(10))), seed=0)
+    plain = evaluation_view(train, Transform(SMALL.canvas, 1.0))  # what held-out images are cut from
+    augmented = SeededAugmentation(Subset(train, list(range(10))), seed=0, redraw=train.set_epoch)
 
     augmented.set_epoch(1, "glance")
     epoch1 = train.images
@@ -244,6 +247,6 @@ def test_fresh_canvases_each_epoch_while_heldout_views_stay() -> None:
 
 def test_builtin_split_is_served_at_the_model_image_size() -> None:
     # a preset's 224 px config gets 224 px canvases, so the checkpoint describes what it saw
-    kw = dict(crop_pct=1.0, train=False)
-    assert load_split(BUILTIN, "val", image_size=builtin_image_size(), **kw)[0][0].shape == (3, 112, 112)
-    assert load_split(BUILTIN, "val", image_size=224, **kw)[0][0].shape == (3, 224, 224)
+    source = data_source(BUILTIN)
+    assert source.split("val", Transform(source.native_size, 1.0), train=False)[0][0].shape == (3, 112, 112)
+    assert source.split("val", Transform(224, 1.0), train=False)[0][0].shape == (3, 224, 224)

@@ -1,36 +1,42 @@
-"""``glancefocus demo`` end to end on tiny data, and the model config it builds for the
-built-in set (which must keep the canvas's own size unless told otherwise)."""
+"""``glancefocus demo`` end to end on tiny data, and the model config the demo recipe builds
+for the built-in set (which must keep the canvas's own size unless told otherwise)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from glancefocus.data import BUILTIN, builtin_image_size
-from glancefocus.demo import DemoConfig, run_demo
+from glancefocus.data import data_source
+from glancefocus.demo import run_demo
 from glancefocus.distributed import init_world
-from glancefocus.pipeline import default_model_config
+from glancefocus.recipes import DEMO, RECIPES
 
 
 def test_builtin_config_keeps_the_canvas_size_when_none_is_given() -> None:
     # None means "the data's default": for the built-in set that is the canvas, uncropped,
     # not GFNetConfig's 224 px (which would upscale every canvas twofold).
-    config = default_model_config(BUILTIN, patch_size=48, image_size=None, T=None)
-    assert (config.image_size, config.crop_pct, config.patch_size, config.T) == (builtin_image_size(), 1.0, 48, 5)
-    assert default_model_config(BUILTIN, patch_size=48, image_size=96).image_size == 96
-    assert default_model_config("some/folder", image_size=None).image_size == 224
+    builtin = data_source("builtin")
+    config = RECIPES["default"].model_config(builtin, patch_size=48, image_size=None, T=None)
+    assert (config.image_size, config.crop_pct, config.patch_size, config.T) == (builtin.native_size, 1.0, 48, 5)
+    assert RECIPES["default"].model_config(builtin, patch_size=48, image_size=96).image_size == 96
+    assert RECIPES["default"].model_config(data_source("some/folder"), image_size=None).image_size == 224
+    # the demo's package weights fix its architecture and input scaling
+    demo = DEMO.model_config(builtin, num_classes=10)
+    assert (demo.backbone, demo.image_size, demo.mean) == ("tf_efficientnet_lite0", 112, (127 / 255,) * 3)
 
 
 def test_demo_on_a_folder_writes_its_report(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    demo = DemoConfig(
-        backbone="resnet18", pretrained=False, patch_size=32, T=2, image_size=64, batch_size=8,
-        glance_epochs=1, stage1_epochs=1, stage2_epochs=1, stage3_epochs=1,
+    demo = replace(
+        DEMO, pretrained=False, model=replace(DEMO.model, patch_size=32, T=2, image_size=64),
+        train=replace(DEMO.train, batch_size=8, glance_epochs=1, stage1_epochs=1, stage2_epochs=1, stage3_epochs=1),
     )
-    report = run_demo(str(tiny_data), tmp_path / "demo", world=init_world("cpu"), demo=demo, quiet=True)
+    report = run_demo(demo, str(tiny_data), tmp_path / "demo", world=init_world("cpu"), backbone="resnet18", quiet=True)
 
     assert "demo done" in capsys.readouterr().out
     for name in ("report.json", "results.json", "budgeted.png", "anytime.png", "patches.png", "stage3.safetensors"):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
+    assert not list((tmp_path / "demo").glob("*.last.*"))  # finished stages keep no resume files
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert {k: saved[k] for k in ("madds", "anytime_accuracy", "oracle")} == {k: report[k] for k in ("madds", "anytime_accuracy", "oracle")}
     assert report["config"]["image_size"] == 64 and report["config"]["T"] == 2

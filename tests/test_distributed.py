@@ -12,11 +12,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from glancefocus import GFNet, GFNetConfig, TrainConfig
-from glancefocus.config import PPOConfig
+from glancefocus import DataConfig, GFNet, GFNetConfig, TrainConfig
 from glancefocus.distributed import World
-from glancefocus.engine import Context
-from glancefocus.pipeline import evaluate_checkpoint, train
+from glancefocus.evaluate import evaluate_checkpoint
+from glancefocus.trainer import Run
+from glancefocus.training import train
 
 from conftest import make_image_folder
 
@@ -25,20 +25,23 @@ from conftest import make_image_folder
 CONFIG = dict(backbone="convnext_atto", num_classes=2, patch_size=32, T=3, image_size=64)
 
 
-def _train_config() -> TrainConfig:
-    return TrainConfig(batch_size=8, glance_epochs=2, stage1_epochs=1, holdout=0.0, workers=0,
-                       glance_lr=0.05, ppo=PPOConfig(epochs=1))
+TRAIN = TrainConfig(batch_size=8, glance_epochs=2, stage1_epochs=1, stage2_epochs=1, glance_lr=0.05)
+
+
+def _data(root: str) -> DataConfig:
+    return DataConfig(root=root, holdout=0.0, workers=0)
 
 
 def _worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        ctx = Context(out_dir=Path(out), world=World(rank, world_size, torch.device("cpu")), quiet=True)
-        for stage in ("glance", "1", "2"):  # each stage starts from the checkpoint rank 0 wrote
-            _, model = train([stage], config=GFNetConfig(**CONFIG), tc=_train_config(), data=data, ctx=ctx)
+        world = World(rank, world_size, torch.device("cpu"))
+        run = Run(Path(out), world, quiet=True)
+        for stage in ("glance", "stage1", "stage2"):  # each stage starts from the checkpoint rank 0 wrote
+            _, model = train(GFNetConfig(**CONFIG), [stage], config=TRAIN, data=_data(data), run=run)
             torch.save(model.state_dict(), Path(out) / f"{stage}.rank{rank}.pt")
         # Each process evaluates its shard of the held-out and val images; rank 0 writes.
-        evaluate_checkpoint(Path(out) / "stage2.safetensors", ctx=ctx, data=data, json_out=Path(out) / "eval.json",
+        evaluate_checkpoint(Path(out) / "stage2.safetensors", world=world, root=data, json_out=Path(out) / "eval.json",
                             batch_size=6, save=False)
     finally:
         dist.destroy_process_group()
@@ -49,14 +52,13 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path: Path) -> N
     out = tmp_path / "ddp"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(data), str(out)), nprocs=2, join=True)
 
-    for stage in ("glance", "1", "2"):
+    for stage in ("glance", "stage1", "stage2"):
         r0, r1 = (torch.load(out / f"{stage}.rank{r}.pt", weights_only=True) for r in range(2))
         for k in r0:
             assert torch.equal(r0[k], r1[k]), f"stage {stage}: {k} differs between the two processes"
 
     single = tmp_path / "single"
-    train(["glance"], config=GFNetConfig(**CONFIG), tc=_train_config(), data=str(data),
-          ctx=Context(out_dir=single, world=World(), quiet=True))
+    train(GFNetConfig(**CONFIG), ["glance"], config=TRAIN, data=_data(str(data)), run=Run(single, World(), quiet=True))
     two, one = load_file(str(out / "glance.safetensors")), load_file(str(single / "glance.safetensors"))
     torch.manual_seed(0)
     initial = GFNet(GFNetConfig(**CONFIG)).state_dict()
@@ -66,11 +68,10 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path: Path) -> N
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
     # Sharded evaluation equals evaluation in one process, padding samples removed.
     two_eval = json.loads((out / "eval.json").read_text())
-    one_eval = evaluate_checkpoint(out / "stage2.safetensors", ctx=Context(out_dir=single, world=World(), quiet=True),
-                                   data=str(data), batch_size=6, save=False)
+    one_eval = evaluate_checkpoint(out / "stage2.safetensors", world=World(), root=str(data), batch_size=6, save=False)
     assert two_eval["num_val"] == one_eval["num_val"] == 32 and two_eval["num_heldout"] == one_eval["num_heldout"]
     assert two_eval["anytime_accuracy"] == pytest.approx(one_eval["anytime_accuracy"])
     # Stage II trained π in both processes alike, and only π.
-    s1, s2 = torch.load(out / "1.rank0.pt", weights_only=True), torch.load(out / "2.rank0.pt", weights_only=True)
+    s1, s2 = (torch.load(out / f"stage{i}.rank0.pt", weights_only=True) for i in (1, 2))
     assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("policy."))
     assert all(torch.equal(s1[k], s2[k]) for k in s1 if not k.startswith("policy."))

@@ -10,10 +10,10 @@ from PIL import Image
 
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.cli import main
-from glancefocus.data import load_split
-from glancefocus.presets import preset_config
+from glancefocus.data import ImageFolderSource, Transform
+from glancefocus.recipes import recipe
 
-from conftest import make_image_folder
+from conftest import make_image_folder, tiny_model
 
 TINY = ["--backbone", "resnet18", "--patch-size", "32", "--T", "2", "--image-size", "64", "--batch-size", "4",
         "--workers", "0", "--quiet", "--epochs", "1", "--max-steps-per-epoch", "1"]
@@ -31,14 +31,14 @@ def test_corrupt_image_is_named_and_can_be_skipped(tmp_path: Path, capsys) -> No
     bad.write_bytes(good[: len(good) // 2])  # truncated
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="broken.png"):
-        load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False)[_index_of(data, bad)]
+        ImageFolderSource(data).split("train", Transform(64, 1.0), train=False)[_index_of(data, bad)]
     (data / "val" / "class1" / "junk.png").write_bytes(b"not an image")
     # the whole pipeline, including the evaluation at its end, skips both
     code = main([str(a) for a in ("train", "--stage", "all", "--data", data, "--out", out, "--skip-bad-images", *TINY)])
     assert code == 0 and (out / "stage3.results.json").exists()
     printed = capsys.readouterr().out
     assert "skipped 1 unreadable or too small image(s)" in printed and "junk.png" in printed
-    dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False, skip_bad=True)
+    dataset = ImageFolderSource(data).split("train", Transform(64, 1.0), train=False, skip_bad=True)
     assert dataset.skipped == [str(bad)] and len(dataset) == 6 * 2
 
 
@@ -48,7 +48,7 @@ def test_package_weights_for_another_backbone_are_refused() -> None:
 
 
 def _index_of(data: Path, file: Path) -> int:
-    dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False)
+    dataset = ImageFolderSource(data).split("train", Transform(64, 1.0), train=False)
     return [p for p, _ in dataset.samples].index(str(file))
 
 
@@ -57,7 +57,7 @@ def test_other_colour_modes_are_converted(tmp_path: Path, mode: str) -> None:
     data = make_image_folder(tmp_path / "data", per_class=2)
     odd = data / "train" / "class1" / f"odd.{'jpg' if mode == 'CMYK' else 'png'}"
     Image.new(mode, (70, 50)).save(odd)
-    dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False)
+    dataset = ImageFolderSource(data).split("train", Transform(64, 1.0), train=False)
     image, _ = dataset[[p for p, _ in dataset.samples].index(str(odd))]
     assert image.shape == (3, 64, 64)
 
@@ -66,7 +66,7 @@ def test_image_smaller_than_patch_is_named(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "data", per_class=2)
     small = data / "train" / "class0" / "thumb.png"
     Image.new("RGB", (20, 20)).save(small)
-    dataset = load_split(str(data), "train", image_size=64, crop_pct=1.0, train=False, min_size=32)
+    dataset = ImageFolderSource(data).split("train", Transform(64, 1.0), train=False, min_size=32)
     with pytest.raises(ValueError, match=r"thumb.png is 20x20 pixels, smaller than the 32 px patch"):
         dataset[[p for p, _ in dataset.samples].index(str(small))]
 
@@ -77,7 +77,7 @@ def test_bad_configurations() -> None:
     with pytest.raises(ValueError, match="T must be >= 1"):
         GFNetConfig(backbone="resnet18", T=0)
     with pytest.raises(ValueError, match="Did you mean resnet50-96-t5"):
-        preset_config("resnet50-96-t6")
+        recipe("resnet50-96-t6")
     with pytest.raises(ValueError, match="Unknown backbone 'resnet5O'.*Did you mean.*resnet50"):
         GFNet(GFNetConfig(backbone="resnet5O"))
 
@@ -115,7 +115,7 @@ def test_checkpoint_from_another_model_is_refused(tmp_path: Path, capsys) -> Non
 
 
 def test_wrong_number_of_thresholds() -> None:
-    model = GFNet(GFNetConfig(backbone="resnet18", num_classes=3, patch_size=32, T=3, image_size=64)).eval()
+    model = tiny_model(T=3, num_classes=3).eval()
     with pytest.raises(ValueError, match="expected 3 thresholds"):
         model.predict(torch.randn(2, 3, 64, 64), torch.zeros(2))
 

@@ -16,6 +16,8 @@ from glancefocus import PRESETS, GFNet, GFNetConfig, exit_steps
 from glancefocus.classifier import CascadeClassifier, GRUClassifier
 from glancefocus.ppo import PolicyReplay, discounted_returns, ppo_loss, step_rewards
 
+from conftest import tiny_model as tiny
+
 FAMILY = {  # SPEC table: (fC, π trunk, glance interpolation)
     "resnet": ("gru", "mlp", "bicubic"),
     "densenet": ("gru", "mlp", "bilinear"),
@@ -48,21 +50,6 @@ def family(backbone: str) -> str:
         if backbone.startswith(prefix):
             return prefix
     raise AssertionError(backbone)
-
-
-_TINY: dict[tuple, GFNet] = {}
-
-
-def tiny(backbone: str = "resnet18", *, T: int = 4, num_classes: int = 10, image_size: int = 64, patch: int = 32) -> GFNet:
-    """A small random GFNet (64 px images, 32 px patches), in training mode; a fresh copy
-    of a cached one, so building costs once per configuration."""
-    key = (backbone, T, num_classes, image_size, patch)
-    if key not in _TINY:
-        torch.manual_seed(0)
-        _TINY[key] = GFNet(
-            GFNetConfig(backbone=backbone, num_classes=num_classes, patch_size=patch, T=T, image_size=image_size)
-        )
-    return copy.deepcopy(_TINY[key]).train()
 
 
 def params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -125,17 +112,17 @@ def test_preset_names_and_sizes():
         assert (cfg.patch_size, cfg.T, cfg.image_size) == (patch, T, size), name
         fc_kind, pi_kind, interp = FAMILY[family(cfg.backbone)]
         r = cfg.resolved()
-        assert (r.classifier, r.policy, r.interpolation) == (fc_kind, pi_kind, interp), name
+        assert (r.classifier, r.policy_trunk, r.interpolation) == (fc_kind, pi_kind, interp), name
         assert r.classifier_hidden == {"gru": 1024, "cascade": 0}[fc_kind], name
         assert r.policy_hidden == {"mlp": 1024, "conv": 256}[pi_kind], name
 
 
 def test_widths_follow_the_kind_asked_for_not_the_family():
     # SPEC "The model": π's GRU is 1024 wide after the MLP trunk and 256 after the conv trunk
-    assert GFNetConfig(backbone="regnety_006", policy="mlp").resolved().policy_hidden == 1024
-    assert GFNetConfig(backbone="resnet50", policy="conv").resolved().policy_hidden == 256
+    assert GFNetConfig(backbone="regnety_006", policy_trunk="mlp").resolved().policy_hidden == 1024
+    assert GFNetConfig(backbone="resnet50", policy_trunk="conv").resolved().policy_hidden == 256
     assert GFNetConfig(backbone="efficientnet_b0", classifier="gru").resolved().classifier_hidden == 1024
-    assert GFNetConfig(backbone="resnet50", policy="conv", policy_hidden=64).resolved().policy_hidden == 64
+    assert GFNetConfig(backbone="resnet50", policy_trunk="conv", policy_hidden=64).resolved().policy_hidden == 64
 
 
 @pytest.mark.parametrize("name", list(TABLE2))
@@ -331,14 +318,14 @@ def test_eval_policy_is_deterministic():
     model = tiny(T=4).eval()
     images = torch.randn(5, 3, 64, 64)
     with torch.no_grad():
-        a = model(images, locations="policy")
-        b = model(images, locations="policy")
+        a = model(images, locations="mean")
+        b = model(images, locations="mean")
         s1 = model(images, locations="sample")
         s2 = model(images, locations="sample")
     assert torch.equal(a.logits, b.logits)
     assert torch.equal(a.locations, b.locations)
     assert not torch.equal(s1.locations, s2.locations)  # training-time sampling is random
-    # "policy" is the Gaussian mean that "sample" draws around
+    # "mean" is the Gaussian mean that "sample" draws around
     assert (s1.locations - a.locations).abs().mean() < 0.3
 
 
@@ -420,7 +407,7 @@ def test_stage2_ppo_gradients_reach_only_policy(backbone):
 
 def test_policy_locations_have_no_gradient_path_into_encoders():
     model = tiny(T=4).train()
-    out = model(torch.randn(3, 3, 64, 64), locations="policy")
+    out = model(torch.randn(3, 3, 64, 64), locations="mean")
     out.locations.sum().backward()
     assert any(p.grad is not None and p.grad.any() for p in model.policy.parameters())
     for part in (model.global_encoder, model.local_encoder, model.classifier):
@@ -493,9 +480,9 @@ def test_predict_matches_all_steps_and_runs_only_what_is_needed(backbone):
         "mixed_more": mixed_thresholds(conf, exit_share=0.5),
     }
     for label, thresholds in cases.items():
-        expected_steps = exit_steps(conf, thresholds)
+        expected_steps = exit_steps(conf, thresholds)  # 1..T
         if label.startswith("mixed"):
-            counts = torch.bincount(expected_steps, minlength=T)
+            counts = torch.bincount(expected_steps - 1, minlength=T)
             assert (counts > 0).all(), (label, counts)  # a real mix: exits at every step
         counters = [CallCounter(model.global_encoder), CallCounter(model.local_encoder), CallCounter(model.policy)]
         try:
@@ -505,23 +492,23 @@ def test_predict_matches_all_steps_and_runs_only_what_is_needed(backbone):
                 c.close()
         glance, local, policy = (c.sizes for c in counters)
         assert torch.equal(pred.exit_step, expected_steps), label
-        want_labels = probs[expected_steps, torch.arange(B)].argmax(dim=1)
+        want_labels = probs[expected_steps - 1, torch.arange(B)].argmax(dim=1)
         assert torch.equal(pred.labels, want_labels), label
-        assert torch.allclose(pred.probs, probs[expected_steps, torch.arange(B)], atol=1e-5), label
-        # a sample exiting at (0-based) step e ran the glance and e focus steps, no more
+        assert torch.allclose(pred.probs, probs[expected_steps - 1, torch.arange(B)], atol=1e-5), label
+        # a sample exiting at step e ran the glance and e - 1 focus steps, no more
         assert glance == [B], label
-        assert sum(local) == int(expected_steps.sum()), label
-        assert local == [int((expected_steps >= k).sum()) for k in range(1, T) if (expected_steps >= k).any()], label
+        assert sum(local) == int((expected_steps - 1).sum()), label
+        assert local == [int((expected_steps > k).sum()) for k in range(1, T) if (expected_steps > k).any()], label
         assert policy == local, label
         # locations: those of the all-steps run up to the exit, NaN after
         for n in range(B):
-            e = int(expected_steps[n])
-            assert torch.allclose(pred.locations[n, :e], full.locations[:e, n], atol=1e-5), (label, n)
-            assert torch.isnan(pred.locations[n, e:]).all(), (label, n)
+            e = int(expected_steps[n]) - 1  # focus steps read
+            assert torch.allclose(pred.locations[:e, n], full.locations[:e, n], atol=1e-5), (label, n)
+            assert torch.isnan(pred.locations[e:, n]).all(), (label, n)
     # the trivial cases really are trivial
-    assert int(model.predict(images, cases["tie_at_glance"]).exit_step.eq(0).sum()) == B // 2 + 1
-    assert model.predict(images, cases["all_first"]).exit_step.eq(0).all()
-    assert model.predict(images, cases["none_early"]).exit_step.eq(T - 1).all()
+    assert int(model.predict(images, cases["tie_at_glance"]).exit_step.eq(1).sum()) == B // 2 + 1
+    assert model.predict(images, cases["all_first"]).exit_step.eq(1).all()
+    assert model.predict(images, cases["none_early"]).exit_step.eq(T).all()
 
 
 def test_predict_rejects_wrong_threshold_count():

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
+from reference import reference_crop
+
 from glancefocus import crop_patches, glance_resize
-
-
-def reference_crop(images: torch.Tensor, locations: torch.Tensor, P: int) -> torch.Tensor:
-    """Per-sample slicing: top-left corner floor(l · (H − P)) as (row, col)."""
-    _, _, H, W = images.shape
-    out = []
-    for b in range(images.shape[0]):
-        row = math.floor(float(locations[b, 0]) * (H - P))
-        col = math.floor(float(locations[b, 1]) * (W - P))
-        assert 0 <= row <= H - P and 0 <= col <= W - P
-        out.append(images[b, :, row : row + P, col : col + P])
-    return torch.stack(out)
 
 
 def unambiguous_locations(B: int, H: int, W: int, P: int, g: torch.Generator) -> torch.Tensor:

@@ -113,7 +113,7 @@ def test_ppo_loss_coefficients_and_old_log_probs_are_constants():
 
 
 def test_gaussian_policy_log_prob_and_entropy():
-    policy = PatchPolicy((4, 2, 2), kind="conv", hidden=8, std=0.1)
+    policy = PatchPolicy((4, 2, 2), trunk="conv", hidden=8, std=0.1)
     mean = torch.tensor([[0.5, 0.2], [0.9, 0.0]])
     action = torch.tensor([[0.6, 0.2], [1.0, 0.05]])
     log_prob = policy.log_prob(mean, action)
@@ -136,7 +136,7 @@ def test_gaussian_policy_log_prob_and_entropy():
 
 def test_policy_replay_reproduces_rollout():
     torch.manual_seed(0)
-    policy = PatchPolicy((8, 3, 3), kind="mlp", hidden=16)
+    policy = PatchPolicy((8, 3, 3), trunk="mlp", hidden=16)
     maps = [torch.randn(5, 8, 3, 3) for _ in range(3)]
     state, means, actions, log_probs, values = None, [], [], [], []
     with torch.no_grad():

@@ -8,6 +8,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from reference import reference_crop, reference_thresholds
+
 from glancefocus import GFNet, GFNetConfig, crop_patches, exit_fractions, exit_steps, find_thresholds
 
 locations = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
@@ -24,31 +26,7 @@ def test_crop_equals_slicing(batch: int, height: int, width: int, data) -> None:
     patch = data.draw(st.integers(1, min(height, width)))
     locs = torch.tensor(data.draw(st.lists(st.tuples(locations, locations), min_size=batch, max_size=batch)))
     images = torch.randn(batch, 2, height, width)
-    out = crop_patches(images, locs, patch)
-    for b in range(batch):
-        r = math.floor(float(locs[b, 0].float()) * (height - patch))
-        c = math.floor(float(locs[b, 1].float()) * (width - patch))
-        assert torch.equal(out[b], images[b, :, r : r + patch, c : c + patch])
-
-
-def _reference_thresholds(probs: torch.Tensor, fractions: torch.Tensor) -> list[float]:
-    """The authors' loop (MSDNet's dynamic evaluation), sample by sample."""
-    T, N, _ = probs.shape
-    conf = probs.max(dim=2).values.tolist()
-    exited = [False] * N
-    out = []
-    for t in range(T - 1):
-        wanted = math.floor(N * float(fractions[t]))
-        threshold, count = math.inf, 0
-        for i in sorted(range(N), key=lambda i: -conf[t][i]):
-            if not exited[i]:
-                count += 1
-                if count == wanted:
-                    threshold = conf[t][i]
-                    break
-        exited = [e or conf[t][i] >= threshold for i, e in enumerate(exited)]
-        out.append(threshold)
-    return out + [-math.inf]
+    assert torch.equal(crop_patches(images, locs, patch), reference_crop(images, locs, patch))
 
 
 @settings(max_examples=60, deadline=None)
@@ -60,7 +38,7 @@ def test_thresholds_match_the_reference_loop(T: int, N: int, C: int, q: float, s
         logits = logits.round()  # many equal confidences
     probs = logits.softmax(dim=2)
     fractions = exit_fractions(q, T)
-    assert find_thresholds(probs, fractions).tolist() == _reference_thresholds(probs, fractions)
+    assert find_thresholds(probs, fractions).tolist() == reference_thresholds(probs, fractions)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,4 +63,4 @@ def test_early_exit_equals_all_steps(T: int, patch: int, batch: int, seed: int) 
     expected = exit_steps(confidence, thresholds)
     result = model.predict(images, thresholds)
     assert torch.equal(result.exit_step, expected)
-    assert torch.equal(result.labels, probs.argmax(dim=2).gather(0, expected.view(1, -1))[0])
+    assert torch.equal(result.labels, probs.argmax(dim=2).gather(0, expected.view(1, -1) - 1)[0])

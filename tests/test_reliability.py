@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -13,14 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from glancefocus.checkpoint import atomic_write, save_checkpoint, state_path
 from glancefocus.cli import main
-from glancefocus.data import ResumableSampler, SeededAugmentation
-from glancefocus.distributed import World
-from glancefocus.engine import Context, NonFiniteLoss, Stage, run_stage
+from glancefocus.sampling import SeededAugmentation
 
 from conftest import make_image_folder
 
@@ -83,35 +79,6 @@ def test_augmentation_seeding_leaves_the_cuda_generator_alone(monkeypatch) -> No
     dataset = SeededAugmentation(TensorDataset(torch.arange(4)), seed=0)
     assert [int(dataset[i][0]) for i in range(4)] == [0, 1, 2, 3]
     assert calls == []
-
-
-def _tiny_stage(tmp_path: Path, step_fn, *, checkpoint_every: int = 2) -> tuple[Context, Stage]:
-    model = nn.Linear(4, 2)
-    data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
-    loader = DataLoader(data, batch_size=2, sampler=ResumableSampler(16, shuffle=True), generator=torch.Generator())
-    ctx = Context(out_dir=tmp_path, world=World(), checkpoint_every=checkpoint_every, quiet=True)
-    stage = Stage("tiny", model, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=1, meta={})
-    return ctx, stage
-
-
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
-    calls = {"n": 0}
-
-    def step(x, y):
-        calls["n"] += 1
-        loss = nn.functional.cross_entropy(stage.model(x), y)
-        return (loss * float("nan") if calls["n"] == 3 else loss), {}
-
-    ctx, stage = _tiny_stage(tmp_path, step)
-    with pytest.raises(NonFiniteLoss, match=r"batch 3 \(global step 3\)") as err:
-        run_stage(ctx, stage, step, lambda: {})
-    last = tmp_path / "tiny.last.safetensors"
-    assert str(last) in str(err.value)
-    saved = load_file(str(last))
-    assert not (tmp_path / "tiny.safetensors").exists()
-    # The kept checkpoint is the one of step 2 and holds finite weights.
-    assert torch.load(state_path(last), weights_only=False)["global_step"] == 2
-    assert all(torch.isfinite(v).all() for v in saved.values())
 
 
 def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path: Path) -> None:

@@ -6,51 +6,20 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from glancefocus.checkpoint import read_meta
 from glancefocus.cli import main
 
-MODEL_ARGS = ["--backbone", "resnet18", "--patch-size", "32", "--T", "3", "--image-size", "64"]
-RUN_ARGS = ["--batch-size", "8", "--workers", "0", "--quiet"]
+from conftest import MODEL_ARGS, RUN_ARGS, write_folder
+
 STAGE_FILES = ["glance", "stage1", "stage2", "stage3"]
 
 
-
-
-def write_folder(root: Path, colours: dict[str, tuple[int, int, int]], n_train: int, n_val: int, seed: int = 0) -> Path:
-    """An ImageFolder tree root/{train,val}/<class>/*.png of 64 px noisy single-colour images."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for name, colour in colours.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = np.asarray(colour, dtype=np.float64) + rng.normal(0, 20, size=(64, 64, 3))
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def colour_data(tmp_path_factory) -> Path:
-    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-    return write_folder(tmp_path_factory.mktemp("colours"), colours, n_train=12, n_val=4)
-
-
-@pytest.fixture(scope="module")
-def full_run(colour_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run_all")
-    rc = main(["train", "--stage", "all", "--data", str(colour_data), *MODEL_ARGS, "--epochs", "1", *RUN_ARGS, "--out", str(out)])
-    assert rc == 0
-    return out
 
 
 def _floats(row) -> list[float]:
@@ -79,8 +48,8 @@ def check_results(results: dict, T: int = 3) -> None:
 
 
 # ------------------------------------------------------------------------ whole pipeline
-def test_full_pipeline_writes_checkpoints_and_results(full_run, colour_data):
-    out = full_run
+def test_full_pipeline_writes_checkpoints_and_results(trained_run, colour_data):
+    out = trained_run
     for name in STAGE_FILES:
         assert (out / f"{name}.safetensors").is_file(), name
         assert read_meta(out / f"{name}.safetensors")["stage"] == name
@@ -111,10 +80,10 @@ def test_full_pipeline_writes_checkpoints_and_results(full_run, colour_data):
             assert len(r["heldout_accuracy"]) == 3
 
 
-def test_full_pipeline_stages_train_the_right_parts(full_run):
+def test_full_pipeline_stages_train_the_right_parts(trained_run):
     """Stage II changes π alone (BatchNorm statistics included: the frozen parts run in
     eval mode); Stage III leaves π as Stage II left it and trains fL and fC."""
-    w1, w2, w3 = (load_file(str(full_run / f"stage{i}.safetensors")) for i in (1, 2, 3))
+    w1, w2, w3 = (load_file(str(trained_run / f"stage{i}.safetensors")) for i in (1, 2, 3))
     assert w1.keys() == w2.keys() == w3.keys()
     policy = [k for k in w1 if k.startswith("policy.")]
     others = [k for k in w1 if not k.startswith("policy.")]
@@ -128,26 +97,26 @@ def test_full_pipeline_stages_train_the_right_parts(full_run):
     assert {"local_encoder", "classifier", "global_encoder"} <= changed  # ResNet: fG is not frozen
 
 
-def test_evaluate_command(full_run, tmp_path, capsys):
+def test_evaluate_command(trained_run, tmp_path, capsys):
     out_json = tmp_path / "out.json"
-    rc = main(["evaluate", "--checkpoint", str(full_run / "stage3.safetensors"), "--json", str(out_json), *RUN_ARGS])
+    rc = main(["evaluate", "--checkpoint", str(trained_run / "stage3.safetensors"), "--json", str(out_json), *RUN_ARGS])
     assert rc == 0
     results = json.loads(out_json.read_text())
     check_results(results)
-    assert results["policy"] == "learned"
+    assert results["patches"] == "learned"
     # deterministic: the same numbers as the evaluation at the end of training
-    saved = json.loads((full_run / "stage3.results.json").read_text())
+    saved = json.loads((trained_run / "stage3.results.json").read_text())
     assert results["anytime_accuracy"] == saved["anytime_accuracy"]
     assert results["madds"] == saved["madds"]
     assert [_floats(r) for r in results["thresholds"]] == [_floats(r) for r in saved["thresholds"]]
     assert (tmp_path / "out.png").is_file()  # the plot goes next to --json by default
     assert "anytime" in capsys.readouterr().out
     # other patch policies evaluate too, and leave the checkpoint's learned results alone
-    rc = main(["evaluate", "--checkpoint", str(full_run / "stage3.safetensors"), "--policy", "fixed",
+    rc = main(["evaluate", "--checkpoint", str(trained_run / "stage3.safetensors"), "--patches", "fixed",
                "--json", str(tmp_path / "fixed.json"), *RUN_ARGS])
     assert rc == 0
-    assert json.loads((tmp_path / "fixed.json").read_text())["policy"] == "fixed"
-    assert read_meta(full_run / "stage3.safetensors")["results"]["policy"] == "learned"
+    assert json.loads((tmp_path / "fixed.json").read_text())["patches"] == "fixed"
+    assert read_meta(trained_run / "stage3.safetensors")["results"]["patches"] == "learned"
 
 
 def test_evaluate_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -220,51 +189,14 @@ def test_stage2_keeps_best_epoch_via_cli(colour_data, tmp_path):
     assert kept["final_accuracy"] == max(h["final_accuracy"] for h in history)
 
     # the saved π is the kept epoch's: its held-out accuracy is the kept one
-    from glancefocus.config import TrainConfig
+    from glancefocus import DataConfig, GFNet
+    from glancefocus.data import load_data
     from glancefocus.distributed import World
     from glancefocus.evaluate import anytime_accuracy, collect_probs
-    from glancefocus.pipeline import load_model
-    from glancefocus.stages import load_data
 
-    model, _ = load_model(out / "stage2.safetensors")
-    data = load_data(str(colour_data), model, TrainConfig(holdout=0.25, seed=0, workers=0))
+    model, _ = GFNet.from_checkpoint(out / "stage2.safetensors")
+    data = load_data(DataConfig(str(colour_data), holdout=0.25), model.config, seed=0)
     probs, targets = collect_probs(model, DataLoader(data.heldout, batch_size=8), World())
     assert anytime_accuracy(probs, targets) == pytest.approx(kept["heldout_accuracy"])
 
 
-def test_run_stage_restores_best_epoch_weights(tmp_path):
-    """The engine keeps the epoch with the best selection metric, not the last one: both
-    the weights it saves and the metrics file."""
-    from glancefocus.data import ResumableSampler
-    from glancefocus.distributed import World
-    from glancefocus.engine import Context, Stage, run_stage
-
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1)
-    dataset = TensorDataset(torch.randn(8, 3), torch.zeros(8, dtype=torch.long))
-    loader = DataLoader(dataset, batch_size=4, sampler=ResumableSampler(8, shuffle=True, seed=0))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    stage = Stage("stage2", model, optimizer, loader, 4, {"note": "test"}, select="final_accuracy")
-    scores = iter([20.0, 70.0, 50.0, 60.0])
-    snapshots = []
-
-    def step(x, y):
-        loss = model(x).pow(2).mean() + model.bias.sum()  # moves the weights every step
-        return loss, {}
-
-    def evaluate():
-        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-        return {"final_accuracy": next(scores)}
-
-    ctx = Context(out_dir=tmp_path, world=World(), quiet=True)
-    kept = run_stage(ctx, stage, step, evaluate)
-    assert kept["epoch"] == 2 and kept["final_accuracy"] == 70.0
-    assert json.loads((tmp_path / "stage2.metrics.json").read_text()) == kept
-    saved = load_file(str(tmp_path / "stage2.safetensors"))
-    assert not torch.equal(snapshots[1]["weight"], snapshots[-1]["weight"])
-    for k, v in snapshots[1].items():
-        assert torch.equal(saved[k], v), k
-        assert torch.equal(model.state_dict()[k], v), k
-    meta = read_meta(tmp_path / "stage2.safetensors")
-    assert [h["final_accuracy"] for h in meta["history"]] == [20.0, 70.0, 50.0, 60.0]
-    assert meta["note"] == "test"

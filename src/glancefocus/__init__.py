@@ -1,12 +1,14 @@
 """glancefocus: GFNet (Glance and Focus Networks, NeurIPS 2020) in PyTorch."""
 
-from .budget import PAPER_QS, budgeted_accuracy, budgeted_curve, exit_fractions, exit_steps, find_thresholds
-from .config import GFNetConfig, PPOConfig, TrainConfig
+from .budget import PAPER_QS, StepScores, budgeted_accuracy, budgeted_curve, exit_fractions, exit_steps, find_thresholds
+from .config import DataConfig, GFNetConfig, PPOConfig, TrainConfig
 from .model import GFNet, GFNetOutput, Prediction
 from .patches import crop_patches, glance_resize
-from .presets import PRESETS
+from .recipes import PRESETS, RECIPES, Recipe
+from .weights import Weights
 
 __all__ = [
+    "DataConfig",
     "GFNet",
     "GFNetConfig",
     "GFNetOutput",
@@ -14,7 +16,11 @@ __all__ = [
     "PPOConfig",
     "PRESETS",
     "Prediction",
+    "RECIPES",
+    "Recipe",
+    "StepScores",
     "TrainConfig",
+    "Weights",
     "budgeted_accuracy",
     "budgeted_curve",
     "crop_patches",

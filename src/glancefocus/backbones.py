@@ -15,7 +15,7 @@ from timm.models import register_model
 from timm.models.mobilenetv3 import _gen_mobilenet_v3
 from torch import nn
 
-from .pretrained import create_backbone
+from .weights import Pretrained, create_backbone
 
 
 if "mobilenetv3_large_125" not in timm.list_models("mobilenetv3_large_125"):
@@ -61,7 +61,7 @@ def check_backbone(name: str) -> None:
     raise ValueError(f"Unknown backbone {name!r}: not a timm model.{hint} See timm.list_models().")
 
 
-def create_encoder(name: str, *, num_classes: int, pretrained: bool | str = False) -> Encoder:
+def create_encoder(name: str, *, num_classes: int, pretrained: Pretrained = False) -> Encoder:
     """A timm backbone with a ``num_classes`` head; see :func:`create_backbone` for ``pretrained``."""
     check_backbone(name)
     return Encoder(create_backbone(name, pretrained=pretrained, num_classes=num_classes))

@@ -1,12 +1,15 @@
 """Budgeted batch classification (SPEC "Evaluation"): exit fractions, thresholds, accuracy.
 
 Everything here is vectorised over samples and over budgets: the 39-point curve of the
-paper is one call of :func:`budgeted_curve`.
+paper is one call of :func:`budgeted_curve`, and :func:`find_thresholds` /
+:func:`budgeted_accuracy` take (K, T) budgets at once and the :class:`StepScores` of the
+outputs computed once, so calling them per budget need not redo the max over classes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -59,70 +62,96 @@ def _thresholds_batched(confidence: torch.Tensor, counts: torch.Tensor) -> torch
     return thresholds
 
 
-def find_thresholds(probs: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+class StepScores(NamedTuple):
+    """What every budget computation reads of the (T, N, C) softmax outputs: the confidence
+    max_c p_t and the prediction argmax_c p_t of each sample at each step, both (T, N).
+    Compute it once (:meth:`of`) and pass it to any number of budget calls."""
+
+    confidence: torch.Tensor
+    prediction: torch.Tensor
+
+    @classmethod
+    def of(cls, probs: torch.Tensor | StepScores) -> StepScores:
+        if isinstance(probs, StepScores):
+            return probs
+        confidence, prediction = probs.max(dim=2)
+        return cls(confidence, prediction)
+
+
+def find_thresholds(probs: torch.Tensor | StepScores, fractions: torch.Tensor) -> torch.Tensor:
     """Confidence thresholds η_1..η_T (η_T = −inf) from held-out softmax outputs.
 
     Args:
-        probs: (T, N, C) softmax outputs of N held-out samples after each of T steps.
-        fractions: (T,) fraction of samples to exit at each step (e.g. :func:`exit_fractions`).
+        probs: (T, N, C) softmax outputs of N held-out samples after each of T steps, or their
+            :class:`StepScores` (computed once for many calls).
+        fractions: (T,) fraction of samples to exit at each step (e.g. :func:`exit_fractions`),
+            or (K, T) for K budgets at once.
 
-    At each step the most confident not-yet-exited samples exit first, floor(N · fraction_t)
-    of them (SPEC "Evaluation").
+    Returns (T,) or (K, T).  At each step the most confident not-yet-exited samples exit
+    first, floor(N · fraction_t) of them (SPEC "Evaluation").
     """
-    T, N, _ = probs.shape
-    fractions = torch.as_tensor(fractions, dtype=torch.float64).reshape(1, -1)
+    confidence = StepScores.of(probs).confidence
+    T, N = confidence.shape
+    fractions = torch.as_tensor(fractions, dtype=torch.float64)
+    batched = fractions.dim() == 2
+    fractions = fractions.reshape(-1, fractions.shape[-1])
     if fractions.shape[1] != T:
         raise ValueError(f"fractions has {fractions.shape[1]} entries but probs has T={T} steps")
-    confidence = probs.max(dim=2).values
-    return _thresholds_batched(confidence, _exit_counts(fractions, N))[0]
+    thresholds = _thresholds_batched(confidence, _exit_counts(fractions, N))
+    return thresholds if batched else thresholds[0]
 
 
-def exit_steps(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """Index of the first step whose confidence reaches its threshold, per sample.
-
-    ``confidence`` is (T, N); ``thresholds`` is (T,) or (K, T); returns (N,) or (K, N).
-    The last step always exits.
-    """
+def _exit_index(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """0-based index of each sample's exit step, (K, N), for (K, T) thresholds."""
     T = confidence.shape[0]
     if thresholds.shape[-1] != T:
         raise ValueError(f"expected {T} thresholds (one per step), got {thresholds.shape[-1]}")
-    batched = thresholds.dim() == 2
     thresholds = thresholds.reshape(-1, T, 1).to(confidence)  # (K, T, 1)
     steps = torch.full((thresholds.shape[0], confidence.shape[1]), T - 1, dtype=torch.long, device=confidence.device)
     # Walk back from the last step so the earliest qualifying step wins; T is small, and this
     # is ten times faster than an argmax over the middle dimension of (K, T, N).
     for t in range(T - 2, -1, -1):
         steps = torch.where(confidence[t] >= thresholds[:, t], t, steps)
-    return steps if batched else steps[0]
+    return steps
 
 
-def _accuracy_and_cost(
-    probs: torch.Tensor, targets: torch.Tensor, madds: torch.Tensor, thresholds: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    confidence, predictions = probs.max(dim=2)  # (T, N)
-    steps = exit_steps(confidence, thresholds)  # (K, N)
-    correct = (predictions == targets.to(predictions.device)).gather(0, steps)  # (K, N)
-    cost = torch.as_tensor(madds, dtype=torch.float64, device=probs.device)[steps]
-    return correct.double().mean(dim=1) * 100, cost.mean(dim=1)
+def exit_steps(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """The first step (numbered 1..T, as in the paper) whose confidence reaches its
+    threshold, per sample.
+
+    ``confidence`` is (T, N); ``thresholds`` is (T,) or (K, T); returns (N,) or (K, N).
+    The last step always exits.
+    """
+    steps = _exit_index(confidence, thresholds) + 1
+    return steps if thresholds.dim() == 2 else steps[0]
 
 
 def budgeted_accuracy(
-    probs: torch.Tensor, targets: torch.Tensor, madds, thresholds: torch.Tensor
-) -> tuple[float, float]:
+    probs: torch.Tensor | StepScores, targets: torch.Tensor, madds, thresholds: torch.Tensor
+) -> tuple[float, float] | tuple[torch.Tensor, torch.Tensor]:
     """Top-1 accuracy (%) and mean multiply-adds when each sample exits at the first step
     whose max probability reaches that step's threshold.
 
     Args:
-        probs: (T, N, C) softmax outputs; targets: (N,); madds: T cumulative costs;
-        thresholds: (T,).
+        probs: (T, N, C) softmax outputs, or their :class:`StepScores`; targets: (N,);
+        madds: T cumulative costs; thresholds: (T,), or (K, T) for K budgets at once.
+
+    Returns floats for (T,) thresholds, (K,) float64 tensors for (K, T).
     """
-    accuracy, cost = _accuracy_and_cost(probs, targets, madds, torch.as_tensor(thresholds).reshape(1, -1))
-    return float(accuracy[0]), float(cost[0])
+    scores = StepScores.of(probs)
+    thresholds = torch.as_tensor(thresholds)
+    steps = _exit_index(scores.confidence, thresholds)  # (K, N)
+    correct = (scores.prediction == targets.to(scores.prediction.device)).gather(0, steps)  # (K, N)
+    cost = torch.as_tensor(madds, dtype=torch.float64, device=steps.device)[steps]
+    accuracy, mean_cost = correct.double().mean(dim=1) * 100, cost.mean(dim=1)
+    if thresholds.dim() == 2:
+        return accuracy, mean_cost
+    return float(accuracy[0]), float(mean_cost[0])
 
 
 def budgeted_curve(
-    heldout_probs: torch.Tensor,
-    test_probs: torch.Tensor,
+    heldout_probs: torch.Tensor | StepScores,
+    test_probs: torch.Tensor | StepScores,
     test_targets: torch.Tensor,
     madds,
     qs: tuple[float, ...] = PAPER_QS,
@@ -131,10 +160,10 @@ def budgeted_curve(
 
     Returns the (K, T) thresholds and a list of {"q", "madds", "accuracy"}.
     """
-    T, N, _ = heldout_probs.shape
-    fractions = torch.stack([exit_fractions(q, T) for q in qs])
-    thresholds = _thresholds_batched(heldout_probs.max(dim=2).values, _exit_counts(fractions, N))
-    accuracy, cost = _accuracy_and_cost(test_probs, test_targets, madds, thresholds)
+    heldout = StepScores.of(heldout_probs)
+    fractions = torch.stack([exit_fractions(q, heldout.confidence.shape[0]) for q in qs])
+    thresholds = find_thresholds(heldout, fractions)
+    accuracy, cost = budgeted_accuracy(test_probs, test_targets, madds, thresholds)
     curve = [
         {"q": q, "madds": float(c), "accuracy": float(a)} for q, a, c in zip(qs, accuracy.tolist(), cost.tolist())
     ]

@@ -103,9 +103,9 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def check_compatible(meta: dict[str, Any], config: GFNetConfig, *, path: str | os.PathLike) -> None:
     """Raise a ValueError naming every architecture field where ``meta`` and ``config`` differ."""
-    saved = meta.get("config", {})
+    saved = GFNetConfig.from_dict(meta["config"]).to_dict() if "config" in meta else {}
     wanted = config.resolved().to_dict()
-    keys = ("backbone", "num_classes", "patch_size", "T", "classifier", "classifier_hidden", "policy", "policy_hidden")
+    keys = ("backbone", "num_classes", "patch_size", "T", "classifier", "classifier_hidden", "policy_trunk", "policy_hidden")
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, expected {wanted[k]!r}" for k in keys if saved.get(k) != wanted[k]]
     if diffs:
         raise ValueError(

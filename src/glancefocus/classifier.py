@@ -13,7 +13,9 @@ from torch import nn
 class GRUClassifier(nn.Module):
     """fC for ResNet, DenseNet and RegNet: a GRU over ē_1..ē_t, then a linear layer."""
 
-    def __init__(self, in_features: int, num_classes: int, *, hidden: int = 1024) -> None:
+    glance_uses_head = False  # step 1 goes through the GRU like every other step
+
+    def __init__(self, in_features: int, num_classes: int, *, hidden: int = 1024, T: int | None = None) -> None:
         super().__init__()
         self.cell = nn.GRUCell(in_features, hidden)
         self.fc = nn.Linear(hidden, num_classes)
@@ -31,7 +33,9 @@ class CascadeClassifier(nn.Module):
     so only T−1 layers live here.  The state is the concatenation so far, (B, tF).
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, T: int) -> None:
+    glance_uses_head = True  # step 1's logits are the global encoder's own head's
+
+    def __init__(self, in_features: int, num_classes: int, *, T: int, hidden: int | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleList(nn.Linear(t * in_features, num_classes) for t in range(2, T + 1))
 
@@ -45,3 +49,7 @@ class CascadeClassifier(nn.Module):
         state = torch.cat([state, features], dim=1)
         step = state.shape[1] // features.shape[1]
         return self.layers[step - 2](state), state
+
+
+#: fC by the name ``GFNetConfig.classifier`` gives it.
+CLASSIFIERS: dict[str, type[nn.Module]] = {"gru": GRUClassifier, "cascade": CascadeClassifier}

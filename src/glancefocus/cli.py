@@ -1,87 +1,88 @@
-"""Command-line interface: ``glancefocus {train,evaluate,predict,visualize,demo,presets}``."""
+"""Command-line interface: ``glancefocus {train,evaluate,predict,visualize,demo,presets}``.
+
+Each subcommand is one function (``set_defaults(func=...)``); the model, training and data
+flags are made from the config fields (:mod:`glancefocus.flags`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from .config import TrainConfig
-from .data import BUILTIN
-from .distributed import init_world
-from .engine import Context, NonFiniteLoss, RunLog
-from .presets import PRESETS, preset_config
-from .pretrained import PACKAGE_WEIGHTS
+from .config import DataConfig, GFNetConfig, TrainConfig
+from .distributed import init_world, pick_device
+from .flags import add_fields, given_fields
+from .recipes import RECIPES, Recipe, recipe
+from .trainer import AMP_DTYPES, NonFiniteLoss
+from .weights import Weights
+
+STAGE_NAMES = {"glance": ["glance"], "1": ["stage1"], "2": ["stage2"], "3": ["stage3"],
+               "all": ["glance", "stage1", "stage2", "stage3"]}
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, loads_data: bool = True) -> None:
+def _pretrained(value: str) -> bool | str:
+    return {"false": False, "no": False, "none": False, "true": True, "yes": True}.get(value.lower(), value)
+
+
+def _run_options(p: argparse.ArgumentParser, *, batch_size: int) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default 256)")
-    if loads_data:
-        p.add_argument("--workers", type=int, default=None, help="data-loading processes per training process")
-        p.add_argument("--skip-bad-images", action="store_true", help="drop unreadable or too small images (counted)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (default; faster convolutions on CPU and with AMP on GPU)")
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", help=f"a Table 2 configuration: {', '.join(PRESETS)}")
-    g.add_argument("--backbone", help="any timm CNN name (default resnet50, the preset's, or that of --pretrained liteN)")
-    g.add_argument("--patch-size", type=int, help="H' = W' of the glance and of the focus patches")
-    g.add_argument("--T", type=int, help="maximum number of steps")
-    g.add_argument("--image-size", type=int, help="full image side H = W")
-    g.add_argument("--classifier", choices=["gru", "cascade"], help="fC variant (default: the family's)")
-    g.add_argument("--policy", choices=["mlp", "conv"], help="π trunk (default: the family's)")
-    g.add_argument(
-        "--pretrained", default="false",
-        help="encoder initialisation: false, true (timm hub), lite0/lite1/lite2 (offline packages) or a weights file",
-    )
+def _data_options(p: argparse.ArgumentParser, *, default_root: str | None) -> None:
+    names = {"root": "--data"}
+    add_fields(p, DataConfig, "data", only=("root", "skip_bad_images", "workers"), names=names, defaults={"root": default_root})
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _train_parser(sub) -> None:
+    t = sub.add_parser("train", help="train one stage, or the whole pipeline")
+    t.add_argument("--stage", choices=list(STAGE_NAMES), required=True)
+    t.add_argument("--out", type=Path, default=Path("runs/gfnet"), help="folder for checkpoints and logs")
+    t.add_argument("--init", type=Path, help="checkpoint to start from (default: the previous stage's in --out)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
+    g = t.add_argument_group("model")
+    g.add_argument("--preset", help=f"a named recipe: {', '.join(RECIPES)}")
+    add_fields(g, GFNetConfig, "model", only=("backbone", "patch_size", "T", "image_size", "classifier", "policy_trunk"))
+    g.add_argument("--pretrained", default="false",
+                   help="encoder initialisation: false, true (timm hub), lite0/lite1/lite2 (offline packages) or a weights file")
+    g = t.add_argument_group("optimisation (defaults: the recipe's, else appendix A.2/A.3 for the backbone family)")
+    g.add_argument("--epochs", type=int, help="epochs of every stage (overrides the recipe's per-stage values)")
+    add_fields(g, TrainConfig, "train", skip=("batch_size", "amp", "channels_last", "momentum"))
+    _data_options(t, default_root="builtin")
+    add_fields(t, DataConfig, "data", only=("holdout",))
+    _run_options(t, batch_size=256)
+    t.set_defaults(func=_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glancefocus", description="GFNet: Glance and Focus Networks")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train one stage, or the whole pipeline")
-    t.add_argument("--stage", choices=["glance", "1", "2", "3", "all"], required=True)
-    t.add_argument("--data", default=BUILTIN, help="ImageFolder root with train/ and val/ (default: built-in data)")
-    t.add_argument("--out", type=Path, default=Path("runs/gfnet"), help="folder for checkpoints and logs")
-    t.add_argument("--init", type=Path, help="checkpoint to start from (default: the previous stage's in --out)")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
-    _add_model_options(t)
-    g = t.add_argument_group("optimisation (defaults: appendix A.2/A.3 for the backbone family)")
-    g.add_argument("--epochs", type=int, help="epochs of every stage (overrides the per-stage values)")
-    g.add_argument("--glance-epochs", type=int)
-    g.add_argument("--stage1-epochs", type=int)
-    g.add_argument("--stage2-epochs", type=int)
-    g.add_argument("--stage3-epochs", type=int)
-    g.add_argument("--lr-classifier", type=float)
-    g.add_argument("--lr-encoder", type=float)
-    g.add_argument("--glance-lr", type=float)
-    g.add_argument("--holdout", type=float, default=0.1, help="fraction of training images held out")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
-    g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap batches per epoch (quick runs)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the encoders")
-    _add_run_options(t)
+    _train_parser(sub)
 
     e = sub.add_parser("evaluate", help="anytime and budgeted evaluation of a checkpoint")
     e.add_argument("--checkpoint", type=Path, required=True)
-    e.add_argument("--data", default=None, help="ImageFolder root (default: the data it was trained on)")
     e.add_argument("--json", type=Path, help="write the results here")
     e.add_argument("--plot", type=Path, help="accuracy-vs-MAdds PNG (default: next to --json)")
-    e.add_argument("--policy", choices=["learned", "random", "fixed"], default="learned")
-    _add_run_options(e)
+    e.add_argument("--patches", choices=["learned", "random", "fixed"], default="learned",
+                   help="focus patches: π's (learned), uniformly random, or centre then corners (fixed)")
+    _data_options(e, default_root=None)
+    _run_options(e, batch_size=256)
+    e.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="early-exit classification of image files")
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--checkpoint", type=Path, required=True)
     pr.add_argument("--budget", type=float, help="target mean multiply-adds per image (picks stored thresholds)")
     pr.add_argument("--json", type=Path, help="write the predictions here")
-    _add_run_options(pr, loads_data=False)
+    _run_options(pr, batch_size=64)
+    pr.set_defaults(func=_predict)
 
     v = sub.add_parser("visualize", help="PNG of the glance and the focus patches, with probabilities")
     v.add_argument("images", nargs="+", help="image files or folders")
@@ -89,86 +90,67 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, default=Path("patches.png"))
     v.add_argument("--budget", type=float, help="mark each image's exit step for this budget")
     v.add_argument("--device", default=None)
+    v.set_defaults(func=_visualize)
 
     d = sub.add_parser("demo", help="train and evaluate the whole pipeline, write a report")
-    d.add_argument("--data", default=BUILTIN, help="ImageFolder root (default: built-in cluttered digits)")
+    d.add_argument("--data", default="builtin", help="ImageFolder root (default: built-in cluttered digits)")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--backbone", default=None, help="timm CNN (default efficientnet_lite0)")
     d.add_argument("--pretrained", default=None, help="false, true, lite0/lite1/lite2 or a weights file (default lite0)")
     d.add_argument("--device", default=None)
     d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_demo)
 
-    sub.add_parser("presets", help="list the Table 2 presets")
+    sub.add_parser("presets", help="list the named recipes").set_defaults(func=_presets)
     return parser
 
 
-def _pretrained(value: str) -> bool | str:
-    return {"false": False, "no": False, "none": False, "true": True, "yes": True}.get(value.lower(), value)
+def _model_config(args: argparse.Namespace, source, num_classes: int) -> tuple[GFNetConfig, bool | str]:
+    """The recipe's model with the flags given; ``--pretrained liteN`` alone picks that network."""
+    pretrained = _pretrained(args.pretrained)
+    fields = {**given_fields(args, "model"), "num_classes": num_classes}
+    weights = Weights.parse(pretrained)
+    if weights is not None and not args.preset:
+        fields.setdefault("backbone", weights.value.arch)
+    config = recipe(args.preset or "default").model_config(source, **fields)
+    return (weights.configure(config) if weights is not None else config), pretrained
+
+
+def _train_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    given = given_fields(args, "train")
+    if args.epochs is not None:
+        for name in ("glance_epochs", "stage1_epochs", "stage2_epochs", "stage3_epochs"):
+            given.setdefault(name, args.epochs)
+    return replace(base, **given, batch_size=args.batch_size, amp=args.amp, channels_last=args.channels_last)
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .pipeline import STAGES, dataset_classes, default_model_config, train
-    from .stages import default_workers
+    from .data import data_source
+    from .runlog import RunLog
+    from .trainer import Run
+    from .training import train
 
     world = init_world(args.device)
-    classes = dataset_classes(args.data)
-    pretrained = _pretrained(args.pretrained)
-    backbone = args.backbone
-    if backbone is None and not args.preset and isinstance(pretrained, str):
-        backbone = PACKAGE_WEIGHTS.get(pretrained)  # --pretrained lite0 alone means that network
-    fields = {
-        "backbone": backbone, "patch_size": args.patch_size, "T": args.T, "image_size": args.image_size,
-        "classifier": args.classifier, "policy": args.policy, "num_classes": len(classes),
-    }
-    if args.preset:
-        config = preset_config(args.preset, **fields)
-    else:
-        config = default_model_config(args.data, **fields)
-    epochs = args.epochs
-    tc = TrainConfig(
-        batch_size=args.batch_size or 256,
-        holdout=args.holdout,
-        seed=args.seed,
-        amp=args.amp,
-        checkpoint_every=args.checkpoint_every,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        skip_bad_images=args.skip_bad_images,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        workers=args.workers if args.workers is not None else default_workers(args.data, world.device),
-        glance_epochs=_given(args.glance_epochs, epochs, 5),
-        stage1_epochs=_given(args.stage1_epochs, epochs),
-        stage3_epochs=_given(args.stage3_epochs, epochs),
-        lr_encoder=args.lr_encoder,
-        glance_lr=args.glance_lr,
-        **({"lr_classifier": args.lr_classifier} if args.lr_classifier is not None else {}),
-    )
-    if (stage2_epochs := _given(args.stage2_epochs, epochs)) is not None:
-        tc.ppo.epochs = stage2_epochs
+    data = DataConfig(**given_fields(args, "data"))
+    source = data_source(data.root)
+    config, pretrained = _model_config(args, source, len(source.classes()))
+    tc = _train_config(args, RECIPES[args.preset].train if args.preset else TrainConfig())
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(
-        out_dir=args.out, world=world, amp=args.amp, resume=args.resume, checkpoint_every=args.checkpoint_every,
-        max_steps_per_epoch=args.max_steps_per_epoch, log=RunLog(args.out, world), quiet=args.quiet,
-    )
-    stages = list(STAGES) if args.stage == "all" else [args.stage]
-    last, _ = train(stages, config=config, tc=tc, data=args.data, ctx=ctx, init=args.init, pretrained=pretrained)
-    ctx.log.close()
+    run = Run(args.out, world, resume=args.resume, log=RunLog(args.out, world), quiet=args.quiet)
+    last, _ = train(config, STAGE_NAMES[args.stage], config=tc, data=data, run=run, pretrained=pretrained, init=args.init)
+    run.log.close()
     if args.stage == "all":  # every process evaluates its shard; rank 0 writes
-        _evaluate_into(last, ctx, args.data, channels_last=args.channels_last, batch_size=tc.batch_size, workers=tc.workers)
+        _evaluate_into(last, world, data.root, batch_size=tc.batch_size, workers=data.workers,
+                       channels_last=args.channels_last, amp=args.amp)
 
 
-def _given(*values):
-    """The first value that is not None (so an explicit 0 counts)."""
-    return next((v for v in values if v is not None), None)
+def _evaluate_into(checkpoint: Path, world, root: str | None, *, json_out: Path | None = None, plot: Path | None = None, **kw) -> dict:
+    from .evaluate import evaluate_checkpoint
 
-
-def _evaluate_into(checkpoint: Path, ctx: Context, data: str | None, **kw) -> dict:
-    from .pipeline import evaluate_checkpoint
-
-    json_out = kw.pop("json_out", None) or checkpoint.with_suffix(".results.json")
-    plot = kw.pop("plot", None) or json_out.with_suffix(".png")
-    results = evaluate_checkpoint(checkpoint, ctx=ctx, data=data, json_out=json_out, plot=plot, **kw)
-    if ctx.world.is_main:
+    json_out = json_out or checkpoint.with_suffix(".results.json")
+    plot = plot or json_out.with_suffix(".png")
+    results = evaluate_checkpoint(checkpoint, world=world, root=root, json_out=json_out, plot=plot, **kw)
+    if world.is_main:
         acc = " ".join(f"{a:.1f}" for a in results["anytime_accuracy"])
         madds = " ".join(f"{m / 1e6:.1f}" for m in results["madds"])
         print(f"anytime top-1 (%) per step: {acc}\nMAdds (M) per step: {madds}\nresults: {json_out}  plot: {plot}")
@@ -176,38 +158,29 @@ def _evaluate_into(checkpoint: Path, ctx: Context, data: str | None, **kw) -> di
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .stages import default_workers
-
-    world = init_world(args.device)
-    ctx = Context(out_dir=args.checkpoint.parent, world=world, amp=args.amp, quiet=args.quiet)
+    data = given_fields(args, "data")
     _evaluate_into(
-        args.checkpoint, ctx, args.data, json_out=args.json, plot=args.plot, policy=args.policy,
-        batch_size=args.batch_size or 256, channels_last=args.channels_last, skip_bad_images=args.skip_bad_images,
-        workers=args.workers if args.workers is not None else default_workers(args.data or "", world.device),
+        args.checkpoint, init_world(args.device), data.get("root"), json_out=args.json, plot=args.plot, patches=args.patches,
+        batch_size=args.batch_size, channels_last=args.channels_last, amp=args.amp,
+        skip_bad_images=data.get("skip_bad_images", False), workers=data.get("workers"),
     )
 
 
 def _load(checkpoint: Path, device: str | None, *, channels_last: bool = True):
-    from .distributed import pick_device
-    from .pipeline import load_model
+    from .model import GFNet
 
-    model, meta = load_model(checkpoint, pick_device(device), channels_last=channels_last)
+    model, meta = GFNet.from_checkpoint(checkpoint, device=pick_device(device), channels_last=channels_last)
     return model.eval(), meta
 
 
 def _predict(args: argparse.Namespace) -> None:
-    import json
-
-    import torch
-
     from .checkpoint import atomic_write_text
     from .inference import image_files, predict_files, select_thresholds
 
     model, meta = _load(args.checkpoint, args.device, channels_last=args.channels_last)
     thresholds, point = select_thresholds(meta, args.budget)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     rows = predict_files(model, image_files(args.images), thresholds, meta.get("classes", []),
-                         batch_size=args.batch_size or 64, amp=amp)
+                         batch_size=args.batch_size, amp=AMP_DTYPES.get(args.amp))
     for r in rows:
         print(f"{r['file']}\t{r['class']}\tp={r['probability']:.3f}\texit step {r['exit_step']}\t{r['madds'] / 1e6:.1f} MMAdds")
     mean = sum(r["madds"] for r in rows) / len(rows)
@@ -218,7 +191,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _visualize(args: argparse.Namespace) -> None:
     from .inference import image_files, load_images, select_thresholds
-    from .visualize import visualize
+    from .plots import visualize
 
     model, meta = _load(args.checkpoint, args.device)
     files = image_files(args.images)
@@ -231,32 +204,24 @@ def _visualize(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, run_demo
+    from .demo import run_demo
 
-    demo = DemoConfig()
-    if args.backbone:
-        demo.backbone = args.backbone
+    demo: Recipe = RECIPES["demo"]
     if args.pretrained is not None:
-        demo.pretrained = _pretrained(args.pretrained)
-    run_demo(args.data, args.out, world=init_world(args.device), demo=demo, quiet=args.quiet)
+        demo = replace(demo, pretrained=_pretrained(args.pretrained))
+    run_demo(demo, args.data, args.out, world=init_world(args.device), backbone=args.backbone, quiet=args.quiet)
+
+
+def _presets(args: argparse.Namespace) -> None:
+    for name, r in RECIPES.items():
+        cfg = r.model
+        print(f"{name:32s} backbone={cfg.backbone} patch={cfg.patch_size} T={cfg.T} image={cfg.image_size}  ({r.description})")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            _train(args)
-        elif args.command == "evaluate":
-            _evaluate(args)
-        elif args.command == "predict":
-            _predict(args)
-        elif args.command == "visualize":
-            _visualize(args)
-        elif args.command == "demo":
-            _demo(args)
-        elif args.command == "presets":
-            for name, cfg in PRESETS.items():
-                print(f"{name:32s} backbone={cfg.backbone} patch={cfg.patch_size} T={cfg.T} image={cfg.image_size}")
+        args.func(args)
     except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
         print(f"glancefocus: error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,12 @@
-"""Configuration dataclasses and the per-family defaults of SPEC / appendix A.
+"""Configuration: one frozen dataclass per concern, changed with :func:`dataclasses.replace`.
 
-A GFNet is described by a :class:`GFNetConfig` (architecture) and trained with a
-:class:`TrainConfig` (optimisation).  Both start from the defaults of the backbone's
-family (appendix A.1–A.3) and every field can be overridden.
+- :class:`GFNetConfig`: the architecture (SPEC "The model");
+- :class:`TrainConfig`: optimisation of the glance fine-tune and Stages I–III (appendix A.3),
+  with :class:`PPOConfig` for Stage II (appendix A.2);
+- :class:`DataConfig`: where the images come from and how the training set is split.
+
+``None`` fields are filled from the backbone family's defaults (appendix A.1–A.3, the
+:data:`FAMILY_DEFAULTS` table) by :meth:`GFNetConfig.resolved` and :meth:`TrainConfig.for_model`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Literal
 
 Family = Literal["resnet", "densenet", "regnet", "mobilenetv3", "efficientnet", "other"]
 ClassifierKind = Literal["gru", "cascade"]
-PolicyKind = Literal["mlp", "conv"]
+PolicyTrunk = Literal["mlp", "conv"]
+Amp = Literal["none", "bf16", "fp16"]
 
 # Name prefixes of timm models, in the order they are tested.
 _FAMILY_PREFIXES: tuple[tuple[str, Family], ...] = (
@@ -42,7 +47,7 @@ class FamilyDefaults:
     """What appendix A fixes per backbone family."""
 
     classifier: ClassifierKind  # fC: GRU (ResNet/DenseNet/RegNet) or cascade of linears
-    policy: PolicyKind  # π: flatten+MLP (ResNet/DenseNet) or 1x1 conv to 32 ch (others)
+    policy_trunk: PolicyTrunk  # π: flatten+MLP (ResNet/DenseNet) or 1x1 conv to 32 ch (others)
     interpolation: str  # glance resize: bicubic or bilinear (SPEC "The model")
     aux_weight: float  # λ of the deep-supervision loss
     encoder_lr: float
@@ -56,17 +61,28 @@ class FamilyDefaults:
 # 1024 hidden units (0: the cascade has none); π's GRU has 1024 after the MLP trunk, 256
 # after the light conv trunk.
 CLASSIFIER_HIDDEN: dict[ClassifierKind, int] = {"gru": 1024, "cascade": 0}
-POLICY_HIDDEN: dict[PolicyKind, int] = {"mlp": 1024, "conv": 256}
+POLICY_HIDDEN: dict[PolicyTrunk, int] = {"mlp": 1024, "conv": 256}
 
+_GRU_FAMILY = {"classifier": "gru", "aux_weight": 1.0, "freeze_glance": False, "stage3": True, "stage1_epochs": 60}
+_LIGHT_FAMILY = {"classifier": "cascade", "policy_trunk": "conv", "interpolation": "bicubic", "aux_weight": 5.0,
+                 "encoder_lr": 0.005, "weight_decay": 1e-4, "freeze_glance": True}
 FAMILY_DEFAULTS: dict[Family, FamilyDefaults] = {
-    "resnet": FamilyDefaults("gru", "mlp", "bicubic", 1.0, 0.01, 1e-4, 60, False, True),
-    "densenet": FamilyDefaults("gru", "mlp", "bilinear", 1.0, 0.01, 1e-4, 60, False, True),
-    "regnet": FamilyDefaults("gru", "conv", "bilinear", 1.0, 0.02, 5e-5, 60, False, True),
-    "mobilenetv3": FamilyDefaults("cascade", "conv", "bicubic", 5.0, 0.005, 1e-4, 90, True, True),
-    "efficientnet": FamilyDefaults("cascade", "conv", "bicubic", 5.0, 0.005, 1e-4, 30, True, False),
+    "resnet": FamilyDefaults(**_GRU_FAMILY, policy_trunk="mlp", interpolation="bicubic", encoder_lr=0.01, weight_decay=1e-4),
+    "densenet": FamilyDefaults(**_GRU_FAMILY, policy_trunk="mlp", interpolation="bilinear", encoder_lr=0.01, weight_decay=1e-4),
+    "regnet": FamilyDefaults(**_GRU_FAMILY, policy_trunk="conv", interpolation="bilinear", encoder_lr=0.02, weight_decay=5e-5),
+    "mobilenetv3": FamilyDefaults(**_LIGHT_FAMILY, stage1_epochs=90, stage3=True),
+    "efficientnet": FamilyDefaults(**_LIGHT_FAMILY, stage1_epochs=30, stage3=False),
     # Any other timm CNN: the RegNet recipe (GRU fC, light conv π) is the cheapest generic choice.
-    "other": FamilyDefaults("gru", "conv", "bicubic", 1.0, 0.01, 1e-4, 60, False, True),
+    "other": FamilyDefaults(**_GRU_FAMILY, policy_trunk="conv", interpolation="bicubic", encoder_lr=0.01, weight_decay=1e-4),
 }
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _fill(config, defaults: dict):
+    """``config`` with each of its ``None`` fields named in ``defaults`` set from there."""
+    return dataclasses.replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
 
 
 @dataclass(frozen=True)
@@ -84,12 +100,12 @@ class GFNetConfig:
     crop_pct: float = 0.875  # evaluation: resize to image_size / crop_pct, centre crop
     classifier: ClassifierKind | None = None
     classifier_hidden: int | None = None
-    policy: PolicyKind | None = None
+    policy_trunk: PolicyTrunk | None = None
     policy_hidden: int | None = None
     policy_std: float = 0.1  # Gaussian std of the location action (appendix A.3)
     interpolation: str | None = None
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation of the weights
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation of the weights
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         if self.T < 1:
@@ -112,21 +128,29 @@ class GFNetConfig:
         """A copy with every ``None`` field set from the family defaults."""
         d = FAMILY_DEFAULTS[self.family]
         classifier = self.classifier or d.classifier
-        policy = self.policy or d.policy
-        fill = {
+        trunk = self.policy_trunk or d.policy_trunk
+        return _fill(self, {
             "classifier": classifier,
             "classifier_hidden": CLASSIFIER_HIDDEN[classifier],
-            "policy": policy,
-            "policy_hidden": POLICY_HIDDEN[policy],
+            "policy_trunk": trunk,
+            "policy_hidden": POLICY_HIDDEN[trunk],
             "interpolation": d.interpolation,
-        }
-        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+        })
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> GFNetConfig:
+        """The config a checkpoint stored (checkpoints before the rename say ``policy``)."""
+        saved = dict(saved)
+        if "policy" in saved:
+            saved["policy_trunk"] = saved.pop("policy")
+        saved["mean"], saved["std"] = tuple(saved.get("mean", IMAGENET_MEAN)), tuple(saved.get("std", IMAGENET_STD))
+        return cls(**saved)
 
-@dataclass
+
+@dataclass(frozen=True)
 class PPOConfig:
     """Stage II hyper-parameters (appendix A.2)."""
 
@@ -136,44 +160,41 @@ class PPOConfig:
     clip: float = 0.2  # ε
     value_coef: float = 0.5  # c1
     entropy_coef: float = 0.01  # c2
-    epochs: int = 15
     normalize_returns: bool = True  # as the authors' release; the paper is silent
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation of the glance fine-tune and Stages I–III (appendix A.3).
+    """Optimisation of the glance fine-tune and Stages I–III (appendix A.2–A.3).
 
     ``None`` fields come from the family defaults (:meth:`for_model`).
     """
 
-    batch_size: int = 256
+    batch_size: int = field(default=256, metadata={"help": "global batch size"})
     momentum: float = 0.9
-    lr_classifier: float = 0.1
-    lr_classifier_stage3: float = 0.01
-    lr_encoder: float | None = None
+    lr_classifier: float = field(default=0.1, metadata={"help": "Stage I LR of fC"})
+    lr_classifier_stage3: float = field(default=0.01, metadata={"help": "Stage III LR of fC"})
+    lr_encoder: float | None = field(default=None, metadata={"help": "LR of fG and fL (default: the family's)"})
     weight_decay: float | None = None
-    aux_weight: float | None = None
+    aux_weight: float | None = field(default=None, metadata={"help": "λ of the deep-supervision loss"})
     freeze_glance: bool | None = None
+    glance_epochs: int = 5
     stage1_epochs: int | None = None
+    stage2_epochs: int = 15
     stage3_epochs: int | None = None
     run_stage3: bool | None = None
-    glance_epochs: int = 5
-    glance_lr: float | None = None
+    glance_lr: float | None = field(default=None, metadata={"help": "LR of the low-resolution fine-tune of fG"})
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    holdout: float = 0.1  # fraction of training images kept out for model selection and thresholds
-    skip_bad_images: bool = False  # drop unreadable / too small images up front instead of failing
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Amp = field(default="none", metadata={"help": "mixed precision"})
     channels_last: bool = True  # oneDNN convs: a CPU Stage I step 1.9x faster (benchmarks/bench_memory_format.py)
-    compile: bool = False
-    workers: int = 2
+    compile: bool = field(default=False, metadata={"help": "torch.compile the encoders"})
     seed: int = 0
-    checkpoint_every: int = 0  # also checkpoint every N optimiser steps (0: each epoch only)
-    max_steps_per_epoch: int = 0  # cap batches per epoch (0: no cap), for quick runs
+    checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every N optimiser steps"})
+    max_steps_per_epoch: int = field(default=0, metadata={"help": "cap batches per epoch (0: no cap), for quick runs"})
 
     def for_model(self, model_config: GFNetConfig) -> TrainConfig:
         d = FAMILY_DEFAULTS[model_config.family]
-        fill = {
+        return _fill(self, {
             "lr_encoder": d.encoder_lr,
             "weight_decay": d.weight_decay,
             "aux_weight": d.aux_weight,
@@ -182,8 +203,17 @@ class TrainConfig:
             "stage3_epochs": d.stage1_epochs,
             "run_stage3": d.stage3,
             "glance_lr": d.encoder_lr,
-        }
-        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+        })
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how the training images are split."""
+
+    root: str = field(default="builtin", metadata={"help": "ImageFolder root with train/ and val/, or 'builtin'"})
+    holdout: float = field(default=0.1, metadata={"help": "fraction of training images held out (selection, thresholds)"})
+    skip_bad_images: bool = field(default=False, metadata={"help": "drop unreadable or too small images (counted)"})
+    workers: int | None = field(default=None, metadata={"help": "loader processes per training process (default: the source's)"})

@@ -1,30 +1,33 @@
-"""Datasets, transforms and samplers for training and evaluation.
+"""Data: where images come from, the train / held-out / val splits, and their loaders.
 
-``--data builtin`` is the cluttered-digits set made from data inside scikit-learn (see
-:mod:`glancefocus.cluttered_digits`); anything else is a folder with ``train/`` and ``val/``
-in torchvision's ImageFolder layout.
+A data source is an object that knows its classes, the image size it serves natively and
+whether it lives in memory: :class:`BuiltinDigits` (the cluttered-digits set made from data
+inside scikit-learn, see :mod:`glancefocus.cluttered_digits`) or :class:`ImageFolderSource`
+(a folder with ``train/`` and ``val/`` in torchvision's ImageFolder layout).
+:func:`data_source` picks one from a ``--data`` value.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import zlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 from tqdm.auto import tqdm
 
 from .cluttered_digits import ClutteredDigits, ClutteredDigitsConfig
+from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, GFNetConfig
+from .distributed import World
+from .sampling import ResumableSampler, SeededAugmentation, holdout_split
 
 BUILTIN = "builtin"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -71,66 +74,102 @@ def drop_bad_images(dataset: datasets.ImageFolder, loader: ImageLoader) -> list[
     return bad
 
 
-def image_transform(
-    *, image_size: int, crop_pct: float, train: bool, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD
-) -> transforms.Compose:
+@dataclass(frozen=True)
+class Transform:
+    """How a split's images are served: size, evaluation crop and input normalisation."""
+
+    image_size: int
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def of(cls, config: GFNetConfig) -> Transform:
+        return cls(config.image_size, config.crop_pct, tuple(config.mean), tuple(config.std))
+
+
+class BuiltinDigits:
+    """The built-in cluttered digits: in memory, served as whole canvases (no crop)."""
+
+    in_memory = True
+    fresh_each_epoch = True  # training canvases are redrawn every epoch
+    native_size: int | None = ClutteredDigitsConfig().canvas
+
+    def classes(self) -> list[str]:
+        return list(ClutteredDigits.classes)
+
+    def split(self, split: str, transform: Transform, *, train: bool, min_size: int = 1, skip_bad: bool = False) -> Dataset:
+        steps = [transforms.Normalize(transform.mean, transform.std)]
+        if transform.image_size != self.native_size:  # resized only if the model asks another size
+            steps.insert(0, transforms.Resize(transform.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True))
+        return ClutteredDigits(split, transform=transforms.Compose(steps), fresh_each_epoch=train)
+
+
+@dataclass(frozen=True)
+class ImageFolderSource:
+    """``root/{train,val}/<class>/<image>``: decoded from disk, any size."""
+
+    root: Path
+    in_memory = False
+    fresh_each_epoch = False
+    native_size: int | None = None
+
+    def classes(self) -> list[str]:
+        return self.split("train", Transform(32, 1.0), train=False).classes
+
+    def split(self, split: str, transform: Transform, *, train: bool, min_size: int = 1, skip_bad: bool = False) -> Dataset:
+        """Unreadable files and images smaller than ``min_size`` raise an error naming the
+        file when loaded, or with ``skip_bad`` are removed up front (and counted)."""
+        root = self.root / split
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"data folder {root} does not exist: --data must contain train/ and val/ folders, "
+                "each with one sub-folder of images per class (torchvision ImageFolder layout)"
+            )
+        loader = ImageLoader(min_size)
+        try:
+            dataset = datasets.ImageFolder(str(root), transform=image_transform(transform, train=train), loader=loader)
+        except FileNotFoundError as e:
+            raise ValueError(f"no images found under {root}: {e}") from e
+        if skip_bad:
+            dataset.skipped = drop_bad_images(dataset, loader)
+            if dataset.skipped:
+                print(f"skipped {len(dataset.skipped)} unreadable or too small image(s) in {root}, e.g. {dataset.skipped[0]}")
+            if not dataset.samples:
+                raise ValueError(f"no readable images under {root}")
+        if len(dataset.classes) < 2:
+            raise ValueError(f"{root} has {len(dataset.classes)} class folder(s); a classifier needs at least 2")
+        return dataset
+
+
+DataSource = BuiltinDigits | ImageFolderSource
+
+
+def data_source(root: str | os.PathLike) -> DataSource:
+    """The source a ``--data`` value names: "builtin" or an ImageFolder root."""
+    return BuiltinDigits() if str(root) == BUILTIN else ImageFolderSource(Path(root))
+
+
+def default_workers(source: DataSource, device: torch.device) -> int:
+    """Loader processes: none for in-memory data, nor on a CPU (they would take cores from
+    the model's own threads); a few for JPEG decoding beside a GPU."""
+    if source.in_memory or device.type == "cpu":
+        return 0
+    return min(8, os.cpu_count() or 1)
+
+
+def image_transform(transform: Transform, *, train: bool) -> transforms.Compose:
     """ImageNet-style transforms: RandomResizedCrop + flip for training; resize to
     image_size / crop_pct and centre crop for evaluation; bicubic (SPEC "Table 2")."""
-    bicubic = InterpolationMode.BICUBIC
+    bicubic, size = InterpolationMode.BICUBIC, transform.image_size
     if train:
-        spatial = [transforms.RandomResizedCrop(image_size, interpolation=bicubic), transforms.RandomHorizontalFlip()]
+        spatial = [transforms.RandomResizedCrop(size, interpolation=bicubic), transforms.RandomHorizontalFlip()]
     else:
-        spatial = [transforms.Resize(math.floor(image_size / crop_pct), interpolation=bicubic), transforms.CenterCrop(image_size)]
-    return transforms.Compose([*spatial, transforms.ToTensor(), transforms.Normalize(mean, std)])
+        spatial = [transforms.Resize(math.floor(size / transform.crop_pct), interpolation=bicubic), transforms.CenterCrop(size)]
+    return transforms.Compose([*spatial, transforms.ToTensor(), transforms.Normalize(transform.mean, transform.std)])
 
 
-def load_split(
-    data: str,
-    split: str,
-    *,
-    image_size: int,
-    crop_pct: float,
-    train: bool,
-    mean: tuple = IMAGENET_MEAN,
-    std: tuple = IMAGENET_STD,
-    min_size: int = 1,
-    skip_bad: bool = False,
-) -> Dataset:
-    """One split ("train" or "val") of ``data`` with its transform; checks it is usable.
-
-    Unreadable files and images smaller than ``min_size`` raise an error naming the file
-    when loaded, or with ``skip_bad`` are removed up front (and counted)."""
-    if data == BUILTIN:  # whole canvases (no crop), resized only if the model asks another size
-        steps = [transforms.Normalize(mean, std)]
-        if image_size != builtin_image_size():
-            steps.insert(0, transforms.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True))
-        return ClutteredDigits(split, transform=transforms.Compose(steps), fresh_each_epoch=train)
-    root = Path(data) / split
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data folder {root} does not exist: --data must contain train/ and val/ folders, "
-            "each with one sub-folder of images per class (torchvision ImageFolder layout)"
-        )
-    loader = ImageLoader(min_size)
-    try:
-        dataset = datasets.ImageFolder(
-            str(root), transform=image_transform(image_size=image_size, crop_pct=crop_pct, train=train, mean=mean, std=std),
-            loader=loader,
-        )
-    except FileNotFoundError as e:
-        raise ValueError(f"no images found under {root}: {e}") from e
-    if skip_bad:
-        dataset.skipped = drop_bad_images(dataset, loader)
-        if dataset.skipped:
-            print(f"skipped {len(dataset.skipped)} unreadable or too small image(s) in {root}, e.g. {dataset.skipped[0]}")
-        if not dataset.samples:
-            raise ValueError(f"no readable images under {root}")
-    if len(dataset.classes) < 2:
-        raise ValueError(f"{root} has {len(dataset.classes)} class folder(s); a classifier needs at least 2")
-    return dataset
-
-
-def evaluation_view(dataset: Dataset, **transform_options) -> Dataset:
+def evaluation_view(dataset: Dataset, transform: Transform) -> Dataset:
     """The same images as ``dataset`` (no re-scan) with the evaluation transform."""
     if isinstance(dataset, ClutteredDigits):  # the same canvases, kept when training draws fresh ones
         view = copy.copy(dataset)
@@ -139,82 +178,50 @@ def evaluation_view(dataset: Dataset, **transform_options) -> Dataset:
     if not isinstance(dataset, datasets.ImageFolder):
         return dataset
     view = copy.copy(dataset)
-    view.transform = image_transform(train=False, **transform_options)
+    view.transform = image_transform(transform, train=False)
     return view
 
 
-def builtin_image_size() -> int:
-    return ClutteredDigitsConfig().canvas
+@dataclass
+class Splits:
+    """Training images minus the held-out ones (augmented, reproducibly), the held-out
+    training images (evaluation transform: model selection and thresholds, appendix B.2), val."""
+
+    train: SeededAugmentation
+    heldout: Dataset
+    val: Dataset
+    classes: list[str]
 
 
-class SeededAugmentation(Dataset):
-    """Wraps a dataset so the random augmentation of sample i in epoch e of a stage depends
-    only on (seed, stage, e, i): it survives a resume, whatever the workers, and each stage
-    sees fresh augmentations rather than replaying the previous stage's."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch, self.stage = dataset, seed, 0, ""
-
-    def set_epoch(self, epoch: int, stage: str = "") -> None:
-        self.epoch, self.stage = epoch, stage
-        inner = self.dataset.dataset if isinstance(self.dataset, Subset) else self.dataset
-        if hasattr(inner, "set_epoch"):  # data drawn afresh each epoch (the built-in set)
-            inner.set_epoch(epoch, stage)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):  # transforms draw from the CPU generator; CUDA's is left alone
-            torch.default_generator.manual_seed(zlib.crc32(f"{self.seed}:{self.stage}:{self.epoch}:{index}".encode()))
-            return self.dataset[index]
+def load_data(data: DataConfig, model: GFNetConfig, *, seed: int) -> Splits:
+    """Train / held-out / val splits of ``data.root`` served at ``model``'s size and normalisation."""
+    source, transform = data_source(data.root), Transform.of(model)
+    options = {"min_size": model.patch_size, "skip_bad": data.skip_bad_images}
+    train_full = source.split("train", transform, train=True, **options)
+    val = source.split("val", transform, train=False, **options)
+    classes = list(train_full.classes)
+    if len(classes) != model.num_classes:
+        raise ValueError(f"{data.root} has {len(classes)} classes but the model was built for {model.num_classes}")
+    train_idx, held_idx = holdout_split(len(train_full), data.holdout, seed)
+    heldout = Subset(evaluation_view(train_full, transform), held_idx or train_idx)
+    redraw = train_full.set_epoch if source.fresh_each_epoch else None
+    return Splits(SeededAugmentation(Subset(train_full, train_idx), seed, redraw=redraw), heldout, val, classes)
 
 
-def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic (train, held-out) index lists: held-out images select the Stage II
-    model and set the early-exit thresholds, and are never trained on (appendix B.2)."""
-    if n == 0:
-        raise ValueError("the training set is empty")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = math.floor(n * fraction) if fraction > 0 else 0
-    if fraction > 0 and held == 0:
-        held = 1
-    if held >= n:
-        raise ValueError(f"holdout fraction {fraction} leaves no training images out of {n}")
-    return sorted(order[held:]), sorted(order[:held])
-
-
-class ResumableSampler(Sampler[int]):
-    """Shuffled (or ordered) indices for one process of ``world``, reproducible from
-    (seed, epoch), that can skip the batches already consumed before a resume."""
-
-    def __init__(self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
-        self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip_samples: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip_samples
-
-    def _indices(self, rank: int | None = None) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
-        per_rank = math.ceil(self.size / self.world)
-        order += order[: per_rank * self.world - self.size]  # pad so every rank gets as many
-        return order[(self.rank if rank is None else rank) :: self.world]
-
-    def gathered_indices(self) -> torch.Tensor:
-        """Dataset index of each row of an all-gather of every rank's outputs, in rank order."""
-        return torch.tensor([i for r in range(self.world) for i in self._indices(r)])
-
-    def __iter__(self):
-        return iter(self._indices()[self.skip :])
-
-    def __len__(self) -> int:
-        return math.ceil(self.size / self.world) - self.skip
-
-
-def subset(dataset: Dataset, indices: list[int]) -> Subset:
-    return Subset(dataset, indices)
+def make_loader(dataset: Dataset, *, batch_size: int, world: World, train: bool, seed: int = 0, workers: int = 0) -> DataLoader:
+    """A loader whose order is fixed by (seed, epoch) and resumable; ``batch_size`` is the
+    global batch, shared across the processes of ``world``."""
+    if len(dataset) == 0:
+        raise ValueError("a data split is empty: add images or lower --holdout")
+    batch = max(batch_size // world.size, 1)
+    sampler = ResumableSampler(len(dataset), shuffle=train, seed=seed, rank=world.rank, world=world.size)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=train and len(sampler) >= batch,
+        pin_memory=world.device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator(),  # keeps the global RNG untouched, so resumes replay exactly
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -98,3 +99,17 @@ def all_gather_objects(obj: Any, world: World) -> list[Any]:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def gather_in_order(values: torch.Tensor, loader: DataLoader, world: World, dim: int = 0) -> torch.Tensor:
+    """This process's per-sample ``values`` (along ``dim``) for its shard of ``loader``,
+    gathered from every process (on the CPU) and put back in dataset order, without the
+    samples repeated to even out the shards."""
+    values = all_gather_cat(values, world, dim=dim).cpu()
+    if not world.distributed:
+        return values
+    index = loader.sampler.gathered_indices()
+    rows = values.movedim(dim, 0)
+    ordered = rows.new_empty(int(index.max()) + 1, *rows.shape[1:])
+    ordered[index] = rows  # a repeated sample writes the same values twice
+    return ordered.movedim(0, dim)

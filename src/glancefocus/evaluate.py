@@ -1,9 +1,9 @@
-"""Evaluation (SPEC "Evaluation"): anytime accuracy, budgeted batch classification, plots."""
+"""Evaluation (SPEC "Evaluation"): anytime accuracy, the oracle exit and budgeted batch
+classification of a model or of a checkpoint on its data."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +12,32 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .budget import PAPER_QS, budgeted_curve
-from .distributed import World, all_gather_cat
+from .checkpoint import atomic_write_text, update_meta
+from .config import DataConfig
+from .data import data_source, default_workers, load_data, make_loader
+from .distributed import World, gather_in_order
 from .model import GFNet
+from .trainer import autocast
+
+#: How the focus patches are chosen: π's mean (the model), or the paper's two ablations.
+PATCHES = ("learned", "random", "fixed")
 
 
 def centre_then_corners(T: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The fixed policy of the paper's ablation: centre, then the four corners (cycling)."""
+    """The fixed patches of the paper's ablation: centre, then the four corners (cycling)."""
     order = [(0.5, 0.5), (0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
     steps = [order[i % len(order)] for i in range(T - 1)]
     return torch.tensor(steps, device=device).view(T - 1, 1, 2).expand(T - 1, batch, 2).contiguous()
+
+
+def _locations(patches: str, model: GFNet, batch: int, device: torch.device, generator: torch.Generator | None):
+    if patches == "learned":
+        return "mean"
+    if patches == "random":
+        return torch.rand(model.T - 1, batch, 2, generator=generator).to(device)
+    if patches == "fixed":
+        return centre_then_corners(model.T, batch, device)
+    raise ValueError(f"unknown patches {patches!r}: use one of {', '.join(PATCHES)}")
 
 
 @torch.inference_mode()
@@ -29,31 +46,23 @@ def collect_probs(
     loader: DataLoader,
     world: World,
     *,
-    policy: str = "learned",
+    patches: str = "learned",
     amp: str = "none",
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax outputs after every step, (T, N, C), and targets (N,), for all of ``loader``.
 
-    ``policy``: "learned" (π's mean), "random" (uniform) or "fixed" (centre, then corners).
+    ``patches``: "learned" (π's mean), "random" (uniform) or "fixed" (centre, then corners).
     With several processes each evaluates its shard; the gathered results are put back in
     dataset order, without the samples repeated to even out the shards.
     """
     model.eval()
     device = world.device
     all_probs, all_targets = [], []
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
-        if policy == "learned":
-            where: str | torch.Tensor = "policy"
-        elif policy == "random":
-            where = torch.rand(model.T - 1, images.shape[0], 2, generator=generator).to(device)
-        elif policy == "fixed":
-            where = centre_then_corners(model.T, images.shape[0], device)
-        else:
-            raise ValueError(f"unknown policy {policy!r}: use learned, random or fixed")
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        where = _locations(patches, model, images.shape[0], device, generator)
+        with autocast(amp, device):
             logits = model(images, locations=where, need_aux=False).logits
         all_probs.append(F.softmax(logits.float(), dim=2))
         all_targets.append(targets.to(device))
@@ -65,7 +74,7 @@ def collect_probs(
 def policy_locations(model: GFNet, loader: DataLoader, world: World) -> torch.Tensor:
     """π's test-time (mean) locations l_2..l_T for all of ``loader``, (T−1, N, 2), in dataset order."""
     model.eval()
-    found = [model(images.to(world.device), locations="policy", need_aux=False).locations.float() for images, _ in loader]
+    found = [model(images.to(world.device), locations="mean", need_aux=False).locations.float() for images, _ in loader]
     return gather_in_order(torch.cat(found, dim=1), loader, world, dim=1)
 
 
@@ -73,20 +82,6 @@ def location_spread(locations: torch.Tensor) -> list[dict[str, list[float]]]:
     """For each focus step, the mean location (row, col) over images and its standard
     deviation across images: how much π adapts to the image (0 = the same place for all)."""
     return [{"mean": step.mean(0).tolist(), "std": step.std(0).tolist()} for step in locations]
-
-
-def gather_in_order(values: torch.Tensor, loader: DataLoader, world: World, dim: int = 0) -> torch.Tensor:
-    """This process's per-sample ``values`` (along ``dim``) for its shard of ``loader``,
-    gathered from every process (on the CPU) and put back in dataset order, without the
-    samples repeated to even out the shards."""
-    values = all_gather_cat(values, world, dim=dim).cpu()
-    if not world.distributed:
-        return values
-    index = loader.sampler.gathered_indices()
-    rows = values.movedim(dim, 0)
-    ordered = rows.new_empty(int(index.max()) + 1, *rows.shape[1:])
-    ordered[index] = rows  # a repeated sample writes the same values twice
-    return ordered.movedim(0, dim)
 
 
 def anytime_accuracy(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:
@@ -131,46 +126,55 @@ def thresholds_tensor(rows: list[list[float | str]]) -> torch.Tensor:
     return torch.tensor([[float(v) for v in row] for row in rows])
 
 
-@contextmanager
-def _accuracy_plot(path: str | Path, title: str) -> Iterator[Any]:
-    """Axes for a top-1 vs multiply-adds plot, labelled and saved to ``path`` on exit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    yield ax
-    ax.set_xlabel("multiply-adds per image (M)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def plot_anytime(
-    madds: list[float], by_policy: dict[str, list[float]], oracle: dict[str, float], path: str | Path, *, title: str
-) -> None:
-    """Anytime accuracy after each step for each patch policy ({name: [acc_1..acc_T]}), and
-    the oracle exit as one point."""
-    with _accuracy_plot(path, title) as ax:
-        x = [m / 1e6 for m in madds]
-        for name, accuracy in by_policy.items():
-            ax.plot(x, accuracy, "o-", label=f"{name} patches")
-        ax.plot([oracle["madds"] / 1e6], [oracle["accuracy"]], "k*", markersize=10, label="oracle exit")
+def evaluate_checkpoint(
+    checkpoint: Path,
+    *,
+    world: World,
+    root: str | None = None,
+    skip_bad_images: bool = False,
+    workers: int | None = None,
+    batch_size: int = 256,
+    patches: str = "learned",
+    amp: str = "none",
+    channels_last: bool = True,
+    json_out: Path | None = None,
+    plot: Path | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Anytime accuracy, MAdds, thresholds (held-out training images) and the 39-point
+    budgeted curve (val images) of a checkpoint; stored into its metadata and ``json_out``.
+
+    ``root`` defaults to the data the checkpoint was trained on.  The held-out split is drawn
+    as in training (same fraction, seed and skipped images), so thresholds never see an image
+    the model was trained on.
+    """
+    from .plots import plot_results
+
+    model, meta = GFNet.from_checkpoint(checkpoint, device=world.device, channels_last=channels_last)
+    data = trained_data(meta, root=root, skip_bad_images=skip_bad_images, workers=workers)
+    splits = load_data(data, model.config, seed=meta.get("train_config", {}).get("seed", 0))
+    workers = data.workers if data.workers is not None else default_workers(data_source(data.root), world.device)
+    loader = lambda d: make_loader(d, batch_size=batch_size, world=world, train=False, workers=workers)  # noqa: E731
+    heldout, _ = collect_probs(model, loader(splits.heldout), world, patches=patches, amp=amp)
+    probs, targets = collect_probs(model, loader(splits.val), world, patches=patches, amp=amp)
+    results = {"patches": patches, "num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
+               **evaluate_results(heldout, probs, targets, model.madds())}
+    if world.is_main:
+        if save and patches == "learned":
+            update_meta(checkpoint, results=results, madds=results["madds"])
+        if json_out is not None:
+            atomic_write_text(json_out, json.dumps(results, indent=2))
+        if plot is not None:
+            plot_results(results, plot, title=f"GFNet {model.config.backbone} P={model.config.patch_size} T={model.T}")
+    return results
 
 
-def plot_results(results: dict[str, Any], path: str | Path, *, title: str = "GFNet", extra: dict[str, dict] | None = None) -> None:
-    """Accuracy vs multiply-adds: the budgeted curve, the anytime points, and ``extra``
-    series ({label: {"madds": [...], "accuracy": [...]}})."""
-    with _accuracy_plot(path, title) as ax:
-        curve = sorted(results["budgeted"], key=lambda p: p["madds"])
-        if curve:
-            ax.plot([p["madds"] / 1e6 for p in curve], [p["accuracy"] for p in curve], ".-", label=f"budgeted ({len(curve)} budgets)")
-        ax.plot([m / 1e6 for m in results["madds"]], results["anytime_accuracy"], "o--", label="anytime (step t)")
-        for label, series in (extra or {}).items():
-            ax.plot([m / 1e6 for m in series["madds"]], series["accuracy"], "s:", label=label)
+def trained_data(meta: dict[str, Any], *, root: str | None = None, skip_bad_images: bool = False,
+                 workers: int | None = None) -> DataConfig:
+    """The data a checkpoint was trained on, or ``root`` split the same way (unreadable
+    images are skipped if asked now or if training skipped them)."""
+    saved = meta.get("data_config") or meta.get("train_config", {})  # older checkpoints: train_config
+    return DataConfig(root=root or meta.get("data") or "builtin", holdout=saved.get("holdout", 0.1),
+                      skip_bad_images=skip_bad_images or saved.get("skip_bad_images", False), workers=workers)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .data import image_transform, load_rgb
+from .data import Transform, image_transform, load_rgb
 from .evaluate import thresholds_tensor
 from .model import GFNet
 
@@ -47,8 +47,7 @@ def image_files(paths: list[str | Path]) -> list[Path]:
 
 def load_images(files: list[Path], model: GFNet) -> torch.Tensor:
     """Files → a normalised batch at the model's evaluation size (as `evaluate` sees them)."""
-    cfg = model.config
-    transform = image_transform(image_size=cfg.image_size, crop_pct=cfg.crop_pct, train=False, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    transform = image_transform(Transform.of(model.config), train=False)
     return torch.stack([transform(load_rgb(str(f))) for f in files])
 
 
@@ -69,15 +68,16 @@ def predict_files(
         chunk = files[start : start + batch_size]
         images = load_images(chunk, model).to(device)
         out = model.predict(images, thresholds, amp=amp)
+        labels, steps = out.labels.tolist(), out.exit_step.tolist()  # one host copy per batch
+        confidence, locations = out.probs.max(dim=1).values.tolist(), out.locations.transpose(0, 1).tolist()
         for i, f in enumerate(chunk):
-            step = int(out.exit_step[i])
             rows.append({
                 "file": str(f),
-                "label": int(out.labels[i]),
-                "class": classes[int(out.labels[i])] if classes else str(int(out.labels[i])),
-                "probability": float(out.probs[i].max()),
-                "exit_step": step + 1,
-                "madds": float(madds[step]),
-                "locations": out.locations[i, :step].tolist(),
+                "label": labels[i],
+                "class": classes[labels[i]] if classes else str(labels[i]),
+                "probability": confidence[i],
+                "exit_step": steps[i],
+                "madds": float(madds[steps[i] - 1]),
+                "locations": locations[i][: steps[i] - 1],
             })
     return rows

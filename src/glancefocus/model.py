@@ -10,7 +10,8 @@ inference and the multiply-add count, so the four cannot drift apart.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +19,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .backbones import create_encoder, probe_encoder
-from .classifier import CascadeClassifier, GRUClassifier
+from .checkpoint import load_checkpoint
+from .classifier import CLASSIFIERS
 from .config import GFNetConfig
 from .patches import crop_patches, glance_resize
 from .policy import PatchPolicy
-from .presets import preset_config
-from .pretrained import PACKAGE_MEAN, PACKAGE_STD, PACKAGE_WEIGHTS
+from .recipes import recipe
+from .weights import Pretrained, Weights
 
 
 @dataclass
@@ -68,7 +70,7 @@ class StepOutput:
 class GFNetOutput:
     logits: torch.Tensor  # (T, B, C)
     aux_logits: torch.Tensor | None  # (T, B, C)
-    locations: torch.Tensor  # (T-1, B, 2)
+    locations: torch.Tensor  # (T-1, B, 2): step-first, like logits
     log_probs: torch.Tensor | None = None  # (T-1, B), with locations="sample"
     values: torch.Tensor | None = None  # (T-1, B)
     policy_inputs: list[torch.Tensor] | None = None
@@ -76,12 +78,15 @@ class GFNetOutput:
 
 @dataclass
 class Prediction:
-    """Result of early-exit inference for a batch of B images."""
+    """Result of early-exit inference for a batch of B images.
+
+    Steps are numbered as in the paper, 1 (the glance) to T, in every public output.
+    """
 
     labels: torch.Tensor  # (B,) predicted class at the exit step
     probs: torch.Tensor  # (B, C) softmax at the exit step
-    exit_step: torch.Tensor  # (B,) 0-based step at which each image exited
-    locations: torch.Tensor  # (B, T-1, 2) focus locations read; NaN after the exit
+    exit_step: torch.Tensor  # (B,) step 1..T at which each image exited
+    locations: torch.Tensor  # (T-1, B, 2) focus locations read, step-first as in GFNetOutput; NaN after the exit
 
 
 class GFNet(nn.Module):
@@ -89,37 +94,40 @@ class GFNet(nn.Module):
 
     Args:
         config: architecture; family defaults fill its ``None`` fields.
-        pretrained: initial weights of both encoders: False, True (timm's hub), a package
-            name such as ``"lite0"``, or a local weights file (see :func:`create_backbone`).
+        pretrained: initial weights of both encoders: False, True (timm's hub), a
+            :class:`Weights` member (or its name, ``"lite0"``) for a config made by
+            :meth:`Weights.configure`, or a local weights file (see :func:`create_backbone`).
     """
 
-    def __init__(self, config: GFNetConfig, *, pretrained: bool | str = False) -> None:
+    def __init__(self, config: GFNetConfig, *, pretrained: Pretrained = False) -> None:
         super().__init__()
-        if isinstance(pretrained, str) and pretrained in PACKAGE_WEIGHTS:
-            # Offline package weights need their own architecture variant and input scaling.
-            arch = PACKAGE_WEIGHTS[pretrained]
-            if config.backbone not in (arch, arch.removeprefix("tf_")):
-                raise ValueError(
-                    f"pretrained={pretrained!r} are weights for {arch}, not for backbone {config.backbone!r}: "
-                    f"pass --backbone {arch.removeprefix('tf_')} (or leave --backbone out), or another --pretrained"
-                )
-            config = replace(config, backbone=arch, mean=PACKAGE_MEAN, std=PACKAGE_STD)
+        if (weights := Weights.parse(pretrained)) is not None:
+            _check_made_for(config, weights)
         self.config = cfg = config.resolved()
         self.global_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained)
         self.local_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained)
         map_shape, features = probe_encoder(self.local_encoder, cfg.patch_size)
-        if cfg.classifier == "gru":
-            self.classifier = GRUClassifier(features, cfg.num_classes, hidden=cfg.classifier_hidden)
-        elif cfg.classifier == "cascade":
-            self.classifier = CascadeClassifier(features, cfg.num_classes, T=cfg.T)
-        else:
-            raise ValueError(f"unknown classifier {cfg.classifier!r}: use 'gru' or 'cascade'")
-        self.policy = PatchPolicy(map_shape, kind=cfg.policy, hidden=cfg.policy_hidden, std=cfg.policy_std)
+        if cfg.classifier not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {cfg.classifier!r}: use one of {sorted(CLASSIFIERS)}")
+        self.classifier = CLASSIFIERS[cfg.classifier](features, cfg.num_classes, T=cfg.T, hidden=cfg.classifier_hidden)
+        self.policy = PatchPolicy(map_shape, trunk=cfg.policy_trunk, hidden=cfg.policy_hidden, std=cfg.policy_std)
 
     @classmethod
-    def from_preset(cls, name: str, *, num_classes: int = 1000, pretrained: bool | str = False, **overrides) -> GFNet:
+    def from_preset(cls, name: str, *, num_classes: int = 1000, pretrained: Pretrained = False, **overrides) -> GFNet:
         """A Table 2 configuration by name, e.g. ``GFNet.from_preset("resnet50-96-t5", num_classes=10)``."""
-        return cls(preset_config(name, num_classes=num_classes, **overrides), pretrained=pretrained)
+        return cls(recipe(name, num_classes=num_classes, **overrides).model, pretrained=pretrained)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, *, device: torch.device | str = "cpu", channels_last: bool = True
+    ) -> tuple[GFNet, dict]:
+        """A GFNet and its metadata from a checkpoint written by any stage, in channels_last
+        memory format unless told otherwise (same outputs, faster convolutions)."""
+        weights, meta = load_checkpoint(path, device="cpu")
+        model = cls(GFNetConfig.from_dict(meta["config"]))
+        model.load_state_dict(weights)
+        model.to(device)
+        return (model.to(memory_format=torch.channels_last) if channels_last else model), meta
 
     @property
     def T(self) -> int:
@@ -132,31 +140,36 @@ class GFNet(nn.Module):
         t: int,
         state: StepState | None,
         *,
-        locations: str | torch.Tensor = "policy",
+        locations: str | torch.Tensor = "mean",
         need_aux: bool = False,
     ) -> tuple[StepOutput, StepState]:
-        """Run step ``t`` (0 = glance) on full-resolution ``images`` (B, 3, H, W).
+        """Run step ``t`` (0 = glance, the paper's step t + 1) on full-resolution ``images`` (B, 3, H, W).
 
-        ``locations`` for focus steps: ``"policy"`` (π's mean, test time), ``"sample"``
+        ``locations`` for focus steps: ``"mean"`` (π's mean, test time), ``"sample"``
         (l_t ~ N(mean, std²) clipped to [0, 1], Stage II), ``"random"`` (uniform, Stage I),
         or a (B, 2) tensor.  π is only run when it is needed.
         """
-        cfg = self.config
         if t == 0:
-            encoder, view, look = self.global_encoder, glance_resize(images, cfg.patch_size, interpolation=cfg.interpolation), _Look()
-            classifier_state = None
+            look, classifier_state = _Look(), None
         else:
             if state is None:
                 raise ValueError("focus steps (t >= 1) need the state returned by the previous step")
             look = self._look(images.shape[0], images.device, state, locations)
-            encoder, view = self.local_encoder, crop_patches(images, look.location, cfg.patch_size)
             classifier_state = state.classifier
-        feature_map, pooled = encoder(view)
-        cascade_first = t == 0 and isinstance(self.classifier, CascadeClassifier)
-        aux = encoder.head(pooled) if (need_aux or cascade_first) else None
+        encoder = self.global_encoder if t == 0 else self.local_encoder
+        feature_map, pooled = encoder(self.view(images, look.location))
+        head_first = t == 0 and self.classifier.glance_uses_head
+        aux = encoder.head(pooled) if (need_aux or head_first) else None
         logits, classifier_state = self.classifier(pooled, classifier_state, aux)
         out = StepOutput(logits, aux if need_aux else None, look.location, look.log_prob, look.value, look.policy_input)
         return out, StepState(feature_map.detach(), classifier_state, look.policy_state)
+
+    def view(self, images: torch.Tensor, location: torch.Tensor | None = None) -> torch.Tensor:
+        """What an encoder reads: the glance x̃1 (``location`` None) or the patch at ``location``."""
+        cfg = self.config
+        if location is None:
+            return glance_resize(images, cfg.patch_size, interpolation=cfg.interpolation)
+        return crop_patches(images, location, cfg.patch_size)
 
     def _look(self, batch: int, device: torch.device, state: StepState, locations: str | torch.Tensor) -> _Look:
         """Where the next patch is: given, uniformly random, or asked of π."""
@@ -164,10 +177,10 @@ class GFNet(nn.Module):
             return _Look(locations, policy_state=state.policy)
         if locations == "random":
             return _Look(torch.rand(batch, 2, device=device), policy_state=state.policy)
-        if locations not in ("policy", "sample"):
-            raise ValueError(f"unknown locations mode {locations!r}: use policy, sample, random or a tensor")
+        if locations not in ("mean", "sample"):
+            raise ValueError(f"unknown locations mode {locations!r}: use mean, sample, random or a tensor")
         mean, value, policy_state = self.policy(state.feature_map, state.policy)
-        if locations == "policy":
+        if locations == "mean":
             return _Look(mean, value=value, policy_state=policy_state)
         location, log_prob = self.policy.sample(mean)
         return _Look(location, log_prob, value, policy_state, policy_input=state.feature_map)
@@ -176,7 +189,7 @@ class GFNet(nn.Module):
         self,
         images: torch.Tensor,
         *,
-        locations: str | torch.Tensor = "policy",
+        locations: str | torch.Tensor = "mean",
         need_aux: bool | None = None,
     ) -> GFNetOutput:
         """All steps on the whole batch (training and all-steps evaluation).
@@ -210,14 +223,15 @@ class GFNet(nn.Module):
 
         Predictions and exit steps equal those of the all-steps evaluation with the same
         thresholds.  Call in eval mode; ``amp`` (torch.bfloat16 / float16) enables autocast.
+        Exit steps are numbered 1..T, as in the paper.
         """
         thresholds = torch.as_tensor(thresholds, dtype=torch.float32, device=images.device).flatten()
         if thresholds.numel() != self.T:
             raise ValueError(f"expected {self.T} thresholds (one per step, T={self.T}), got {thresholds.numel()}")
         B, C = images.shape[0], self.config.num_classes
         probs = images.new_zeros(B, C, dtype=torch.float32)
-        exit_step = torch.full((B,), self.T - 1, dtype=torch.long, device=images.device)
-        locations = torch.full((B, max(self.T - 1, 0), 2), float("nan"), device=images.device)
+        exit_step = torch.full((B,), self.T, dtype=torch.long, device=images.device)
+        locations = torch.full((max(self.T - 1, 0), B, 2), float("nan"), device=images.device)
         index = torch.arange(B, device=images.device)
         autocast = (
             torch.autocast(images.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -228,14 +242,14 @@ class GFNet(nn.Module):
                 out, state = self.step(images, t, state)
                 step_probs = F.softmax(out.logits.float(), dim=1)
                 if t > 0:
-                    locations[index, t - 1] = out.location.float()
+                    locations[t - 1, index] = out.location.float()
                 done = step_probs.max(dim=1).values >= thresholds[t] if t < self.T - 1 else None
                 if done is None:
                     probs[index] = step_probs
-                    exit_step[index] = t
+                    exit_step[index] = t + 1
                     break
                 probs[index[done]] = step_probs[done]
-                exit_step[index[done]] = t
+                exit_step[index[done]] = t + 1
                 keep = ~done
                 if not bool(keep.any()):  # one host sync per step, not per sample
                     break
@@ -263,3 +277,14 @@ class GFNet(nn.Module):
             cumulative.append(float(total))
         self.train(was_training)
         return cumulative
+
+
+def _check_made_for(config: GFNetConfig, weights: Weights) -> None:
+    """Package weights need their own architecture and input scaling, set by the caller."""
+    weights.check_backbone(config.backbone)
+    made = weights.configure(config)
+    if (made.backbone, tuple(made.mean), tuple(made.std)) != (config.backbone, tuple(config.mean), tuple(config.std)):
+        raise ValueError(
+            f"this config is not made for the {weights.cli_name} weights (they need backbone {made.backbone} and "
+            f"mean/std {made.mean}/{made.std}): build it with Weights.{weights.name}.configure(config)"
+        )

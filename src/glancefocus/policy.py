@@ -11,17 +11,17 @@ class PatchPolicy(nn.Module):
     Gaussian over the next patch location l_t ∈ [0, 1]² (actor) and a state value (critic),
     sharing everything before the last linear layers.
 
-    Two trunks, as in appendix A.1:
+    Two trunks (``GFNetConfig.policy_trunk``), as in appendix A.1:
 
     - ``"mlp"`` (ResNet, DenseNet): flatten → Linear 2048 → ReLU → Linear hidden → ReLU → GRU.
     - ``"conv"`` (RegNet, MobileNet-V3, EfficientNet): 1×1 conv to 32 channels → ReLU →
       flatten → Linear hidden → ReLU → GRU.
     """
 
-    def __init__(self, map_shape: tuple[int, int, int], *, kind: str = "conv", hidden: int = 256, std: float = 0.1):
+    def __init__(self, map_shape: tuple[int, int, int], *, trunk: str = "conv", hidden: int = 256, std: float = 0.1):
         super().__init__()
         channels, height, width = map_shape
-        if kind == "mlp":
+        if trunk == "mlp":
             self.trunk = nn.Sequential(
                 nn.Flatten(),
                 nn.Linear(channels * height * width, 2048),
@@ -29,7 +29,7 @@ class PatchPolicy(nn.Module):
                 nn.Linear(2048, hidden),
                 nn.ReLU(inplace=True),
             )
-        elif kind == "conv":
+        elif trunk == "conv":
             self.trunk = nn.Sequential(
                 nn.Conv2d(channels, 32, kernel_size=1),
                 nn.ReLU(inplace=True),
@@ -38,7 +38,7 @@ class PatchPolicy(nn.Module):
                 nn.ReLU(inplace=True),
             )
         else:
-            raise ValueError(f"unknown policy kind {kind!r}: use 'mlp' or 'conv'")
+            raise ValueError(f"unknown policy trunk {trunk!r}: use 'mlp' or 'conv'")
         self.gru = nn.GRUCell(hidden, hidden)
         self.actor = nn.Linear(hidden, 2)
         self.critic = nn.Linear(hidden, 1)

@@ -1,10 +1,16 @@
-"""Stage II objective: PPO for the patch proposal network π (appendix A.2, Eq. 4–8)."""
+"""Stage II: PPO for the patch proposal network π (appendix A.2, Eq. 4–8), in the order
+of one update: roll out with the old policy, score the rewards and returns, then take one
+clipped step on Eq. 8 (one update per batch, as the authors' release does).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from .config import PPOConfig
 
 
 def step_rewards(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -72,3 +78,38 @@ class PolicyReplay(torch.nn.Module):
             values.append(value)
             entropies.append(self.policy.entropy(mean))
         return torch.stack(log_probs), torch.stack(values), torch.stack(entropies)
+
+
+@dataclass
+class Rollout:
+    """One batch acted on by π_old: what PPO's update needs, and the accuracy it reached."""
+
+    feature_maps: list[torch.Tensor]  # the maps π read at steps 2..T
+    actions: torch.Tensor  # (T−1, B, 2) sampled locations l_t
+    log_probs: torch.Tensor  # (T−1, B) under π_old
+    rewards: torch.Tensor  # (T−1, B) r_t
+    returns: torch.Tensor  # (T−1, B) R_t (normalised per batch if asked)
+    accuracy: torch.Tensor  # (T,) % correct after each step
+
+
+@torch.no_grad()
+def rollout(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, config: PPOConfig) -> Rollout:
+    """Act with the current (old) policy, l_t ~ N(π(s_t), σ²), and observe r_t and R_t (Eq. 4, 6)."""
+    out = model(images, locations="sample", need_aux=False)
+    probs = F.softmax(out.logits.float(), dim=2)
+    rewards = step_rewards(probs, targets)
+    returns = discounted_returns(rewards, config.gamma)
+    if config.normalize_returns:
+        returns = (returns - returns.mean()) / (returns.std() + 1e-5)
+    accuracy = (probs.argmax(2) == targets).float().mean(1) * 100
+    return Rollout(out.policy_inputs, out.locations, out.log_probs, rewards, returns, accuracy)
+
+
+def update_loss(replay: torch.nn.Module, batch: Rollout, config: PPOConfig) -> PPOLoss:
+    """Eq. 5–8 on ``batch``: ``replay`` (a :class:`PolicyReplay`, maybe DDP-wrapped) re-scores
+    the rollout's actions under the current parameters."""
+    log_probs, values, entropy = replay(batch.feature_maps, batch.actions)
+    return ppo_loss(
+        log_probs, batch.log_probs, values.float(), batch.returns, entropy,
+        clip=config.clip, value_coef=config.value_coef, entropy_coef=config.entropy_coef,
+    )

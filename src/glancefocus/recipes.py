@@ -1,0 +1,111 @@
+"""Named recipes: a model config, a training config and the encoders' initial weights.
+
+- the 14 GFNets of the paper's Table 2 (appendix), named ``<timm backbone>-<patch>-t<T>``:
+  224 px images with crop 0.875, except EfficientNet-B2 (260) and B3 (300) with crop 0.904
+  (SPEC "Table 2"), trained with the family defaults of appendix A.2–A.3;
+- ``default``: what ``glancefocus train`` builds when no recipe is named;
+- ``demo``: the whole pipeline on the built-in data in minutes on a CPU;
+- ``imagenette-lite0``: the measured reproduction on Imagenette (``scripts/reproduce_imagenette.py``).
+
+A recipe whose model is *sized by the data* serves images at the data source's native size
+uncropped (the built-in canvases), unless an image size is given.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .config import GFNetConfig, TrainConfig
+from .data import DataSource
+from .weights import Pretrained, Weights
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: GFNetConfig
+    train: TrainConfig = TrainConfig()
+    pretrained: Pretrained = False
+    sized_by_data: bool = False
+    description: str = ""
+
+    def model_config(self, source: DataSource | None = None, **fields: Any) -> GFNetConfig:
+        """The recipe's model for ``source`` with ``fields`` (None: keep the recipe's) applied,
+        made for the recipe's package weights if it has them."""
+        given = {k: v for k, v in fields.items() if v is not None}
+        if self.sized_by_data and source is not None and source.native_size and "image_size" not in given:
+            given = {"image_size": source.native_size, "crop_pct": 1.0, **given}
+        config = replace(self.model, **given)
+        weights = Weights.parse(self.pretrained)
+        return weights.configure(config) if weights is not None else config
+
+
+_TABLE2: tuple[tuple[str, int, int], ...] = (
+    ("resnet50", 96, 5),
+    ("resnet50", 128, 5),
+    ("densenet121", 96, 5),
+    ("densenet169", 96, 5),
+    ("densenet201", 96, 5),
+    ("regnety_006", 96, 5),
+    ("regnety_008", 96, 5),
+    ("regnety_016", 96, 5),
+    ("mobilenetv3_large_100", 96, 3),
+    ("mobilenetv3_large_100", 128, 3),
+    ("mobilenetv3_large_125", 128, 3),
+    ("efficientnet_b2", 128, 4),
+    ("efficientnet_b3", 128, 4),
+    ("efficientnet_b3", 144, 4),
+)
+_IMAGE_SIZE = {"efficientnet_b2": (260, 0.904), "efficientnet_b3": (300, 0.904)}
+
+
+def _table2(backbone: str, patch: int, T: int) -> Recipe:
+    size, crop = _IMAGE_SIZE.get(backbone, (224, 0.875))
+    model = GFNetConfig(backbone=backbone, patch_size=patch, T=T, image_size=size, crop_pct=crop)
+    return Recipe(f"{backbone}-{patch}-t{T}", model, description="paper, Table 2")
+
+
+#: The Table 2 configurations by name.
+PRESETS: dict[str, GFNetConfig] = {r.name: r.model for r in (_table2(*row) for row in _TABLE2)}
+
+DEMO = Recipe(
+    "demo",
+    # 48 px patches: the smallest size whose feature map (2x2) still tells π where things are.
+    GFNetConfig(backbone="efficientnet_lite0", patch_size=48, T=3),
+    # Epochs and LRs shortened / raised from appendix A.3 to fit minutes on a CPU; Stage II is
+    # cheap (π alone learns) and π was still improving at 5 epochs.
+    TrainConfig(batch_size=64, glance_epochs=4, stage1_epochs=5, stage2_epochs=8, stage3_epochs=1,
+                glance_lr=0.02, lr_encoder=0.01, lr_classifier=0.1, run_stage3=True),
+    pretrained=Weights.LITE0,
+    sized_by_data=True,
+    description="the whole pipeline on the built-in data in minutes",
+)
+
+IMAGENETTE_LITE0 = Recipe(
+    "imagenette-lite0",
+    GFNetConfig(backbone="tf_efficientnet_lite0", num_classes=10, patch_size=96, T=4, image_size=224),
+    # Stage II runs the paper's 15 epochs; the glance fine-tune and Stage I are cut down from
+    # appendix A.3 to fit two CPU cores in under two hours.
+    TrainConfig(batch_size=64, glance_epochs=2, stage1_epochs=5, stage2_epochs=15),
+    pretrained=Weights.LITE0,
+    description="measured reproduction on Imagenette",
+)
+
+RECIPES: dict[str, Recipe] = {
+    **{name: _table2(*row) for name, row in zip(PRESETS, _TABLE2)},
+    "default": Recipe("default", GFNetConfig(), sized_by_data=True, description="ResNet-50, 96 px, T = 5"),
+    "demo": DEMO,
+    "imagenette-lite0": IMAGENETTE_LITE0,
+}
+
+
+def recipe(name: str, **model_fields: Any) -> Recipe:
+    """The recipe ``name``, its model with ``model_fields`` (None: keep) applied."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, RECIPES, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown preset {name!r}.{hint} Known presets: {', '.join(RECIPES)}.")
+    found = RECIPES[name]
+    return replace(found, model=replace(found.model, **{k: v for k, v in model_fields.items() if v is not None}))

@@ -1,0 +1,304 @@
+"""The training algorithm, in the order of the paper (appendix A.2–A.3):
+
+0. ``glance``: low-resolution fine-tune of the global encoder fG (appendix B.1);
+1. ``stage1``: fG, fL and fC with uniformly random patches, deep supervision;
+2. ``stage2``: π alone with PPO, everything else frozen;
+3. ``stage3``: fL and fC (and fG unless frozen) again, with π's locations.
+
+Each stage is a row of :data:`STAGES` (its name, the stage it starts from, its builder);
+:func:`fit` runs them in order.  The epoch loop, checkpoints and resume are the
+:class:`~glancefocus.trainer.Trainer`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import check_compatible, load_checkpoint
+from .config import DataConfig, GFNetConfig, TrainConfig
+from .data import Splits, data_source, default_workers, load_data, make_loader
+from .distributed import barrier, gather_in_order, wrap
+from .evaluate import anytime_accuracy, collect_probs
+from .model import GFNet
+from .ppo import PolicyReplay, rollout, update_loss
+from .trainer import Run, StagePlan, Trainer, autocast, cosine_schedule, steps_per_epoch
+from .weights import Pretrained
+
+
+@dataclass
+class Setup:
+    """What every stage builder reads: the model, the data and how to train it."""
+
+    model: GFNet
+    splits: Splits
+    config: TrainConfig  # resolved for the model's family
+    trainer: Trainer
+    meta: dict[str, Any]
+    workers: int = 0
+
+    @property
+    def world(self):
+        return self.trainer.world
+
+    def loader(self, dataset, *, train: bool):
+        return make_loader(dataset, batch_size=self.config.batch_size, world=self.world, train=train,
+                           seed=self.config.seed, workers=self.workers)
+
+    def cosine(self, optimizer: torch.optim.Optimizer, loader, epochs: int):
+        return cosine_schedule(optimizer, steps_per_epoch(loader, self.config.max_steps_per_epoch) * epochs)
+
+    def sgd(self, groups: list[dict[str, Any]]) -> torch.optim.SGD:
+        groups = [g for g in groups if g["params"]]
+        return torch.optim.SGD(groups, momentum=self.config.momentum, nesterov=True, weight_decay=self.config.weight_decay)
+
+    def heldout_accuracy(self, patches: str) -> dict[str, Any]:
+        """Anytime accuracy on the held-out training images (model selection, appendix B.2)."""
+        probs, targets = collect_probs(self.model, self.loader(self.splits.heldout, train=False), self.world,
+                                       patches=patches, amp=self.config.amp)
+        accuracy = anytime_accuracy(probs, targets)
+        return {"heldout_accuracy": accuracy, "final_accuracy": accuracy[-1]}
+
+
+# --------------------------------------------------------------------------------- stage 0
+class GlanceClassifier(nn.Module):
+    """fG and its own head on the glance x̃1: the low-resolution fine-tune's model."""
+
+    def __init__(self, model: GFNet) -> None:
+        super().__init__()
+        self.encoder, self.view = model.global_encoder, model.view
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.head(self.encoder(self.view(images))[1])
+
+
+def fine_tune(s: Setup, name: str, classifier: nn.Module, *, epochs: int, lr: float, saved: nn.Module) -> StagePlan:
+    """Plain cross-entropy fine-tuning of ``classifier`` (images -> logits), kept in ``saved``'s
+    checkpoint; evaluated each epoch on the held-out training images."""
+    net = wrap(classifier, s.world)
+    optimizer = s.sgd([{"params": list(classifier.parameters()), "lr": lr}])
+    loader = s.loader(s.splits.train, train=True)
+
+    def step(images, targets):
+        logits = net(images)
+        return F.cross_entropy(logits, targets), {"accuracy": (logits.argmax(1) == targets).float().mean() * 100}
+
+    @torch.inference_mode()
+    def evaluate():
+        classifier.eval()
+        heldout, hits = s.loader(s.splits.heldout, train=False), []
+        for images, targets in heldout:
+            images, targets = images.to(s.world.device), targets.to(s.world.device)
+            with autocast(s.config.amp, s.world.device):
+                hits.append((classifier(images).argmax(1) == targets).float())
+        if not hits:  # no held-out images (--holdout 0), on every process alike
+            return {"heldout_accuracy": 0.0}
+        return {"heldout_accuracy": 100.0 * float(gather_in_order(torch.cat(hits), heldout, s.world).mean())}
+
+    return StagePlan(name, saved, optimizer, loader, epochs, s.meta, step, evaluate, scheduler=s.cosine(optimizer, loader, epochs))
+
+
+def glance_stage(s: Setup) -> StagePlan:
+    """Fine-tune fG on all training images resized to H'×W' (appendix A.3 "Initialization")."""
+    return fine_tune(s, "glance", GlanceClassifier(s.model), epochs=s.config.glance_epochs, lr=s.config.glance_lr, saved=s.model)
+
+
+# ------------------------------------------------------------------------- stages I and III
+def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_classifier: float) -> StagePlan:
+    """Stage I (random patches) or Stage III (π's mean patches): fG, fL, fC with
+    loss (Σ_t CE(p_t, y) + λ Σ_t CE(head(ē_t), y)) / T.  fG stays fixed where the family
+    says so (MobileNet-V3, EfficientNet); π is never trained here."""
+    model, c = s.model, s.config
+    locations = "random" if patches == "random" else "mean"
+    model.policy.requires_grad_(False)
+    model.global_encoder.requires_grad_(not c.freeze_glance)
+    model.local_encoder.requires_grad_(True)
+    model.classifier.requires_grad_(True)
+    net = wrap(model, s.world)
+    trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+    optimizer = s.sgd([
+        {"params": trainable(model.classifier), "lr": lr_classifier},
+        {"params": trainable(model.local_encoder) + trainable(model.global_encoder), "lr": c.lr_encoder},
+    ])
+    loader = s.loader(s.splits.train, train=True)
+
+    def step(images, targets):
+        out = net(images, locations=locations, need_aux=True)
+        T, B, C = out.logits.shape
+        flat = targets.repeat(T)
+        loss = (
+            F.cross_entropy(out.logits.reshape(T * B, C), flat, reduction="sum")
+            + c.aux_weight * F.cross_entropy(out.aux_logits.reshape(T * B, C), flat, reduction="sum")
+        ) / (T * B)
+        return loss, {"accuracy": (out.logits.argmax(2) == targets).float().mean(1) * 100}
+
+    def train_mode():
+        model.train()
+        model.global_encoder.train(not c.freeze_glance)  # a frozen fG keeps its BatchNorm statistics
+
+    return StagePlan(name, model, optimizer, loader, epochs, s.meta, step, lambda: s.heldout_accuracy(patches),
+                     scheduler=s.cosine(optimizer, loader, epochs), train_mode=train_mode)
+
+
+def stage1(s: Setup) -> StagePlan:
+    return _classifier_stage(s, "stage1", patches="random", epochs=s.config.stage1_epochs, lr_classifier=s.config.lr_classifier)
+
+
+def stage3(s: Setup) -> StagePlan:
+    return _classifier_stage(s, "stage3", patches="learned", epochs=s.config.stage3_epochs,
+                             lr_classifier=s.config.lr_classifier_stage3)
+
+
+# -------------------------------------------------------------------------------- stage II
+def stage2(s: Setup) -> StagePlan:
+    """π with PPO (appendix A.2): one clipped update per batch; the epoch with the best
+    final-step accuracy on the held-out images is kept."""
+    model, ppo = s.model, s.config.ppo
+    model.requires_grad_(False)
+    model.policy.requires_grad_(True)
+    net = wrap(PolicyReplay(model.policy), s.world)
+    optimizer = torch.optim.Adam(model.policy.parameters(), lr=ppo.lr, betas=tuple(ppo.betas))
+
+    def step(images, targets):
+        batch = rollout(model, images, targets, ppo)
+        objective = update_loss(net, batch, ppo)
+        return objective.loss, {"reward": batch.rewards.sum(0).mean(), "value_loss": objective.value, "accuracy": batch.accuracy}
+
+    return StagePlan("stage2", model, optimizer, s.loader(s.splits.train, train=True), s.config.stage2_epochs, s.meta,
+                     step, lambda: s.heldout_accuracy("learned"), select="final_accuracy",
+                     train_mode=model.eval)  # encoders and fC are frozen, BatchNorm included
+
+
+# ------------------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    starts_from: str | None  # the stage whose final checkpoint it starts from
+    build: Callable[[Setup], StagePlan]
+
+
+STAGES: dict[str, Stage] = {
+    "glance": Stage("glance", None, glance_stage),
+    "stage1": Stage("stage1", "glance", stage1),
+    "stage2": Stage("stage2", "stage1", stage2),
+    "stage3": Stage("stage3", "stage2", stage3),
+}
+
+
+def new_model(config, *, pretrained=False, seed: int = 0) -> GFNet:
+    """A GFNet whose random initial weights depend on ``seed`` alone (the same in every process)."""
+    torch.manual_seed(seed)
+    return GFNet(config, pretrained=pretrained)
+
+
+def train(
+    model_config: GFNetConfig,
+    stages: list[str],
+    *,
+    config: TrainConfig,
+    data: DataConfig,
+    run: Run,
+    pretrained: Pretrained = False,
+    init: Path | None = None,
+) -> tuple[Path, GFNet]:
+    """A new model trained on ``data`` through ``stages`` (see :func:`fit`); returns the last
+    checkpoint and the model."""
+    model = new_model(model_config, pretrained=pretrained, seed=config.seed)
+    splits = load_data(data, model.config, seed=config.seed)
+    return fit(model, splits, stages, config=config, run=run, data=data, init=init), model
+
+
+def fit(
+    model: GFNet,
+    splits: Splits,
+    stages: list[str],
+    *,
+    config: TrainConfig,
+    run: Run,
+    data: DataConfig = DataConfig(),
+    init: Path | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Train ``model`` through ``stages`` in order; returns the last stage's checkpoint.
+
+    The first stage starts from ``init``, else from the checkpoint of the stage it follows in
+    ``run.out_dir``.  With ``run.resume`` finished stages are loaded, not rerun, and an
+    interrupted one continues from its last checkpoint.
+    """
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    config = config.for_model(model.config)
+    _initialise(model, init or _start_checkpoint(run, stages[0]), run)
+    model.to(run.world.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.compile:
+        for encoder in (model.global_encoder, model.local_encoder):
+            encoder.model.compile()  # in place: parameter names, and so checkpoints, are unchanged
+    meta = {**_meta(model, splits.classes, config, data), **(meta or {})}
+    workers = data.workers if data.workers is not None else default_workers(data_source(data.root), run.world.device)
+    setup = Setup(model, splits, config, Trainer(run, config), meta, workers)
+    last = run.checkpoint(stages[-1])
+    for name in stages:
+        if name == "stage3" and not config.run_stage3 and len(stages) > 1:
+            print("skipping Stage III: appendix A.3 does not run it for this family (pass --stage 3 to force)")
+            continue
+        last = run.checkpoint(name)
+        if run.resume and last.exists():
+            model.load_state_dict(load_checkpoint(last, device=run.world.device)[0])
+            print(f"[{name}] already finished: {last}")
+        else:
+            started = time.time()
+            setup.trainer.fit(STAGES[name].build(setup))
+            if run.world.is_main:
+                print(f"[{name}] done in {time.time() - started:.0f} s -> {last}")
+        barrier(run.world)
+    return last
+
+
+def _start_checkpoint(run: Run, first: str) -> Path | None:
+    previous = STAGES[first].starts_from
+    if previous is None:
+        return None
+    candidate = run.checkpoint(previous)
+    if candidate.exists():
+        return candidate
+    if first != "stage1":
+        raise FileNotFoundError(
+            f"{first} starts from the {previous} checkpoint: none at {candidate}. "
+            f"Run --stage {previous.removeprefix('stage')} first or pass --init CHECKPOINT"
+        )
+    if run.world.is_main:
+        print("note: no glance checkpoint; Stage I starts fG from the backbone's initial weights")
+    return None
+
+
+def _initialise(model: GFNet, init: Path | None, run: Run) -> None:
+    """Load ``init`` into ``model``: only fG from a glance checkpoint, everything otherwise."""
+    if init is None:
+        return
+    weights, meta = load_checkpoint(init, device="cpu")
+    check_compatible(meta, model.config, path=init)
+    if meta.get("stage") == "glance":
+        prefix = "global_encoder."
+        model.global_encoder.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    else:
+        model.load_state_dict(weights)
+    if run.world.is_main:
+        print(f"initialised from {init} ({meta.get('stage')})")
+
+
+def _meta(model: GFNet, classes: list[str], config: TrainConfig, data: DataConfig) -> dict[str, Any]:
+    cfg = model.config
+    return {
+        "config": cfg.to_dict(), "classes": classes, "train_config": config.to_dict(), "data_config": dataclasses.asdict(data),
+        "data": data.root, "madds": model.madds(), "backbone": cfg.backbone, "patch_size": cfg.patch_size,
+        "T": cfg.T, "image_size": cfg.image_size,
+    }

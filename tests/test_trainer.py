@@ -1,0 +1,77 @@
+"""The epoch loop every stage shares: best-epoch selection, a stop on a non-finite loss with
+the last good checkpoint kept, and resume files that do not outlive their stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from glancefocus.checkpoint import read_meta, state_path
+from glancefocus.config import TrainConfig
+from glancefocus.distributed import World
+from glancefocus.sampling import ResumableSampler, SeededAugmentation
+from glancefocus.trainer import NonFiniteLoss, Run, StagePlan, Trainer
+
+
+def _plan(model: nn.Module, step, evaluate, *, name: str = "tiny", epochs: int = 1, select: str | None = None,
+          n: int = 16, batch: int = 2) -> StagePlan:
+    data = SeededAugmentation(TensorDataset(torch.randn(n, model.in_features), torch.zeros(n, dtype=torch.long)), seed=0)
+    loader = DataLoader(data, batch_size=batch, sampler=ResumableSampler(n, shuffle=True), generator=torch.Generator())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return StagePlan(name, model, optimizer, loader, epochs, {"note": "test"}, step, evaluate, select=select)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    model, calls = nn.Linear(4, 2), {"n": 0}
+
+    def step(x, y):
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(model(x), y)
+        return (loss * float("nan") if calls["n"] == 3 else loss), {}
+
+    trainer = Trainer(Run(tmp_path, World(), quiet=True), TrainConfig(checkpoint_every=2))
+    with pytest.raises(NonFiniteLoss, match=r"batch 3 \(global step 3\)") as err:
+        trainer.fit(_plan(model, step, lambda: {}))
+    last = tmp_path / "tiny.last.safetensors"
+    assert str(last) in str(err.value)
+    saved = load_file(str(last))
+    assert not (tmp_path / "tiny.safetensors").exists()
+    # The kept checkpoint is the one of step 2 and holds finite weights.
+    assert torch.load(state_path(last), weights_only=False)["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+def test_best_epoch_weights_are_kept_and_resume_files_removed(tmp_path: Path) -> None:
+    """The trainer keeps the epoch with the best selection metric, not the last one: both the
+    weights it saves and the metrics file; once done, only the final checkpoint remains."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    scores = iter([20.0, 70.0, 50.0, 60.0])
+    snapshots = []
+
+    def step(x, y):
+        return model(x).pow(2).mean() + model.bias.sum(), {}  # moves the weights every step
+
+    def evaluate():
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"final_accuracy": next(scores)}
+
+    plan = _plan(model, step, evaluate, name="stage2", epochs=4, select="final_accuracy", n=8, batch=4)
+    kept = Trainer(Run(tmp_path, World(), quiet=True), TrainConfig()).fit(plan)
+    assert kept["epoch"] == 2 and kept["final_accuracy"] == 70.0
+    assert json.loads((tmp_path / "stage2.metrics.json").read_text()) == kept
+    saved = load_file(str(tmp_path / "stage2.safetensors"))
+    assert not torch.equal(snapshots[1]["weight"], snapshots[-1]["weight"])
+    for k, v in snapshots[1].items():
+        assert torch.equal(saved[k], v), k
+        assert torch.equal(model.state_dict()[k], v), k
+    meta = read_meta(tmp_path / "stage2.safetensors")
+    assert [h["final_accuracy"] for h in meta["history"]] == [20.0, 70.0, 50.0, 60.0]
+    assert meta["note"] == "test"
+    assert sorted(p.name for p in tmp_path.glob("stage2*")) == ["stage2.metrics.json", "stage2.safetensors"]
