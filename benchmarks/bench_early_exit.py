@@ -76,7 +76,7 @@ def main() -> None:
         fractions = exit_fractions(q, T)
         thresholds = find_thresholds(probs, fractions)
         expected_steps = exit_steps(confidence, thresholds)
-        expected_labels = predictions.gather(0, expected_steps.unsqueeze(0))[0]
+        expected_labels = predictions.gather(0, expected_steps.unsqueeze(0) - 1)[0]  # steps are 1..T
         pred = model.predict(images, thresholds)
         cases.append((q, fractions, thresholds, pred, int((pred.exit_step != expected_steps).sum()),
                       int((pred.labels != expected_labels).sum())))
@@ -93,9 +93,9 @@ def main() -> None:
     for q, fractions, thresholds, pred, step_mismatch, label_mismatch in cases:
         exit_t = timed[f"q={q:g}"]
         realised = all_steps["median_s"] / exit_t["median_s"]
-        madds_speedup = float(madds[-1] / madds[pred.exit_step.cpu()].mean())
+        madds_speedup = float(madds[-1] / madds[pred.exit_step.cpu() - 1].mean())
         ratio = realised / madds_speedup
-        counts = torch.bincount(pred.exit_step.cpu(), minlength=T).tolist()
+        counts = torch.bincount(pred.exit_step.cpu() - 1, minlength=T).tolist()
         check = (
             "exits and predictions match the all-steps run"
             if step_mismatch == 0 and label_mismatch == 0

@@ -57,7 +57,7 @@ def main() -> None:
             device, repeats=repeats, warmup=warmup,
         )
     t_static, t_all, t_exit = timed["static"], timed["all"], timed["exit"]
-    exit_cost = float(torch.tensor(madds, dtype=torch.float64)[pred.exit_step.cpu()].mean())
+    exit_cost = float(torch.tensor(madds, dtype=torch.float64)[pred.exit_step.cpu() - 1].mean())
 
     ips = {name: B / t["median_s"] for name, t in (("static", t_static), ("all", t_all), ("exit", t_exit))}
     line = (
@@ -78,7 +78,7 @@ def main() -> None:
             "all_steps": t_all,
             "early_exit": t_exit,
             "budget_q": args.budget,
-            "exit_counts": torch.bincount(pred.exit_step.cpu(), minlength=cfg.T).tolist(),
+            "exit_counts": torch.bincount(pred.exit_step.cpu() - 1, minlength=cfg.T).tolist(),
             "repeats": repeats,
             "warmup": warmup,
         }

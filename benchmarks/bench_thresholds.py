@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import compare, fmt_ms, parser, setup, sync, write  # noqa: E402
+from _common import compare, fmt_ms, parser, setup, write  # noqa: E402
 
-from glancefocus.budget import PAPER_QS, budgeted_curve  # noqa: E402
+from glancefocus.budget import PAPER_QS, StepScores, budgeted_accuracy, budgeted_curve, exit_fractions, find_thresholds  # noqa: E402
 
 
 def make_probs(N: int, T: int, C: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +90,34 @@ def loop_curve(heldout: torch.Tensor, test: torch.Tensor, targets: torch.Tensor,
     return all_thresholds, curve
 
 
+def per_budget(heldout, test, targets: torch.Tensor, madds: list[float], qs) -> list[tuple[float, float]]:
+    """The public API called once per budget, as a user would: find_thresholds then
+    budgeted_accuracy.  Pass raw (T, N, C) probabilities or their StepScores computed once."""
+    T = StepScores.of(heldout).confidence.shape[0]
+    return [budgeted_accuracy(test, targets, madds, find_thresholds(heldout, exit_fractions(q, T))) for q in qs]
+
+
+def check_equal(heldout, test, targets, madds, qs) -> tuple[list, float, float]:
+    """budgeted_curve against the loop on every budget; returns our curve, the loop's
+    first-run time and the largest accuracy difference (0: identical)."""
+    ours_thr, ours_curve = budgeted_curve(heldout, test, targets, madds, qs)
+    start = time.perf_counter()
+    loop_thr, loop_curve_ = loop_curve(heldout, test, targets, madds, qs)
+    first_loop_s = time.perf_counter() - start
+    ours_thr_list = ours_thr.double().cpu().tolist()
+    max_acc_diff = max(abs(a["accuracy"] - b["accuracy"]) for a, b in zip(ours_curve, loop_curve_))
+    max_madds_rel = max(abs(a["madds"] - b["madds"]) / b["madds"] for a, b in zip(ours_curve, loop_curve_))
+    if ours_thr_list != loop_thr or max_acc_diff > 1e-9 or max_madds_rel > 1e-12:
+        bad = [k for k, (a, b) in enumerate(zip(ours_thr_list, loop_thr)) if a != b]
+        raise SystemExit(
+            f"budgeted_curve differs from the per-sample loop: thresholds differ at budgets {bad[:5]}, "
+            f"max |accuracy diff| {max_acc_diff}, max relative MAdds diff {max_madds_rel}"
+        )
+    scores = per_budget(StepScores.of(heldout), StepScores.of(test), targets, madds, qs)
+    assert scores == [(p["accuracy"], p["madds"]) for p in ours_curve], "the per-budget API differs from budgeted_curve"
+    return ours_curve, first_loop_s, max_acc_diff
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=None, help="samples per set (default 50,000)")
@@ -101,83 +129,60 @@ def main() -> None:
     device = setup(args)
     N = args.n or (2000 if args.quick else 50_000)
     C = args.classes or (100 if args.quick else 1000)
-    T = args.T
+    T, qs = args.T, PAPER_QS
     repeats = args.repeats or (2 if args.quick else 5)
-    qs = PAPER_QS
     madds = [0.3e9 * (t + 1) for t in range(T)]  # any increasing cumulative costs
 
     start = time.perf_counter()
     heldout, _ = make_probs(N, T, C, seed=1, device=device)
     test, targets = make_probs(N, T, C, seed=2, device=device)
     setup_s = time.perf_counter() - start
-
+    loop_qs = qs[: args.loop_budgets] if args.loop_budgets else qs
     with torch.inference_mode():
-        # Correctness first, on all budgets and the full data.
-        ours_thr, ours_curve = budgeted_curve(heldout, test, targets, madds, qs)
-        sync(device)
-        start = time.perf_counter()
-        loop_thr, loop_curve_ = loop_curve(heldout, test, targets, madds, qs)
-        first_loop_s = time.perf_counter() - start
-        ours_thr_list = ours_thr.double().cpu().tolist()
-        same_thresholds = ours_thr_list == loop_thr
-        max_acc_diff = max(abs(a["accuracy"] - b["accuracy"]) for a, b in zip(ours_curve, loop_curve_))
-        max_madds_rel = max(abs(a["madds"] - b["madds"]) / b["madds"] for a, b in zip(ours_curve, loop_curve_))
-        if not same_thresholds or max_acc_diff > 1e-9 or max_madds_rel > 1e-12:
-            bad = [k for k, (a, b) in enumerate(zip(ours_thr_list, loop_thr)) if a != b]
-            raise SystemExit(
-                f"budgeted_curve differs from the per-sample loop: thresholds differ at budgets {bad[:5]}, "
-                f"max |accuracy diff| {max_acc_diff}, max relative MAdds diff {max_madds_rel}"
-            )
-
-        loop_qs = qs[: args.loop_budgets] if args.loop_budgets else qs
+        ours_curve, first_loop_s, max_acc_diff = check_equal(heldout, test, targets, madds, qs)
         # Round-robin; the correctness run above was the loop's warm-up.
         timed = compare(
             {
                 "ours": lambda: budgeted_curve(heldout, test, targets, madds, qs),
                 "loop": lambda: loop_curve(heldout, test, targets, madds, loop_qs),
                 "max_over_classes": lambda: (heldout.max(dim=2), test.max(dim=2)),
+                "per_budget_scores": lambda: per_budget(StepScores.of(heldout), StepScores.of(test), targets, madds, qs),
+                "per_budget_probs": lambda: per_budget(heldout, test, targets, madds, loop_qs),
             },
             device, repeats=repeats, warmup=args.warmup or 0,
         )
-        ours, loop, reduce = timed["ours"], timed["loop"], timed["max_over_classes"]
-        scale = len(qs) / len(loop_qs)
-        loop_all_s = loop["median_s"] * scale
+    figure = summarise(timed, scale=len(qs) / len(loop_qs), N=N, T=T, C=C, device=device, budgets=len(qs))
+    figure.update(max_abs_accuracy_diff=max_acc_diff, loop_first_run_all_budgets_s=first_loop_s, repeats=repeats,
+                  warmup=f"the correctness run of each, then {args.warmup or 0} untimed round(s)")
+    anytime = (test.max(dim=2).indices == targets).double().mean(dim=1).mul(100).tolist()
+    write("bench_thresholds", args, device, [figure], data_setup_s=setup_s, data_anytime_accuracy=anytime, curve=ours_curve)
 
+
+def summarise(timed: dict, *, scale: float, N: int, T: int, C: int, device: torch.device, budgets: int) -> dict:
+    """The printed line and the JSON figure: every time against the loop's on all budgets."""
+    ours, loop, reduce = timed["ours"], timed["loop"], timed["max_over_classes"]
+    loop_all_s = loop["median_s"] * scale
+    scores_s, probs_s = timed["per_budget_scores"]["median_s"], timed["per_budget_probs"]["median_s"] * scale
     speedup = loop_all_s / ours["median_s"]
     speedup_excl = (loop_all_s - reduce["median_s"]) / (ours["median_s"] - reduce["median_s"])
-    extrapolated = f" (loop timed on {len(loop_qs)} budgets, x{scale:.3g} extrapolated)" if scale != 1 else ""
+    extrapolated = f" (loop timed on {round(budgets / scale)} budgets, x{scale:.3g} extrapolated)" if scale != 1 else ""
     line = (
-        f"thresholds+evaluation {len(qs)} budgets N={N:,} T={T} C={C} ({device.type}): "
+        f"thresholds+evaluation {budgets} budgets N={N:,} T={T} C={C} ({device.type}): "
         f"ours {fmt_ms(ours['median_s'])}, per-sample loop {fmt_ms(loop_all_s)}{extrapolated}, "
         f"speed-up {speedup:.1f}x; {speedup_excl:.0f}x without the max over classes both need "
-        f"({fmt_ms(reduce['median_s'])}) (identical thresholds and accuracies)"
+        f"({fmt_ms(reduce['median_s'])}) (identical thresholds and accuracies); per-budget API calls: "
+        f"{fmt_ms(scores_s)} with StepScores computed once ({loop_all_s / scores_s:.0f}x the loop), "
+        f"{fmt_ms(probs_s)} passing probabilities ({loop_all_s / probs_s:.0f}x the loop)"
     )
     print(line, flush=True)
-    figures = [
-        {
-            "line": line,
-            "N_heldout": N,
-            "N_test": N,
-            "T": T,
-            "C": C,
-            "budgets": len(qs),
-            "identical_thresholds": same_thresholds,
-            "max_abs_accuracy_diff": max_acc_diff,
-            "ours": ours,
-            "loop": loop,
-            "loop_budgets_timed": len(loop_qs),
-            "loop_all_budgets_s": loop_all_s,
-            "loop_first_run_all_budgets_s": first_loop_s,
-            "max_over_classes_s": reduce,
-            "speedup": speedup,
-            "speedup_excluding_max_over_classes": speedup_excl,
-            "repeats": repeats,
-            "warmup": f"the correctness run of each, then {args.warmup or 0} untimed round(s)",
-        }
-    ]
-    anytime = (test.max(dim=2).indices == targets).double().mean(dim=1).mul(100).tolist()
-    write("bench_thresholds", args, device, figures, data_setup_s=setup_s,
-          data_anytime_accuracy=anytime, curve=ours_curve)
+    return {
+        "line": line, "N_heldout": N, "N_test": N, "T": T, "C": C, "budgets": budgets, "identical_thresholds": True,
+        "ours": ours, "loop": loop, "loop_budgets_timed": round(budgets / scale), "loop_all_budgets_s": loop_all_s,
+        "max_over_classes_s": reduce, "speedup": speedup, "speedup_excluding_max_over_classes": speedup_excl,
+        "per_budget_api_with_step_scores_s": scores_s, "per_budget_api_with_probs_s": probs_s,
+        "per_budget_api_with_step_scores_speedup": loop_all_s / scores_s,
+        "per_budget_api_with_probs_speedup": loop_all_s / probs_s,
+    }
 
 
 if __name__ == "__main__":
