@@ -13,8 +13,6 @@ from torch import nn
 class GRUClassifier(nn.Module):
     """fC for ResNet, DenseNet and RegNet: a GRU over ē_1..ē_t, then a linear layer."""
 
-    glance_uses_head = False  # step 1 goes through the GRU like every other step
-
     def __init__(self, in_features: int, num_classes: int, *, hidden: int = 1024, T: int | None = None) -> None:
         super().__init__()
         self.cell = nn.GRUCell(in_features, hidden)
@@ -32,8 +30,6 @@ class CascadeClassifier(nn.Module):
     concat(ē_1..ē_t).  Step 1 uses the global encoder's own (pretrained) head instead,
     so only T−1 layers live here.  The state is the concatenation so far, (B, tF).
     """
-
-    glance_uses_head = True  # step 1's logits are the global encoder's own head's
 
     def __init__(self, in_features: int, num_classes: int, *, T: int, hidden: int | None = None) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Command-line interface: ``glancefocus {train,evaluate,predict,visualize,demo,presets}``.
+"""Command-line interface: ``glancefocus {train,evaluate,predict,visualize,demo,presets,import-release}``.
 
 Each subcommand is one function (``set_defaults(func=...)``); the model, training and data
 flags are made from the config fields (:mod:`glancefocus.flags`).
@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     sub.add_parser("presets", help="list the named recipes").set_defaults(func=_presets)
+
+    ir = sub.add_parser("import-release", help="convert an authors' published GFNet .pth.tar into a glancefocus checkpoint")
+    ir.add_argument("release_checkpoint", type=Path, help="the authors' .pth.tar (read without running code from it)")
+    ir.add_argument("--out", type=Path, required=True, help="the glancefocus checkpoint to write (.safetensors)")
+    ir.set_defaults(func=_import_release)
     return parser
 
 
@@ -216,6 +221,16 @@ def _presets(args: argparse.Namespace) -> None:
     for name, r in RECIPES.items():
         cfg = r.model
         print(f"{name:32s} backbone={cfg.backbone} patch={cfg.patch_size} T={cfg.T} image={cfg.image_size}  ({r.description})")
+
+
+def _import_release(args: argparse.Namespace) -> None:
+    from .checkpoint import read_meta
+    from .release import import_release
+
+    model = import_release(args.release_checkpoint, args.out)
+    cfg = model.config
+    kept = "with" if "results" in read_meta(args.out) else "without (run evaluate to set them)"
+    print(f"wrote {args.out}: {cfg.backbone} patch {cfg.patch_size} T={cfg.T}, {kept} the release's thresholds")
 
 
 def main(argv: list[str] | None = None) -> int:

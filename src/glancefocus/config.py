@@ -18,6 +18,7 @@ from typing import Literal
 Family = Literal["resnet", "densenet", "regnet", "mobilenetv3", "efficientnet", "other"]
 ClassifierKind = Literal["gru", "cascade"]
 PolicyTrunk = Literal["mlp", "conv"]
+GlanceResize = Literal["antialias", "align_corners"]
 Amp = Literal["none", "bf16", "fp16"]
 
 # Name prefixes of timm models, in the order they are tested.
@@ -90,6 +91,8 @@ class GFNetConfig:
     """Architecture of a GFNet (SPEC "The model").
 
     ``None`` fields are filled from the backbone family's defaults by :meth:`resolved`.
+    The last four fields default to our choices; :mod:`glancefocus.release` sets them to
+    the authors' release's so that its published checkpoints compute what they computed.
     """
 
     backbone: str = "resnet50"
@@ -106,6 +109,13 @@ class GFNetConfig:
     interpolation: str | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation of the weights
     std: tuple[float, float, float] = IMAGENET_STD
+    # Glance x̃1: anti-aliased resize (ours), or the release's align_corners=True without it.
+    glance_resize: GlanceResize = "antialias"
+    # Step 1's logits from fG's own head instead of fC (the cascade always does; the
+    # release's RegNets do too, while still feeding ē1 to the GRU).
+    glance_head: bool | None = None
+    policy_conv_bias: bool = True  # π's 1x1 conv has a bias (the release's has none)
+    resize_interpolation: str = "bicubic"  # full-image resize of the evaluation transform
 
     def __post_init__(self) -> None:
         if self.T < 1:
@@ -129,7 +139,10 @@ class GFNetConfig:
         d = FAMILY_DEFAULTS[self.family]
         classifier = self.classifier or d.classifier
         trunk = self.policy_trunk or d.policy_trunk
+        if classifier == "cascade" and self.glance_head is False:
+            raise ValueError("the cascade classifier's step 1 is fG's own head: glance_head must be True (or None)")
         return _fill(self, {
+            "glance_head": classifier == "cascade",
             "classifier": classifier,
             "classifier_hidden": CLASSIFIER_HIDDEN[classifier],
             "policy_trunk": trunk,

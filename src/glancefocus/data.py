@@ -82,10 +82,11 @@ class Transform:
     crop_pct: float = 0.875
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"  # SPEC "Table 2"; the authors' release resizes bilinearly but for EfficientNet
 
     @classmethod
     def of(cls, config: GFNetConfig) -> Transform:
-        return cls(config.image_size, config.crop_pct, tuple(config.mean), tuple(config.std))
+        return cls(config.image_size, config.crop_pct, tuple(config.mean), tuple(config.std), config.resize_interpolation)
 
 
 class BuiltinDigits:
@@ -160,12 +161,12 @@ def default_workers(source: DataSource, device: torch.device) -> int:
 
 def image_transform(transform: Transform, *, train: bool) -> transforms.Compose:
     """ImageNet-style transforms: RandomResizedCrop + flip for training; resize to
-    image_size / crop_pct and centre crop for evaluation; bicubic (SPEC "Table 2")."""
-    bicubic, size = InterpolationMode.BICUBIC, transform.image_size
+    image_size / crop_pct and centre crop for evaluation; ``transform.interpolation`` for both."""
+    mode, size = InterpolationMode(transform.interpolation), transform.image_size
     if train:
-        spatial = [transforms.RandomResizedCrop(size, interpolation=bicubic), transforms.RandomHorizontalFlip()]
+        spatial = [transforms.RandomResizedCrop(size, interpolation=mode), transforms.RandomHorizontalFlip()]
     else:
-        spatial = [transforms.Resize(math.floor(size / transform.crop_pct), interpolation=bicubic), transforms.CenterCrop(size)]
+        spatial = [transforms.Resize(math.floor(size / transform.crop_pct), interpolation=mode), transforms.CenterCrop(size)]
     return transforms.Compose([*spatial, transforms.ToTensor(), transforms.Normalize(transform.mean, transform.std)])
 
 

@@ -110,7 +110,9 @@ class GFNet(nn.Module):
         if cfg.classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {cfg.classifier!r}: use one of {sorted(CLASSIFIERS)}")
         self.classifier = CLASSIFIERS[cfg.classifier](features, cfg.num_classes, T=cfg.T, hidden=cfg.classifier_hidden)
-        self.policy = PatchPolicy(map_shape, trunk=cfg.policy_trunk, hidden=cfg.policy_hidden, std=cfg.policy_std)
+        self.policy = PatchPolicy(
+            map_shape, trunk=cfg.policy_trunk, hidden=cfg.policy_hidden, std=cfg.policy_std, conv_bias=cfg.policy_conv_bias
+        )
 
     @classmethod
     def from_preset(cls, name: str, *, num_classes: int = 1000, pretrained: Pretrained = False, **overrides) -> GFNet:
@@ -121,8 +123,10 @@ class GFNet(nn.Module):
     def from_checkpoint(
         cls, path: str | os.PathLike, *, device: torch.device | str = "cpu", channels_last: bool = True
     ) -> tuple[GFNet, dict]:
-        """A GFNet and its metadata from a checkpoint written by any stage, in channels_last
-        memory format unless told otherwise (same outputs, faster convolutions)."""
+        """A GFNet and its metadata from a checkpoint: any stage's, or one made by
+        ``glancefocus import-release`` from the authors' published files.  In channels_last
+        memory format unless told otherwise (same outputs, faster convolutions).  Config
+        fields newer than the checkpoint take their defaults, so older checkpoints load."""
         weights, meta = load_checkpoint(path, device="cpu")
         model = cls(GFNetConfig.from_dict(meta["config"]))
         model.load_state_dict(weights)
@@ -158,9 +162,11 @@ class GFNet(nn.Module):
             classifier_state = state.classifier
         encoder = self.global_encoder if t == 0 else self.local_encoder
         feature_map, pooled = encoder(self.view(images, look.location))
-        head_first = t == 0 and self.classifier.glance_uses_head
+        head_first = t == 0 and self.config.glance_head
         aux = encoder.head(pooled) if (need_aux or head_first) else None
         logits, classifier_state = self.classifier(pooled, classifier_state, aux)
+        if head_first:  # fC still reads ē1 (its state), but step 1 answers with fG's head
+            logits = aux
         out = StepOutput(logits, aux if need_aux else None, look.location, look.log_prob, look.value, look.policy_input)
         return out, StepState(feature_map.detach(), classifier_state, look.policy_state)
 
@@ -168,7 +174,7 @@ class GFNet(nn.Module):
         """What an encoder reads: the glance x̃1 (``location`` None) or the patch at ``location``."""
         cfg = self.config
         if location is None:
-            return glance_resize(images, cfg.patch_size, interpolation=cfg.interpolation)
+            return glance_resize(images, cfg.patch_size, interpolation=cfg.interpolation, method=cfg.glance_resize)
         return crop_patches(images, location, cfg.patch_size)
 
     def _look(self, batch: int, device: torch.device, state: StepState, locations: str | torch.Tensor) -> _Look:

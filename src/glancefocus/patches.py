@@ -6,13 +6,21 @@ import torch
 import torch.nn.functional as F
 
 
-def glance_resize(images: torch.Tensor, size: int, *, interpolation: str = "bicubic") -> torch.Tensor:
+def glance_resize(
+    images: torch.Tensor, size: int, *, interpolation: str = "bicubic", method: str = "antialias"
+) -> torch.Tensor:
     """Step 1 input x̃1: the whole image resized to ``size``×``size`` (SPEC "The model").
 
-    Deviation: we anti-alias (as PIL does); the authors' release interpolates without it,
-    which aliases badly at 224→96.
+    ``method="antialias"`` (default) deviates from the authors' release: we anti-alias, as PIL
+    does, since plain interpolation aliases badly at 224→96.  ``method="align_corners"`` is the
+    release's resize (``align_corners=True``, no anti-aliasing), which its published weights
+    were trained and evaluated with.
     """
-    return F.interpolate(images, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
+    if method == "antialias":
+        return F.interpolate(images, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
+    if method == "align_corners":
+        return F.interpolate(images, size=(size, size), mode=interpolation, align_corners=True)
+    raise ValueError(f"unknown glance resize method {method!r}: use 'antialias' or 'align_corners'")
 
 
 def patch_corners(locations: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:

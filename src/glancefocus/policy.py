@@ -15,10 +15,12 @@ class PatchPolicy(nn.Module):
 
     - ``"mlp"`` (ResNet, DenseNet): flatten → Linear 2048 → ReLU → Linear hidden → ReLU → GRU.
     - ``"conv"`` (RegNet, MobileNet-V3, EfficientNet): 1×1 conv to 32 channels → ReLU →
-      flatten → Linear hidden → ReLU → GRU.
+      flatten → Linear hidden → ReLU → GRU.  The release's conv has no bias (``conv_bias=False``).
     """
 
-    def __init__(self, map_shape: tuple[int, int, int], *, trunk: str = "conv", hidden: int = 256, std: float = 0.1):
+    def __init__(
+        self, map_shape: tuple[int, int, int], *, trunk: str = "conv", hidden: int = 256, std: float = 0.1, conv_bias: bool = True
+    ):
         super().__init__()
         channels, height, width = map_shape
         if trunk == "mlp":
@@ -31,7 +33,7 @@ class PatchPolicy(nn.Module):
             )
         elif trunk == "conv":
             self.trunk = nn.Sequential(
-                nn.Conv2d(channels, 32, kernel_size=1),
+                nn.Conv2d(channels, 32, kernel_size=1, bias=conv_bias),
                 nn.ReLU(inplace=True),
                 nn.Flatten(),
                 nn.Linear(32 * height * width, hidden),

@@ -1,0 +1,80 @@
+"""The GFNetConfig fields that let a model compute what the authors' release computes:
+their defaults keep our behaviour, and each alternative does what it says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import InterpolationMode
+
+from glancefocus import GFNet, GFNetConfig, glance_resize
+from glancefocus.checkpoint import save_checkpoint
+from glancefocus.data import Transform, image_transform
+
+SMALL = {"backbone": "resnet18", "num_classes": 3, "patch_size": 32, "T": 3, "image_size": 64}
+NEW_FIELDS = ("glance_resize", "glance_head", "policy_conv_bias", "resize_interpolation")
+
+
+def test_defaults_are_our_behaviour():
+    cfg = GFNetConfig(**SMALL).resolved()
+    assert (cfg.glance_resize, cfg.glance_head, cfg.policy_conv_bias, cfg.resize_interpolation) == (
+        "antialias", False, True, "bicubic"
+    )
+    assert GFNetConfig(backbone="efficientnet_b2").resolved().glance_head is True  # the cascade's step 1
+    images = torch.rand(2, 3, 64, 64)
+    expected = F.interpolate(images, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
+    torch.testing.assert_close(glance_resize(images, 32), expected, rtol=0, atol=0)
+
+
+def test_align_corners_glance_is_the_releases_resize():
+    images = torch.rand(2, 3, 64, 64)
+    for mode in ("bicubic", "bilinear"):
+        expected = F.interpolate(images, size=(32, 32), mode=mode, align_corners=True)
+        out = glance_resize(images, 32, interpolation=mode, method="align_corners")
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="antialias"):
+        glance_resize(images, 32, method="nearest")
+
+
+def test_glance_head_answers_step_one_with_fg_head_and_still_feeds_the_gru():
+    torch.manual_seed(0)
+    ours = GFNet(GFNetConfig(**SMALL)).eval()
+    release_like = GFNet(GFNetConfig(**SMALL, glance_head=True)).eval()
+    release_like.load_state_dict(ours.state_dict())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = ours(images), release_like(images)
+        pooled = release_like.global_encoder(glance_resize(images, 32))[1]
+        torch.testing.assert_close(b.logits[0], release_like.global_encoder.head(pooled))
+    assert not torch.allclose(a.logits[0], b.logits[0])
+    torch.testing.assert_close(a.logits[1:], b.logits[1:])  # same GRU state after step 1
+
+
+def test_cascade_cannot_drop_the_glance_head():
+    with pytest.raises(ValueError, match="glance_head"):
+        GFNetConfig(backbone="efficientnet_b2", glance_head=False).resolved()
+
+
+def test_policy_conv_without_bias():
+    model = GFNet(GFNetConfig(**SMALL, policy_trunk="conv", policy_conv_bias=False))
+    assert model.policy.trunk[0].bias is None
+    assert GFNet(GFNetConfig(**SMALL, policy_trunk="conv")).policy.trunk[0].bias is not None
+
+
+def test_resize_interpolation_reaches_the_evaluation_transform():
+    bilinear = Transform.of(GFNetConfig(**SMALL, resize_interpolation="bilinear"))
+    assert image_transform(bilinear, train=False).transforms[0].interpolation == InterpolationMode.BILINEAR
+    assert image_transform(Transform.of(GFNetConfig(**SMALL)), train=False).transforms[0].interpolation == InterpolationMode.BICUBIC
+
+
+def test_checkpoints_without_the_new_fields_still_load(tmp_path):
+    torch.manual_seed(0)
+    model = GFNet(GFNetConfig(**SMALL)).eval()
+    old_config = {k: v for k, v in model.config.to_dict().items() if k not in NEW_FIELDS}
+    save_checkpoint(tmp_path / "old.safetensors", model.state_dict(), {"config": old_config})
+    loaded = GFNet.from_checkpoint(tmp_path / "old.safetensors", channels_last=False)[0].eval()
+    assert {k: getattr(loaded.config, k) for k in NEW_FIELDS} == {k: getattr(model.config, k) for k in NEW_FIELDS}
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).logits, model(images).logits, rtol=0, atol=0)
