@@ -220,7 +220,8 @@ def _demo(args: argparse.Namespace) -> None:
 def _presets(args: argparse.Namespace) -> None:
     for name, r in RECIPES.items():
         cfg = r.model
-        print(f"{name:32s} backbone={cfg.backbone} patch={cfg.patch_size} T={cfg.T} image={cfg.image_size}  ({r.description})")
+        image = f"{cfg.image_size} (or the data's own size)" if r.sized_by_data else cfg.image_size
+        print(f"{name:32s} backbone={cfg.backbone} patch={cfg.patch_size} T={cfg.T} image={image}  ({r.description})")
 
 
 def _import_release(args: argparse.Namespace) -> None:
