@@ -1,32 +1,45 @@
-"""glancefocus: GFNet (Glance and Focus Networks, NeurIPS 2020) in PyTorch."""
+"""glancefocus: GFNet (Glance and Focus Networks, NeurIPS 2020) in PyTorch.
 
-from .budget import PAPER_QS, StepScores, budgeted_accuracy, budgeted_curve, exit_fractions, exit_steps, find_thresholds
-from .config import DataConfig, GFNetConfig, PPOConfig, TrainConfig
-from .model import GFNet, GFNetOutput, Prediction
-from .patches import crop_patches, glance_resize
-from .recipes import PRESETS, RECIPES, Recipe
-from .weights import Weights
+Names are imported on first use, so ``glancefocus.deploy`` (ONNX Runtime inference) runs
+where only onnxruntime and numpy are installed.
+"""
 
-__all__ = [
-    "DataConfig",
-    "GFNet",
-    "GFNetConfig",
-    "GFNetOutput",
-    "PAPER_QS",
-    "PPOConfig",
-    "PRESETS",
-    "Prediction",
-    "RECIPES",
-    "Recipe",
-    "StepScores",
-    "TrainConfig",
-    "Weights",
-    "budgeted_accuracy",
-    "budgeted_curve",
-    "crop_patches",
-    "exit_fractions",
-    "exit_steps",
-    "find_thresholds",
-    "glance_resize",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataConfig": "config",
+    "GFNet": "model",
+    "GFNetConfig": "config",
+    "GFNetOutput": "model",
+    "PAPER_QS": "budget",
+    "PPOConfig": "config",
+    "PRESETS": "recipes",
+    "Prediction": "model",
+    "RECIPES": "recipes",
+    "Recipe": "recipes",
+    "StepScores": "budget",
+    "TrainConfig": "config",
+    "Weights": "weights",
+    "budgeted_accuracy": "budget",
+    "budgeted_curve": "budget",
+    "crop_patches": "patches",
+    "exit_fractions": "budget",
+    "exit_steps": "budget",
+    "find_thresholds": "budget",
+    "glance_resize": "patches",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

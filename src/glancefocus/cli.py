@@ -1,4 +1,4 @@
-"""Command-line interface: ``glancefocus {train,evaluate,predict,visualize,demo,presets,import-release}``.
+"""Command-line interface: ``glancefocus {train,evaluate,predict,export,visualize,demo,presets,import-release}``.
 
 Each subcommand is one function (``set_defaults(func=...)``); the model, training and data
 flags are made from the config fields (:mod:`glancefocus.flags`).
@@ -7,7 +7,6 @@ flags are made from the config fields (:mod:`glancefocus.flags`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -76,13 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(e, batch_size=256)
     e.set_defaults(func=_evaluate)
 
-    pr = sub.add_parser("predict", help="early-exit classification of image files")
+    pr = sub.add_parser("predict", help="early-exit classification of image files (PyTorch or ONNX Runtime)")
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--checkpoint", type=Path, required=True)
+    source = pr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a trained and evaluated checkpoint (PyTorch)")
+    source.add_argument("--onnx", type=Path, help="a directory written by `glancefocus export` (ONNX Runtime)")
     pr.add_argument("--budget", type=float, help="target mean multiply-adds per image (picks stored thresholds)")
     pr.add_argument("--json", type=Path, help="write the predictions here")
+    pr.add_argument("--skip-bad-images", action="store_true", help="leave unreadable files out (listed and counted)")
+    pr.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (with --onnx)")
     _run_options(pr, batch_size=64)
     pr.set_defaults(func=_predict)
+
+    x = sub.add_parser("export", help="ONNX graphs of a trained GFNet, for early exit under ONNX Runtime")
+    x.add_argument("--checkpoint", type=Path, required=True, help="a trained and evaluated checkpoint")
+    x.add_argument("--out", type=Path, required=True, help="directory to write (must be new or empty)")
+    x.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    x.set_defaults(func=_export)
 
     v = sub.add_parser("visualize", help="PNG of the glance and the focus patches, with probabilities")
     v.add_argument("images", nargs="+", help="image files or folders")
@@ -179,24 +188,46 @@ def _load(checkpoint: Path, device: str | None, *, channels_last: bool = True):
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .checkpoint import atomic_write_text
-    from .inference import image_files, predict_files, select_thresholds
+    from .predictions import report
+    from .preprocess import image_files
+
+    files = image_files(args.images)
+    rows, skipped, point = (_predict_onnx if args.onnx else _predict_torch)(args, files)
+    report(rows, point, skipped, args.json)
+
+
+def _predict_torch(args: argparse.Namespace, files: list[Path]) -> tuple[list, list, dict]:
+    from .inference import predict_files, select_thresholds
 
     model, meta = _load(args.checkpoint, args.device, channels_last=args.channels_last)
     thresholds, point = select_thresholds(meta, args.budget)
-    rows = predict_files(model, image_files(args.images), thresholds, meta.get("classes", []),
-                         batch_size=args.batch_size, amp=AMP_DTYPES.get(args.amp))
-    for r in rows:
-        print(f"{r['file']}\t{r['class']}\tp={r['probability']:.3f}\texit step {r['exit_step']}\t{r['madds'] / 1e6:.1f} MMAdds")
-    mean = sum(r["madds"] for r in rows) / len(rows)
-    print(f"{len(rows)} images, mean {mean / 1e6:.1f} MMAdds (budget point q={point['q']}: {point['madds'] / 1e6:.1f} M, {point['accuracy']:.1f}% on val)")
-    if args.json:
-        atomic_write_text(args.json, json.dumps({"budget_point": point, "predictions": rows}, indent=2))
+    rows, skipped = predict_files(model, files, thresholds, meta.get("classes", []), batch_size=args.batch_size,
+                                  amp=AMP_DTYPES.get(args.amp), skip_bad=args.skip_bad_images)
+    return rows, skipped, point
+
+
+def _predict_onnx(args: argparse.Namespace, files: list[Path]) -> tuple[list, list, dict]:
+    from .deploy import OnnxGFNet
+
+    model = OnnxGFNet(args.onnx, threads=args.threads)
+    thresholds, point = model.thresholds(args.budget)
+    rows, skipped = model.predict_files(files, thresholds, batch_size=args.batch_size, skip_bad=args.skip_bad_images)
+    return rows, skipped, point
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .deploy import MANIFEST
+    from .export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, force=args.force)
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"wrote {out}: {files}\nrun it: glancefocus predict --onnx {out} IMAGES... (see {out / MANIFEST})")
 
 
 def _visualize(args: argparse.Namespace) -> None:
-    from .inference import image_files, load_images, select_thresholds
+    from .inference import load_images, select_thresholds
     from .plots import visualize
+    from .preprocess import image_files
 
     model, meta = _load(args.checkpoint, args.device)
     files = image_files(args.images)
@@ -238,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
+    except (ValueError, FileNotFoundError, ImportError, NonFiniteLoss) as e:
         print(f"glancefocus: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
@@ -25,22 +25,10 @@ from tqdm.auto import tqdm
 from .cluttered_digits import ClutteredDigits, ClutteredDigitsConfig
 from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, GFNetConfig
 from .distributed import World
+from .preprocess import load_rgb
 from .sampling import ResumableSampler, SeededAugmentation, holdout_split
 
 BUILTIN = "builtin"
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open any image as RGB (grayscale, RGBA, CMYK and palette images are converted)."""
-    try:
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise ValueError(
-            f"cannot read image {path}: {e}. The file is corrupt or truncated: replace or delete it."
-        ) from e
-    return image.convert("RGB")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Early-exit inference on image files: thresholds by budget, batching, results as rows."""
+"""Early-exit inference on image files with PyTorch: thresholds by budget, batching, rows
+(the same rows as the ONNX Runtime predictor, :mod:`glancefocus.deploy`)."""
 
 from __future__ import annotations
 
@@ -10,39 +11,19 @@ import torch
 from .data import Transform, image_transform, load_rgb
 from .evaluate import thresholds_tensor
 from .model import GFNet
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+from .predictions import choose_budget_point, imagenet_descriptions, predict_in_batches
+from .preprocess import EvalTransform
 
 
 def select_thresholds(meta: dict[str, Any], budget: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Thresholds stored in a checkpoint: those of the most accurate budget point whose mean
-    MAdds is within ``budget`` (the cheapest point if none is); without a budget, of the most
-    accurate point overall.  Returns (thresholds (T,), the chosen {"q", "madds", "accuracy"})."""
+    MAdds is within ``budget`` (an error outside the curve's range); without a budget, of the
+    most accurate point overall.  Returns (thresholds (T,), the chosen {"q", "madds", "accuracy"})."""
     results = meta.get("results")
     if not results or "thresholds" not in results:
         raise ValueError("this checkpoint has no thresholds: run `glancefocus evaluate --checkpoint CK` first")
-    points = results["budgeted"]
-    if budget is None:
-        index = max(range(len(points)), key=lambda i: points[i]["accuracy"])
-    else:
-        within = [i for i, p in enumerate(points) if p["madds"] <= budget]
-        index = max(within, key=lambda i: points[i]["accuracy"]) if within else min(range(len(points)), key=lambda i: points[i]["madds"])
-    return thresholds_tensor(results["thresholds"])[index], points[index]
-
-
-def image_files(paths: list[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the named folders."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-    if not files:
-        raise ValueError(f"no images found in {', '.join(map(str, paths))}")
-    return files
+    index = choose_budget_point(results["budgeted"], budget)
+    return thresholds_tensor(results["thresholds"])[index], results["budgeted"][index]
 
 
 def load_images(files: list[Path], model: GFNet) -> torch.Tensor:
@@ -59,25 +40,17 @@ def predict_files(
     *,
     batch_size: int = 64,
     amp: torch.dtype | None = None,
-) -> list[dict[str, Any]]:
-    """One row per file: label, class name, probability, exit step, MAdds spent, locations."""
+    skip_bad: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """One row per file (label, class, description, probability, exit step, MAdds spent,
+    locations; the rows of the ONNX Runtime predictor too) and the files skipped as unreadable."""
     device = next(model.parameters()).device
-    madds = torch.tensor(model.madds())
-    rows = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        images = load_images(chunk, model).to(device)
-        out = model.predict(images, thresholds, amp=amp)
-        labels, steps = out.labels.tolist(), out.exit_step.tolist()  # one host copy per batch
-        confidence, locations = out.probs.max(dim=1).values.tolist(), out.locations.transpose(0, 1).tolist()
-        for i, f in enumerate(chunk):
-            rows.append({
-                "file": str(f),
-                "label": labels[i],
-                "class": classes[labels[i]] if classes else str(labels[i]),
-                "probability": confidence[i],
-                "exit_step": steps[i],
-                "madds": float(madds[steps[i] - 1]),
-                "locations": locations[i][: steps[i] - 1],
-            })
-    return rows
+    t = Transform.of(model.config)
+    transform = EvalTransform(t.image_size, t.crop_pct, t.mean, t.std, t.interpolation)
+
+    def run(images):
+        out = model.predict(torch.from_numpy(images).to(device), thresholds, amp=amp)
+        return out.probs.cpu().numpy(), out.exit_step.cpu().numpy(), out.locations.cpu().numpy()
+
+    return predict_in_batches(files, transform, run, madds=model.madds(), classes=classes,
+                              descriptions=imagenet_descriptions(classes), batch_size=batch_size, skip_bad=skip_bad)

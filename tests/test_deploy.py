@@ -1,0 +1,184 @@
+"""ONNX export and ONNX Runtime early exit: the same probabilities, exits, labels and
+locations as PyTorch, for every backbone family, and clear errors for broken exports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from glancefocus import GFNet, GFNetConfig  # noqa: E402
+from glancefocus.deploy import MANIFEST, OnnxGFNet  # noqa: E402
+from glancefocus.export import export_gfnet  # noqa: E402
+from glancefocus.patches import patch_corners  # noqa: E402
+
+from conftest import make_image_folder  # noqa: E402
+
+# One small timm network per family of the paper (GRU fC + MLP π, GRU + conv π, cascade + conv π).
+FAMILIES = ["resnet18", "densenet121", "regnetx_002", "mobilenetv3_small_050", "tf_efficientnet_lite0"]
+T, SIZE, PATCH, CLASSES = 3, 64, 32, 5
+POINTS = [{"q": 1.0, "madds": 1.0, "accuracy": 50.0, "thresholds": [0.5, 0.5, "-inf"]}]
+
+
+def _model(backbone: str) -> GFNet:
+    torch.manual_seed(0)
+    model = GFNet(GFNetConfig(backbone=backbone, num_classes=CLASSES, patch_size=PATCH, T=T, image_size=SIZE)).eval()
+    with torch.no_grad():  # sharper than a random init's near-uniform softmax, so confidences spread out
+        for p in model.classifier.parameters():
+            p.mul_(20)
+        model.global_encoder.head.weight.mul_(20)
+    return model
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def exported(request, tmp_path_factory) -> tuple[GFNet, OnnxGFNet]:
+    model = _model(request.param)
+    out = export_gfnet(model, tmp_path_factory.mktemp(request.param) / "onnx", classes=[f"c{i}" for i in range(CLASSES)],
+                       budget_points=POINTS)
+    return model, OnnxGFNet(out, threads=1)
+
+
+def _images(n: int = 24) -> torch.Tensor:
+    return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+
+
+def test_every_step_matches_pytorch(exported) -> None:
+    model, onnx_model = exported
+    images = _images()
+    with torch.no_grad():
+        expected = model(images)
+    probs = expected.logits.softmax(dim=2)
+    for t in range(T):  # thresholds that make every image exit at step t
+        thresholds = np.array([np.inf] * t + [-np.inf] * (T - t), dtype=np.float32)
+        got = onnx_model.predict(images.numpy(), thresholds)
+        assert (got.exit_step == t + 1).all()  # steps are numbered 1..T
+        np.testing.assert_allclose(got.probs, probs[t].numpy(), atol=1e-4, rtol=0)
+        if t:
+            np.testing.assert_allclose(got.locations[:t], expected.locations[:t].numpy(), atol=1e-5, rtol=0)
+        assert np.isnan(got.locations[t:]).all()
+
+
+def test_early_exit_equals_gfnet_predict(exported) -> None:
+    model, onnx_model = exported
+    images = _images()
+    with torch.no_grad():
+        confidence = model(images).logits.softmax(dim=2).max(dim=2).values
+    # Halfway between two neighbouring confidences, so float noise cannot flip an exit.
+    ranked = confidence.sort(dim=1).values
+    thresholds = torch.tensor([(ranked[0, 12] + ranked[0, 13]) / 2, (ranked[1, 16] + ranked[1, 17]) / 2, -float("inf")])
+    expected = model.predict(images, thresholds)
+    got = onnx_model.predict(images.numpy(), thresholds.numpy())
+    assert len(set(got.exit_step.tolist())) == T  # images leave at every step: the compaction is exercised
+    np.testing.assert_array_equal(got.exit_step, expected.exit_step.numpy())
+    np.testing.assert_array_equal(got.labels, expected.labels.numpy())
+    np.testing.assert_allclose(got.probs, expected.probs.numpy(), atol=1e-4, rtol=0)
+    read = ~np.isnan(got.locations[..., 0])
+    np.testing.assert_array_equal(read, ~torch.isnan(expected.locations[..., 0]).numpy())
+    corners = patch_corners(torch.from_numpy(got.locations[read]), SIZE, SIZE, PATCH)
+    assert torch.equal(corners, patch_corners(expected.locations[torch.from_numpy(read)], SIZE, SIZE, PATCH))
+    np.testing.assert_allclose(got.locations[read], expected.locations.numpy()[read], atol=1e-5, rtol=0)
+
+
+def test_manifest_says_what_was_exported(exported) -> None:
+    model, onnx_model = exported
+    manifest = json.loads((onnx_model.directory / MANIFEST).read_text())
+    assert manifest["T"] == T and manifest["patch_size"] == PATCH and manifest["image_size"] == SIZE
+    assert manifest["madds"] == model.madds() and manifest["opset"] == 18
+    assert manifest["mean"] == list(model.config.mean) and manifest["interpolation"] == model.config.interpolation
+    assert manifest["onnx_version"] and manifest["onnxruntime_version"]
+    assert manifest["budget_points"] == POINTS and manifest["class_descriptions"] is None
+    thresholds, point = onnx_model.thresholds()
+    assert thresholds.tolist() == [0.5, 0.5, -np.inf] and point == {"q": 1.0, "madds": 1.0, "accuracy": 50.0}
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small") / "onnx"
+    return export_gfnet(_model("mobilenetv3_small_050"), out, classes=list("abcde"), budget_points=POINTS)
+
+
+def test_deploy_runs_without_torch(small_export: Path, tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "images", classes=2, per_class=2, size=80, splits=("val",))
+    script = (
+        "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\n"  # any import of them fails
+        "from glancefocus.deploy import OnnxGFNet\nfrom glancefocus.preprocess import image_files\n"
+        f"m = OnnxGFNet({str(small_export)!r}, threads=1)\n"
+        f"rows, skipped = m.predict_files(image_files([{str(tmp_path / 'images')!r}]), m.thresholds()[0])\n"
+        "assert len(rows) == 4 and not skipped, rows\nassert 'torch' not in [k for k, v in sys.modules.items() if v]\n"
+    )
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_broken_exports_are_refused_by_name(small_export: Path, tmp_path: Path) -> None:
+    for name in ("focus.onnx", "cascade.npz"):
+        missing = _copy(small_export, tmp_path / f"without-{name}")
+        (missing / name).unlink()
+        with pytest.raises(FileNotFoundError, match=f"{name} is missing"):
+            OnnxGFNet(missing)
+    changed = _copy(small_export, tmp_path / "changed")
+    (changed / "glance.onnx").write_bytes((small_export / "focus.onnx").read_bytes())  # a graph from elsewhere
+    with pytest.raises(ValueError, match=r"glance\.onnx does not match manifest\.json"):
+        OnnxGFNet(changed)
+    with pytest.raises(FileNotFoundError, match="not a glancefocus ONNX export"):
+        OnnxGFNet(tmp_path)
+    with pytest.raises(ValueError, match="expected 3 thresholds"):
+        OnnxGFNet(small_export).predict(np.zeros((1, 3, SIZE, SIZE), np.float32), np.zeros(2))
+
+
+def test_export_refuses_a_non_empty_directory_and_leaves_nothing_when_it_fails(tmp_path: Path, monkeypatch) -> None:
+    model = _model("mobilenetv3_small_050")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not empty: pass --force"):
+        export_gfnet(model, out, classes=list("abcde"), budget_points=POINTS)
+    assert (out / "notes.txt").read_text() == "mine"
+
+    import glancefocus.export as export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the exported graphs disagree with PyTorch")
+
+    monkeypatch.setattr(export, "_verify", broken)
+    with pytest.raises(RuntimeError, match="disagree"):
+        export_gfnet(model, tmp_path / "new", classes=list("abcde"), budget_points=POINTS, force=True)
+    with pytest.raises(RuntimeError, match="disagree"):
+        export_gfnet(model, out, classes=list("abcde"), budget_points=POINTS, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial export, no temporary folder
+    assert (out / "notes.txt").read_text() == "mine"  # and the old contents are untouched
+
+
+def test_a_model_configured_as_the_release_exports_faithfully(tmp_path: Path) -> None:
+    """Imported checkpoints glance with align_corners (no anti-aliasing), answer step 1 with
+    fG's head and have no bias in π's conv: the graphs must compute that too."""
+    torch.manual_seed(0)
+    config = GFNetConfig(backbone="regnetx_002", num_classes=CLASSES, patch_size=PATCH, T=T, image_size=SIZE,
+                         glance_resize="align_corners", glance_head=True, policy_conv_bias=False, interpolation="bilinear")
+    model = GFNet(config).eval()
+    onnx_model = OnnxGFNet(export_gfnet(model, tmp_path / "onnx", classes=list("abcde"), budget_points=POINTS), threads=1)
+    images = _images(6)
+    never = np.array([np.inf] * (T - 1) + [-np.inf], dtype=np.float32)
+    with torch.no_grad():
+        expected = model(images).logits.softmax(dim=2)[-1]
+    np.testing.assert_allclose(onnx_model.predict(images.numpy(), never).probs, expected.numpy(), atol=1e-4, rtol=0)
+    first = onnx_model.predict(images.numpy(), np.full(T, -np.inf, dtype=np.float32))  # everyone leaves at the glance
+    with torch.no_grad():
+        head = model.global_encoder.head(model.global_encoder(model.view(images))[1]).softmax(dim=1)
+    np.testing.assert_allclose(first.probs, head.numpy(), atol=1e-4, rtol=0)
