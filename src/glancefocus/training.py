@@ -57,7 +57,8 @@ class Setup:
         return cosine_schedule(optimizer, steps_per_epoch(loader, self.config.max_steps_per_epoch) * epochs)
 
     def sgd(self, groups: list[dict[str, Any]]) -> torch.optim.SGD:
-        groups = [g for g in groups if g["params"]]
+        """Nesterov SGD over ``groups``, their rates scaled with the batch (``TrainConfig.lr_scale``)."""
+        groups = [{**g, "lr": g["lr"] * self.config.lr_scale} for g in groups if g["params"]]
         return torch.optim.SGD(groups, momentum=self.config.momentum, nesterov=True, weight_decay=self.config.weight_decay)
 
     def heldout_accuracy(self, patches: str) -> dict[str, Any]:
@@ -80,9 +81,13 @@ class GlanceClassifier(nn.Module):
         return self.encoder.head(self.encoder(self.view(images))[1])
 
 
-def fine_tune(s: Setup, name: str, classifier: nn.Module, *, epochs: int, lr: float, saved: nn.Module) -> StagePlan:
+def fine_tune(
+    s: Setup, name: str, classifier: nn.Module, *, epochs: int, lr: float, saved: nn.Module, patience: int = 0
+) -> StagePlan:
     """Plain cross-entropy fine-tuning of ``classifier`` (images -> logits), kept in ``saved``'s
-    checkpoint; evaluated each epoch on the held-out training images."""
+    checkpoint; evaluated each epoch on the held-out training images.  With ``patience`` it
+    stops after that many epochs without a better held-out accuracy (``epochs`` at most) and
+    keeps the best epoch; without, it runs ``epochs`` and keeps the last."""
     net = wrap(classifier, s.world)
     optimizer = s.sgd([{"params": list(classifier.parameters()), "lr": lr}])
     loader = s.loader(s.splits.train, train=True)
@@ -103,21 +108,26 @@ def fine_tune(s: Setup, name: str, classifier: nn.Module, *, epochs: int, lr: fl
             return {"heldout_accuracy": 0.0}
         return {"heldout_accuracy": 100.0 * float(gather_in_order(torch.cat(hits), heldout, s.world).mean())}
 
-    return StagePlan(name, saved, optimizer, loader, epochs, s.meta, step, evaluate, scheduler=s.cosine(optimizer, loader, epochs))
+    return StagePlan(name, saved, optimizer, loader, epochs, s.meta, step, evaluate, scheduler=s.cosine(optimizer, loader, epochs),
+                     select="heldout_accuracy" if patience else None, patience=patience)
 
 
 def glance_stage(s: Setup) -> StagePlan:
-    """Fine-tune fG on all training images resized to H'×W' (appendix A.3 "Initialization")."""
-    return fine_tune(s, "glance", GlanceClassifier(s.model), epochs=s.config.glance_epochs, lr=s.config.glance_lr, saved=s.model)
+    """Fine-tune fG on all training images resized to H'×W' (appendix A.3 "Initialization"),
+    until its held-out accuracy stops improving (appendix B.1 gives no epoch count)."""
+    c = s.config
+    return fine_tune(s, "glance", GlanceClassifier(s.model), epochs=c.glance_epochs, lr=c.glance_lr, saved=s.model,
+                     patience=c.glance_patience)
 
 
 # ------------------------------------------------------------------------- stages I and III
 def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_classifier: float) -> StagePlan:
-    """Stage I (random patches) or Stage III (π's mean patches): fG, fL, fC with
+    """Stage I (random patches) or Stage III (π's patches: sampled around its mean as the
+    release, or its mean, ``stage3_locations``): fG, fL, fC with
     loss (Σ_t CE(p_t, y) + λ Σ_t CE(head(ē_t), y)) / T.  fG stays fixed where the family
     says so (MobileNet-V3, EfficientNet); π is never trained here."""
     model, c = s.model, s.config
-    locations = "random" if patches == "random" else "mean"
+    locations = "random" if patches == "random" else c.stage3_locations
     model.policy.requires_grad_(False)
     model.global_encoder.requires_grad_(not c.freeze_glance)
     model.local_encoder.requires_grad_(True)
