@@ -1,6 +1,7 @@
 """The authors' release's recipe as config fields: dropout and drop-path in both encoders,
 learning rates scaled with the batch, the family's data interpolation, Stage III on sampled
-locations; and the demo recipe, which pins the values its numbers were measured with."""
+locations; the distillation lever; and the demo recipe, which pins the values its numbers
+were measured with."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from glancefocus.data import Transform, load_data
 from glancefocus.distributed import World
 from glancefocus.recipes import DEMO, IMAGENETTE_LITE0
 from glancefocus.trainer import Run, Trainer
-from glancefocus.training import Setup, stage3
+from glancefocus.losses import distillation_loss
+from glancefocus.training import Setup, stage1, stage3
 
 TINY = {"backbone": "resnet18", "num_classes": 3, "patch_size": 32, "T": 3, "image_size": 64}
 
@@ -130,3 +132,35 @@ def test_demo_recipe_pins_what_its_numbers_were_measured_with() -> None:
     assert (lite0.drop_rate, lite0.drop_path_rate, lite0.resize_interpolation) == (0.3, 0.2, "bicubic")
     assert IMAGENETTE_LITE0.train.lr_scale == 0.25 and IMAGENETTE_LITE0.train.glance_patience > 0
     assert IMAGENETTE_LITE0.train.stage1_epochs == 30
+
+
+def test_distillation_loss_is_the_tempered_kl_to_the_teacher() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 3)
+    assert distillation_loss(teacher.expand(2, 4, 3), teacher, 2.0).abs() < 1e-6  # the teacher's own answer costs nothing
+    student = torch.randn(2, 4, 3)
+    p = torch.softmax(teacher / 2.0, -1)
+    expected = sum((p * (p.log() - torch.log_softmax(s / 2.0, -1))).sum(-1).mean() for s in student) / 2 * 4.0
+    torch.testing.assert_close(distillation_loss(student, teacher, 2.0), expected)
+
+
+def test_stage1_adds_the_distillation_term(tiny_data: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = GFNet(GFNetConfig(**{**TINY, "num_classes": 2}))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    images, targets = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 0, 1])
+    teacher(images)
+    losses = {}
+    for weight in (0.0, 0.5):
+        setup = _setup(TrainConfig(batch_size=4, distill_weight=weight), model, tiny_data, tmp_path)
+        setup.teacher = teacher.eval()
+        plan = stage1(setup)
+        plan.train_mode()
+        torch.manual_seed(1)
+        losses[weight] = plan.step(images, targets)[0]
+    torch.manual_seed(1)  # the same random patches again
+    with torch.no_grad():
+        out = model(images, locations="random", need_aux=True)
+    torch.testing.assert_close(losses[0.5] - losses[0.0], 0.5 * distillation_loss(out.logits, teacher(images)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="teacher"):
+        stage1(_setup(TrainConfig(batch_size=4, distill_weight=0.5), model, tiny_data, tmp_path))

@@ -113,3 +113,19 @@ def test_patience_is_kept_across_a_resume(tmp_path: Path) -> None:
     resumed = Trainer(Run(tmp_path, World(), quiet=True, resume=True), TrainConfig())
     kept = resumed.fit(_plan(model, _moving_step(model), lambda: pytest.fail("trained on after the plateau"), **options))
     assert kept["epoch"] == 1 and kept["heldout_accuracy"] == 50.0
+
+
+def test_keep_epochs_saves_the_weights_of_those_epochs(tmp_path: Path) -> None:
+    model, snapshots = nn.Linear(3, 1), {}
+
+    def evaluate():
+        snapshots[len(snapshots) + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {}
+
+    Trainer(Run(tmp_path, World(), quiet=True), TrainConfig(keep_epochs=(1, 3))).fit(
+        _plan(model, _moving_step(model), evaluate, name="stage1", epochs=3, n=8, batch=4))
+    assert sorted(p.name for p in tmp_path.glob("stage1.epoch*")) == ["stage1.epoch1.safetensors", "stage1.epoch3.safetensors"]
+    for epoch in (1, 3):
+        saved = load_file(str(tmp_path / f"stage1.epoch{epoch}.safetensors"))
+        assert all(torch.equal(saved[k], v) for k, v in snapshots[epoch].items())
+        assert read_meta(tmp_path / f"stage1.epoch{epoch}.safetensors")["epoch"] == epoch

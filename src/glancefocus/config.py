@@ -235,6 +235,10 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the encoders"})
     seed: int = 0
     checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every N optimiser steps"})
+    keep_epochs: tuple[int, ...] = ()  # also keep the weights after these epochs, as <stage>.epoch<N>.safetensors
+    distill_weight: float = field(default=0.0, metadata={
+        "help": "Stages I/III: weight of a distillation loss from a teacher's soft targets (beyond the paper; 0: none)"})
+    distill_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the distillation loss"})
     max_steps_per_epoch: int = field(default=0, metadata={"help": "cap batches per epoch (0: no cap), for quick runs"})
 
     def __post_init__(self) -> None:

@@ -58,6 +58,10 @@ class Run:
         """The final checkpoint of ``stage``."""
         return self.out_dir / f"{stage}.safetensors"
 
+    def snapshot(self, stage: str, epoch: int) -> Path:
+        """The weights of ``stage`` after ``epoch`` (``TrainConfig.keep_epochs``)."""
+        return self.out_dir / f"{stage}.epoch{epoch}.safetensors"
+
     def resume_point(self, stage: str) -> Path:
         """The checkpoint an interrupted ``stage`` resumes from (with its ``.state.pt``)."""
         return self.out_dir / f"{stage}.last.safetensors"
@@ -151,6 +155,9 @@ class Trainer:
             self._end_epoch(plan, progress, {"epoch": progress.epoch + 1, **train, **plan.evaluate()})
             progress.epoch, progress.batch = progress.epoch + 1, 0
             self._checkpoint(plan, progress, scaler)
+            if progress.epoch in self.config.keep_epochs and self.world.is_main:  # a learning curve's points
+                save_checkpoint(self.run.snapshot(plan.name, progress.epoch), plan.model.state_dict(),
+                                {**plan.meta, "stage": plan.name, "epoch": progress.epoch})
         return self._finish(plan, progress)
 
     def _plateaued(self, plan: StagePlan, progress: Progress) -> bool:

@@ -28,6 +28,7 @@ from .config import DataConfig, GFNetConfig, TrainConfig
 from .data import Splits, data_source, default_workers, load_data, make_loader
 from .distributed import barrier, gather_in_order, wrap
 from .evaluate import anytime_accuracy, collect_probs
+from .losses import deep_supervision_loss, distillation_loss
 from .model import GFNet
 from .ppo import PolicyReplay, rollout, update_loss
 from .trainer import Run, StagePlan, Trainer, autocast, cosine_schedule, steps_per_epoch
@@ -44,6 +45,7 @@ class Setup:
     trainer: Trainer
     meta: dict[str, Any]
     workers: int = 0
+    teacher: nn.Module | None = None  # soft targets of Stages I/III when config.distill_weight > 0
 
     @property
     def world(self):
@@ -123,10 +125,12 @@ def glance_stage(s: Setup) -> StagePlan:
 # ------------------------------------------------------------------------- stages I and III
 def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_classifier: float) -> StagePlan:
     """Stage I (random patches) or Stage III (π's patches: sampled around its mean as the
-    release, or its mean, ``stage3_locations``): fG, fL, fC with
-    loss (Σ_t CE(p_t, y) + λ Σ_t CE(head(ē_t), y)) / T.  fG stays fixed where the family
-    says so (MobileNet-V3, EfficientNet); π is never trained here."""
-    model, c = s.model, s.config
+    release, or its mean, ``stage3_locations``): fG, fL, fC with the deep-supervision loss,
+    plus ``distill_weight`` times the distillation loss from ``s.teacher``.  fG stays fixed
+    where the family says so (MobileNet-V3, EfficientNet); π is never trained here."""
+    model, c, teacher = s.model, s.config, s.teacher if s.config.distill_weight else None
+    if c.distill_weight and s.teacher is None:
+        raise ValueError("distill_weight > 0 needs a teacher model (fit(..., teacher=...))")
     locations = "random" if patches == "random" else c.stage3_locations
     model.policy.requires_grad_(False)
     model.global_encoder.requires_grad_(not c.freeze_glance)
@@ -142,12 +146,11 @@ def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_clas
 
     def step(images, targets):
         out = net(images, locations=locations, need_aux=True)
-        T, B, C = out.logits.shape
-        flat = targets.repeat(T)
-        loss = (
-            F.cross_entropy(out.logits.reshape(T * B, C), flat, reduction="sum")
-            + c.aux_weight * F.cross_entropy(out.aux_logits.reshape(T * B, C), flat, reduction="sum")
-        ) / (T * B)
+        loss = deep_supervision_loss(out, targets, c.aux_weight)
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(images)
+            loss = loss + c.distill_weight * distillation_loss(out.logits, soft, c.distill_temperature)
         return loss, {"accuracy": (out.logits.argmax(2) == targets).float().mean(1) * 100}
 
     def train_mode():
@@ -236,8 +239,11 @@ def fit(
     data: DataConfig = DataConfig(),
     init: Path | None = None,
     meta: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
 ) -> Path:
     """Train ``model`` through ``stages`` in order; returns the last stage's checkpoint.
+    ``teacher`` (images -> logits, kept in eval mode) gives the soft targets of
+    ``config.distill_weight``.
 
     The first stage starts from ``init``, else from the checkpoint of the stage it follows in
     ``run.out_dir``.  With ``run.resume`` finished stages are loaded, not rerun, and an
@@ -254,7 +260,7 @@ def fit(
             encoder.model.compile()  # in place: parameter names, and so checkpoints, are unchanged
     meta = {**_meta(model, splits.classes, config, data), **(meta or {})}
     workers = data.workers if data.workers is not None else default_workers(data_source(data.root), run.world.device)
-    setup = Setup(model, splits, config, Trainer(run, config), meta, workers)
+    setup = Setup(model, splits, config, Trainer(run, config), meta, workers, teacher.eval() if teacher is not None else None)
     last = run.checkpoint(stages[-1])
     for name in stages:
         if name == "stage3" and not config.run_stage3 and len(stages) > 1:
