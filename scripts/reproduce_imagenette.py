@@ -19,7 +19,8 @@ Resumable and splittable: a rerun continues from ``--work``.  Each finished part
 fine-tune, the learning curve, each model's evaluation, each static size) is also written
 under ``--out/parts/``; ``--stop-after STAGE --export FILE`` ends after STAGE with its weights
 in FILE (weights only, safetensors), and ``--from-weights FILE`` continues from such a file
-on a machine with no ``--work`` (with ``--out/parts/`` from the earlier invocations).
+on a machine with no ``--work`` (with ``--out/parts/`` from the earlier invocations);
+``--skip-static`` and ``--static-only`` put the static baselines in an invocation of their own.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--static-patience", type=int, default=2, help="stop a static baseline after this many epochs without gain")
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 192, 224])
     p.add_argument("--skip-static", action="store_true", help="train no static baseline in this invocation")
+    p.add_argument("--static-only", action="store_true", help="train only the static baselines in this invocation")
     p.add_argument("--stop-after", choices=[*STAGES, "static"], help="end this invocation after this part")
     p.add_argument("--export", type=Path, help="write the last GFNet stage's weights here (weights only, safetensors)")
     p.add_argument("--from-weights", type=Path, help="continue after the stage whose weights (from --export) this file holds")
@@ -176,8 +178,8 @@ def main() -> None:
     for encoder in (model.global_encoder, model.local_encoder):
         pretrained_head(encoder.model, rows)
     statics = static_models(args, model, splits, run, rows, tc, parts)
-    teacher = statics.model(224) if args.distill else None
-    last = train_gfnet(args, model, splits, run, tc, parts, teacher)
+    teacher = statics.model(224) if args.distill and not args.static_only else None
+    last = None if args.static_only else train_gfnet(args, model, splits, run, tc, parts, teacher)
     if args.stop_after in STAGES:
         return
     if not args.skip_static:
@@ -185,10 +187,10 @@ def main() -> None:
         for size in args.sizes:
             statics.result(size)
         parts.timing("static", time.time() - t0)
-    if args.stop_after == "static" or last is None:
+    if args.stop_after == "static" or args.static_only or last is None:
         return
     parts.timing(f"invocation ending at {time.strftime('%Y-%m-%d %H:%M')}", time.time() - started)
-    report = assemble(args, model, run, parts, levers(args, model, tc))
+    report = assemble(args, model, last, run, parts, levers(args, model, tc))
     write_outputs(args, report, model, splits, world.device)
     print(markdown_table(report))
 

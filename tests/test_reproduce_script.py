@@ -24,10 +24,10 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_reproduction_script_smoke_run_in_two_invocations(tmp_path: Path) -> None:
-    """Glance fine-tune and Stage I with its learning curve, exported; then, on a "fresh
-    machine" (another work folder), Stages II and III from the exported weights alone, the
-    static baselines and the report."""
+def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> None:
+    """Glance fine-tune and Stage I with its learning curve, exported; then, each on a "fresh
+    machine" (another work folder): Stages II and III from the exported weights alone; the
+    static baselines alone; the report from the parts and the weights."""
     if not (IMAGENETTE / "val").is_dir():
         pytest.skip(f"Imagenette not found at {IMAGENETTE}")
     out, weights = tmp_path / "out", tmp_path / "out" / "gfnet.safetensors"
@@ -39,8 +39,12 @@ def test_reproduction_script_smoke_run_in_two_invocations(tmp_path: Path) -> Non
     assert read_meta(weights)["stage"] == "stage1" and not (out / "results.json").exists()
     curve = json.loads((out / "parts" / "learning_curve.json").read_text())
     assert [p["epoch"] for p in curve] == [1, 2] and all(len(p["anytime_accuracy"]) == 2 for p in curve)
-    _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights))
+    _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights))
     assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
+    assert read_meta(weights)["stage"] == "stage3"
+    _run(*common, "--work", str(tmp_path / "work3"), "--static-only")
+    assert not (tmp_path / "work3" / "glance.safetensors").exists() and (out / "parts" / "static_128.json").exists()
+    _run(*common, "--work", str(tmp_path / "work4"), "--from-weights", str(weights))  # trains nothing: reports
 
     results = json.loads((out / "results.json").read_text())
     for name in ("budgeted.png", "anytime.png", "patches.png"):
@@ -50,6 +54,7 @@ def test_reproduction_script_smoke_run_in_two_invocations(tmp_path: Path) -> Non
     assert set(results["stage3_ablation"]) == {"after stage2", "after stage3"} and results["headline"] in ("stage2", "stage3")
     assert results["learning_curve"] == curve and results["recipe"]["stage3"] is True
     assert set(results["seconds"]) >= {"glance", "stage1", "stage2", "stage3", "static"}
+    assert results["figures_from"] in (results["headline"], "stage3")  # the headline's weights, if this machine has them
     # the 96 px static model is the glance fine-tune, and GFNet's first step is that encoder
     static = {row["size"]: row for row in results["static"]}
     assert set(static) == {96, 128} and static[128]["epochs"] == 1
