@@ -12,7 +12,8 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("name", ["bench_crop", "bench_thresholds", "bench_early_exit", "bench_static", "bench_memory_format"])
+@pytest.mark.parametrize("name", ["bench_crop", "bench_thresholds", "bench_early_exit", "bench_static", "bench_memory_format",
+                                  "bench_train_step"])
 def test_benchmark_quick_run(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"
     res = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--out", str(out)],

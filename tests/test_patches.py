@@ -34,7 +34,8 @@ def unambiguous_locations(B: int, H: int, W: int, P: int, g: torch.Generator) ->
         (8, 3, 20, 31, 1),
     ],
 )
-def test_crop_patches_equals_per_sample_slicing(B, C, H, W, P):
+@pytest.mark.parametrize("method", [None, "gather", "slices"])
+def test_crop_patches_equals_per_sample_slicing(B, C, H, W, P, method):
     g = torch.Generator().manual_seed(B * 1000 + H + W + P)
     images = torch.randn(B, C, H, W, generator=g)
     for trial in range(5):
@@ -48,7 +49,7 @@ def test_crop_patches_equals_per_sample_slicing(B, C, H, W, P):
         if trial == 3:
             locations[:, 0] = 0.0
             locations[:, 1] = 1.0
-        out = crop_patches(images, locations, P)
+        out = crop_patches(images, locations, P, method=method)
         assert out.shape == (B, C, P, P)
         assert torch.equal(out, reference_crop(images, locations, P))
 
@@ -69,9 +70,10 @@ def test_crop_patches_corners_and_centre():
     assert out[0, 0, 0, 0].item() == 8 * W + 24
 
 
-def test_crop_patches_keeps_dtype_and_gradient():
+@pytest.mark.parametrize("method", ["gather", "slices"])
+def test_crop_patches_keeps_dtype_and_gradient(method):
     images = torch.randn(2, 3, 40, 40, dtype=torch.float64, requires_grad=True)
-    out = crop_patches(images, torch.tensor([[0.1, 0.9], [0.6, 0.3]]), 16)
+    out = crop_patches(images, torch.tensor([[0.1, 0.9], [0.6, 0.3]]), 16, method=method)
     assert out.dtype == torch.float64
     out.sum().backward()
     # each window's pixels receive exactly one unit of gradient; everything else none
@@ -93,6 +95,9 @@ def test_crop_patches_rejects_bad_inputs():
         crop_patches(images, torch.rand(2), 16)
     with pytest.raises(ValueError):
         crop_patches(images[0], torch.rand(1, 2), 16)  # not a batch
+    with pytest.raises(ValueError, match="crop method"):
+        crop_patches(images, torch.rand(2, 2), 16, method="loop")
+    assert crop_patches(images[:0], torch.rand(0, 2), 16, method="slices").shape == (0, 3, 16, 16)
 
 
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])

@@ -18,9 +18,8 @@ NEW_FIELDS = ("glance_resize", "glance_head", "policy_conv_bias", "resize_interp
 
 def test_defaults_are_our_behaviour():
     cfg = GFNetConfig(**SMALL).resolved()
-    assert (cfg.glance_resize, cfg.glance_head, cfg.policy_conv_bias, cfg.resize_interpolation) == (
-        "antialias", False, True, "bicubic"
-    )
+    assert (cfg.glance_resize, cfg.glance_head, cfg.policy_conv_bias) == ("antialias", False, True)
+    assert cfg.resize_interpolation == "bilinear"  # the data resize is the release's for ResNets
     assert GFNetConfig(backbone="efficientnet_b2").resolved().glance_head is True  # the cascade's step 1
     images = torch.rand(2, 3, 64, 64)
     expected = F.interpolate(images, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
@@ -62,10 +61,15 @@ def test_policy_conv_without_bias():
     assert GFNet(GFNetConfig(**SMALL, policy_trunk="conv")).policy.trunk[0].bias is not None
 
 
-def test_resize_interpolation_reaches_the_evaluation_transform():
-    bilinear = Transform.of(GFNetConfig(**SMALL, resize_interpolation="bilinear"))
-    assert image_transform(bilinear, train=False).transforms[0].interpolation == InterpolationMode.BILINEAR
-    assert image_transform(Transform.of(GFNetConfig(**SMALL)), train=False).transforms[0].interpolation == InterpolationMode.BICUBIC
+def test_resize_interpolation_reaches_both_transforms():
+    bicubic = Transform.of(GFNetConfig(**SMALL, resize_interpolation="bicubic"))
+    for train in (False, True):
+        assert image_transform(bicubic, train=train).transforms[0].interpolation == InterpolationMode.BICUBIC
+    # the family's by default: bilinear for ResNet, bicubic for EfficientNet (the release's)
+    assert image_transform(Transform.of(GFNetConfig(**SMALL)), train=False).transforms[0].interpolation == InterpolationMode.BILINEAR
+    lite0 = image_transform(Transform.of(GFNetConfig(**{**SMALL, "backbone": "tf_efficientnet_lite0"})), train=True)
+    assert lite0.transforms[0].interpolation == InterpolationMode.BICUBIC
+    assert lite0.transforms[0].scale == (0.08, 1.0)  # RandomResizedCrop's default scale, as the release
 
 
 def test_checkpoints_without_the_new_fields_still_load(tmp_path):
@@ -74,7 +78,10 @@ def test_checkpoints_without_the_new_fields_still_load(tmp_path):
     old_config = {k: v for k, v in model.config.to_dict().items() if k not in NEW_FIELDS}
     save_checkpoint(tmp_path / "old.safetensors", model.state_dict(), {"config": old_config})
     loaded = GFNet.from_checkpoint(tmp_path / "old.safetensors", channels_last=False)[0].eval()
-    assert {k: getattr(loaded.config, k) for k in NEW_FIELDS} == {k: getattr(model.config, k) for k in NEW_FIELDS}
+    expected = {k: getattr(model.config, k) for k in NEW_FIELDS}
+    # what the code that wrote such checkpoints did, not today's family default (bilinear for ResNets)
+    expected["resize_interpolation"] = "bicubic"
+    assert {k: getattr(loaded.config, k) for k in NEW_FIELDS} == expected
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images).logits, model(images).logits, rtol=0, atol=0)

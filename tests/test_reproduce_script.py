@@ -1,5 +1,6 @@
-"""The documented Imagenette reproduction command, end to end on 40 images (skipped without
-``../shared``): every table of RESULTS.md comes out of its results.json."""
+"""The documented Imagenette reproduction command, end to end on 40 images and split in two
+invocations as a long run is (skipped without ``../shared``): every table of RESULTS.md
+comes out of its results.json."""
 
 from __future__ import annotations
 
@@ -13,30 +14,53 @@ import pytest
 
 from conftest import IMAGENETTE
 
+from glancefocus.checkpoint import read_meta
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_imagenette.py"
 
 
-def test_reproduction_script_smoke_run(tmp_path: Path) -> None:
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], check=True, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> None:
+    """Glance fine-tune and Stage I with its learning curve, exported; then, each on a "fresh
+    machine" (another work folder): Stages II and III from the exported weights alone; the
+    static baselines alone; the report from the parts and the weights."""
     if not (IMAGENETTE / "val").is_dir():
         pytest.skip(f"Imagenette not found at {IMAGENETTE}")
-    out = tmp_path / "out"
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--data", str(IMAGENETTE), "--out", str(out), "--work", str(tmp_path / "work"),
-         "--limit", "40", "--T", "2", "--batch-size", "8", "--sizes", "96", "128",
-         "--glance-epochs", "1", "--stage1-epochs", "1", "--stage2-epochs", "1", "--static-epochs", "1"],
-        check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    out, weights = tmp_path / "out", tmp_path / "out" / "gfnet.safetensors"
+    common = ["--data", str(IMAGENETTE), "--out", str(out), "--limit", "40", "--T", "2", "--batch-size", "8",
+              "--glance-epochs", "2", "--glance-patience", "1", "--stage1-epochs", "2", "--curve-epochs", "1",
+              "--stage2-epochs", "1", "--stage3", "--stage3-epochs", "1", "--sizes", "96", "128",
+              "--static-epochs", "1"]
+    _run(*common, "--work", str(tmp_path / "work1"), "--stop-after", "stage1", "--export", str(weights))
+    assert read_meta(weights)["stage"] == "stage1" and not (out / "results.json").exists()
+    curve = json.loads((out / "parts" / "learning_curve.json").read_text())
+    assert [p["epoch"] for p in curve] == [1, 2] and all(len(p["anytime_accuracy"]) == 2 for p in curve)
+    _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights))
+    assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
+    assert read_meta(weights)["stage"] == "stage3"
+    _run(*common, "--work", str(tmp_path / "work3"), "--static-only")
+    assert not (tmp_path / "work3" / "glance.safetensors").exists() and (out / "parts" / "static_128.json").exists()
+    _run(*common, "--work", str(tmp_path / "work4"), "--from-weights", str(weights))  # trains nothing: reports
+
     results = json.loads((out / "results.json").read_text())
     for name in ("budgeted.png", "anytime.png", "patches.png"):
         assert (out / name).stat().st_size > 0, name
     assert len(results["madds"]) == len(results["anytime_accuracy"]) == 2
     assert set(results["anytime_accuracy_by_policy"]) == {"learned", "random", "fixed"}
+    assert set(results["stage3_ablation"]) == {"after stage2", "after stage3"} and results["headline"] in ("stage2", "stage3")
+    assert results["learning_curve"] == curve and results["recipe"]["stage3"] is True
+    assert set(results["seconds"]) >= {"glance", "stage1", "stage2", "stage3", "static"}
+    assert results["figures_from"] in (results["headline"], "stage3")  # the headline's weights, if this machine has them
     # the 96 px static model is the glance fine-tune, and GFNet's first step is that encoder
     static = {row["size"]: row for row in results["static"]}
-    assert set(static) == {96, 128}
+    assert set(static) == {96, 128} and static[128]["epochs"] == 1
     assert static[96]["accuracy"] == results["glance_encoder_alone"]["accuracy"] == results["anytime_accuracy"][0]
     assert static[96]["madds"] < static[128]["madds"]
     assert results["oracle"]["accuracy"] >= max(results["anytime_accuracy"])
     assert len(results["budgeted"]) == 39
-    assert len(results["policy_locations"]) == 1 and "| focus step |" in subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(out), "--table"], check=True, capture_output=True, text=True).stdout
+    table = _run("--out", str(out), "--table").stdout
+    assert "| focus step |" in table and "| Stage I epoch |" in table and "after stage3" in table

@@ -1,5 +1,6 @@
-"""The epoch loop every stage shares: best-epoch selection, a stop on a non-finite loss with
-the last good checkpoint kept, and resume files that do not outlive their stage."""
+"""The epoch loop every stage shares: best-epoch selection, early stopping on a plateau, a
+stop on a non-finite loss with the last good checkpoint kept, and resume files that do not
+outlive their stage."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from glancefocus.trainer import NonFiniteLoss, Run, StagePlan, Trainer
 
 
 def _plan(model: nn.Module, step, evaluate, *, name: str = "tiny", epochs: int = 1, select: str | None = None,
-          n: int = 16, batch: int = 2) -> StagePlan:
+          n: int = 16, batch: int = 2, patience: int = 0) -> StagePlan:
     data = SeededAugmentation(TensorDataset(torch.randn(n, model.in_features), torch.zeros(n, dtype=torch.long)), seed=0)
     loader = DataLoader(data, batch_size=batch, sampler=ResumableSampler(n, shuffle=True), generator=torch.Generator())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return StagePlan(name, model, optimizer, loader, epochs, {"note": "test"}, step, evaluate, select=select)
+    return StagePlan(name, model, optimizer, loader, epochs, {"note": "test"}, step, evaluate, select=select, patience=patience)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
@@ -75,3 +76,56 @@ def test_best_epoch_weights_are_kept_and_resume_files_removed(tmp_path: Path) ->
     assert [h["final_accuracy"] for h in meta["history"]] == [20.0, 70.0, 50.0, 60.0]
     assert meta["note"] == "test"
     assert sorted(p.name for p in tmp_path.glob("stage2*")) == ["stage2.metrics.json", "stage2.safetensors"]
+
+
+def _moving_step(model: nn.Module):
+    return lambda x, y: (model(x).pow(2).mean() + model.bias.sum(), {})  # moves the weights every step
+
+
+def test_patience_stops_after_a_plateau_and_keeps_the_best_epoch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, snapshots = nn.Linear(3, 1), []
+    scores = iter([10.0, 40.0, 40.0, 30.0, 90.0, 95.0])  # a tie is no improvement
+
+    def evaluate():
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"heldout_accuracy": next(scores)}
+
+    plan = _plan(model, _moving_step(model), evaluate, name="glance", epochs=6, select="heldout_accuracy",
+                 patience=2, n=8, batch=4)
+    kept = Trainer(Run(tmp_path, World(), quiet=True), TrainConfig()).fit(plan)
+    assert len(snapshots) == 4  # epochs 3 and 4 did not beat epoch 2: stopped, 90 never seen
+    assert kept["epoch"] == 2 and kept["heldout_accuracy"] == 40.0
+    saved = load_file(str(tmp_path / "glance.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in snapshots[1].items())
+    assert not torch.equal(saved["weight"], snapshots[-1]["weight"])
+
+
+def test_patience_is_kept_across_a_resume(tmp_path: Path) -> None:
+    """A stage interrupted after its plateau's last epoch stops on resume instead of
+    training on, since the stop is read from the saved history."""
+    model, values = nn.Linear(3, 1), iter([50.0, 20.0])
+    options = {"name": "glance", "epochs": 5, "select": "heldout_accuracy", "patience": 1, "n": 8, "batch": 4}
+    trainer = Trainer(Run(tmp_path, World(), quiet=True), TrainConfig())
+    trainer._finish = lambda plan, progress: {}  # interrupted after its second epoch's checkpoint
+    trainer.fit(_plan(model, _moving_step(model), lambda: {"heldout_accuracy": next(values)}, **options))
+    assert (tmp_path / "glance.last.safetensors").exists() and not (tmp_path / "glance.safetensors").exists()
+    resumed = Trainer(Run(tmp_path, World(), quiet=True, resume=True), TrainConfig())
+    kept = resumed.fit(_plan(model, _moving_step(model), lambda: pytest.fail("trained on after the plateau"), **options))
+    assert kept["epoch"] == 1 and kept["heldout_accuracy"] == 50.0
+
+
+def test_keep_epochs_saves_the_weights_of_those_epochs(tmp_path: Path) -> None:
+    model, snapshots = nn.Linear(3, 1), {}
+
+    def evaluate():
+        snapshots[len(snapshots) + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {}
+
+    Trainer(Run(tmp_path, World(), quiet=True), TrainConfig(keep_epochs=(1, 3))).fit(
+        _plan(model, _moving_step(model), evaluate, name="stage1", epochs=3, n=8, batch=4))
+    assert sorted(p.name for p in tmp_path.glob("stage1.epoch*")) == ["stage1.epoch1.safetensors", "stage1.epoch3.safetensors"]
+    for epoch in (1, 3):
+        saved = load_file(str(tmp_path / f"stage1.epoch{epoch}.safetensors"))
+        assert all(torch.equal(saved[k], v) for k, v in snapshots[epoch].items())
+        assert read_meta(tmp_path / f"stage1.epoch{epoch}.safetensors")["epoch"] == epoch

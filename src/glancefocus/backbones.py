@@ -33,11 +33,17 @@ class Encoder(nn.Module):
     ``forward`` returns the last feature map (read by the patch proposal network π) and the
     pooled pre-logit vector ē (read by the classifier fC); ``head`` is the backbone's own
     linear classifier, used for deep supervision (Stage I loss) and by the cascade fC.
+
+    In training mode ē is dropped out with ``drop_rate``, so fC and the head both read the
+    dropped-out vector, as in the authors' release (its encoders return ē after dropout).
+    The dropout is ours rather than timm's because timm's MobileNet-V3 applies it only
+    before its own classifier.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.dropout = nn.Dropout(drop_rate)  # no parameters: checkpoints are unchanged
 
     @property
     def head(self) -> nn.Module:
@@ -49,7 +55,7 @@ class Encoder(nn.Module):
         if next(self.model.parameters()).is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         feature_map = self.model.forward_features(x)
-        return feature_map, self.model.forward_head(feature_map, pre_logits=True)
+        return feature_map, self.dropout(self.model.forward_head(feature_map, pre_logits=True))
 
 
 def check_backbone(name: str) -> None:
@@ -61,10 +67,18 @@ def check_backbone(name: str) -> None:
     raise ValueError(f"Unknown backbone {name!r}: not a timm model.{hint} See timm.list_models().")
 
 
-def create_encoder(name: str, *, num_classes: int, pretrained: Pretrained = False) -> Encoder:
-    """A timm backbone with a ``num_classes`` head; see :func:`create_backbone` for ``pretrained``."""
+def create_encoder(
+    name: str, *, num_classes: int, pretrained: Pretrained = False, drop_rate: float = 0.0, drop_path_rate: float = 0.0
+) -> Encoder:
+    """A timm backbone with a ``num_classes`` head; see :func:`create_backbone` for ``pretrained``.
+
+    ``drop_path_rate`` is timm's stochastic depth (the release's ``drop_connect_rate``),
+    passed only when non-zero since not every timm CNN accepts it; ``drop_rate`` is the
+    encoder's dropout on ē (timm's own ``drop_rate`` stays 0).
+    """
     check_backbone(name)
-    return Encoder(create_backbone(name, pretrained=pretrained, num_classes=num_classes))
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    return Encoder(create_backbone(name, pretrained=pretrained, num_classes=num_classes, **extra), drop_rate)
 
 
 @torch.no_grad()

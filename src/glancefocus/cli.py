@@ -48,7 +48,8 @@ def _train_parser(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
     g = t.add_argument_group("model")
     g.add_argument("--preset", help=f"a named recipe: {', '.join(RECIPES)}")
-    add_fields(g, GFNetConfig, "model", only=("backbone", "patch_size", "T", "image_size", "classifier", "policy_trunk"))
+    add_fields(g, GFNetConfig, "model", only=("backbone", "patch_size", "T", "image_size", "classifier", "policy_trunk",
+                                              "drop_rate", "drop_path_rate", "resize_interpolation"))
     g.add_argument("--pretrained", default="false",
                    help="encoder initialisation: false, true (timm hub), lite0/lite1/lite2 (offline packages) or a weights file")
     g = t.add_argument_group("optimisation (defaults: the recipe's, else appendix A.2/A.3 for the backbone family)")

@@ -20,6 +20,7 @@ ClassifierKind = Literal["gru", "cascade"]
 PolicyTrunk = Literal["mlp", "conv"]
 GlanceResize = Literal["antialias", "align_corners"]
 Amp = Literal["none", "bf16", "fp16"]
+Stage3Locations = Literal["sample", "mean"]
 
 # Name prefixes of timm models, in the order they are tested.
 _FAMILY_PREFIXES: tuple[tuple[str, Family], ...] = (
@@ -50,6 +51,9 @@ class FamilyDefaults:
     classifier: ClassifierKind  # fC: GRU (ResNet/DenseNet/RegNet) or cascade of linears
     policy_trunk: PolicyTrunk  # π: flatten+MLP (ResNet/DenseNet) or 1x1 conv to 32 ch (others)
     interpolation: str  # glance resize: bicubic or bilinear (SPEC "The model")
+    resize_interpolation: str  # full-image resize and crop of the data (the release's dataset_interpolation)
+    drop_rate: float  # dropout on the pooled ē_t (the release's drop_rate)
+    drop_path_rate: float  # stochastic depth in the encoders (the release's drop_connect_rate)
     aux_weight: float  # λ of the deep-supervision loss
     encoder_lr: float
     weight_decay: float
@@ -64,17 +68,22 @@ class FamilyDefaults:
 CLASSIFIER_HIDDEN: dict[ClassifierKind, int] = {"gru": 1024, "cascade": 0}
 POLICY_HIDDEN: dict[PolicyTrunk, int] = {"mlp": 1024, "conv": 256}
 
-_GRU_FAMILY = {"classifier": "gru", "aux_weight": 1.0, "freeze_glance": False, "stage3": True, "stage1_epochs": 60}
+# Dropout and drop-path as the release builds its encoders: only its timm-made MobileNet-V3
+# (0.2 / 0.2) and EfficientNets (0.3 / 0.2) have them; its ResNets, DenseNets and RegNets none.
+# Data resize: bicubic for EfficientNet, bilinear for the others (the release's configs.py).
+_GRU_FAMILY = {"classifier": "gru", "aux_weight": 1.0, "freeze_glance": False, "stage3": True, "stage1_epochs": 60,
+               "resize_interpolation": "bilinear", "drop_rate": 0.0, "drop_path_rate": 0.0}
 _LIGHT_FAMILY = {"classifier": "cascade", "policy_trunk": "conv", "interpolation": "bicubic", "aux_weight": 5.0,
-                 "encoder_lr": 0.005, "weight_decay": 1e-4, "freeze_glance": True}
+                 "encoder_lr": 0.005, "weight_decay": 1e-4, "freeze_glance": True, "drop_path_rate": 0.2}
 FAMILY_DEFAULTS: dict[Family, FamilyDefaults] = {
     "resnet": FamilyDefaults(**_GRU_FAMILY, policy_trunk="mlp", interpolation="bicubic", encoder_lr=0.01, weight_decay=1e-4),
     "densenet": FamilyDefaults(**_GRU_FAMILY, policy_trunk="mlp", interpolation="bilinear", encoder_lr=0.01, weight_decay=1e-4),
     "regnet": FamilyDefaults(**_GRU_FAMILY, policy_trunk="conv", interpolation="bilinear", encoder_lr=0.02, weight_decay=5e-5),
-    "mobilenetv3": FamilyDefaults(**_LIGHT_FAMILY, stage1_epochs=90, stage3=True),
-    "efficientnet": FamilyDefaults(**_LIGHT_FAMILY, stage1_epochs=30, stage3=False),
+    "mobilenetv3": FamilyDefaults(**_LIGHT_FAMILY, stage1_epochs=90, stage3=True, resize_interpolation="bilinear", drop_rate=0.2),
+    "efficientnet": FamilyDefaults(**_LIGHT_FAMILY, stage1_epochs=30, stage3=False, resize_interpolation="bicubic", drop_rate=0.3),
     # Any other timm CNN: the RegNet recipe (GRU fC, light conv π) is the cheapest generic choice.
-    "other": FamilyDefaults(**_GRU_FAMILY, policy_trunk="conv", interpolation="bicubic", encoder_lr=0.01, weight_decay=1e-4),
+    "other": FamilyDefaults(**{**_GRU_FAMILY, "resize_interpolation": "bicubic"}, policy_trunk="conv", interpolation="bicubic",
+                            encoder_lr=0.01, weight_decay=1e-4),
 }
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -91,8 +100,9 @@ class GFNetConfig:
     """Architecture of a GFNet (SPEC "The model").
 
     ``None`` fields are filled from the backbone family's defaults by :meth:`resolved`.
-    The last four fields default to our choices; :mod:`glancefocus.release` sets them to
-    the authors' release's so that its published checkpoints compute what they computed.
+    ``glance_resize``, ``glance_head`` and ``policy_conv_bias`` default to our choices;
+    :mod:`glancefocus.release` sets them to the authors' release's so that its published
+    checkpoints compute what they computed.  Dropout and drop-path act in training only.
     """
 
     backbone: str = "resnet50"
@@ -115,7 +125,12 @@ class GFNetConfig:
     # release's RegNets do too, while still feeding ē1 to the GRU).
     glance_head: bool | None = None
     policy_conv_bias: bool = True  # π's 1x1 conv has a bias (the release's has none)
-    resize_interpolation: str = "bicubic"  # full-image resize of the evaluation transform
+    resize_interpolation: str | None = field(
+        default=None, metadata={"help": "full-image resize of the data transforms (default: the family's, as the release)"})
+    drop_rate: float | None = field(
+        default=None, metadata={"help": "dropout on each encoder's pooled features, in training (default: the family's)"})
+    drop_path_rate: float | None = field(
+        default=None, metadata={"help": "stochastic depth (drop-connect) in both encoders (default: the family's)"})
 
     def __post_init__(self) -> None:
         if self.T < 1:
@@ -124,6 +139,9 @@ class GFNetConfig:
             raise ValueError(f"num_classes must be >= 2 (got {self.num_classes}).")
         if self.patch_size < 8:
             raise ValueError(f"patch_size must be >= 8 pixels (got {self.patch_size}).")
+        for name in ("drop_rate", "drop_path_rate"):
+            if (rate := getattr(self, name)) is not None and not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (got {rate})")
         if self.patch_size >= self.image_size:
             raise ValueError(
                 f"patch_size ({self.patch_size}) must be smaller than image_size ({self.image_size}): "
@@ -148,6 +166,9 @@ class GFNetConfig:
             "policy_trunk": trunk,
             "policy_hidden": POLICY_HIDDEN[trunk],
             "interpolation": d.interpolation,
+            "resize_interpolation": d.resize_interpolation,
+            "drop_rate": d.drop_rate,
+            "drop_path_rate": d.drop_path_rate,
         })
 
     def to_dict(self) -> dict:
@@ -155,12 +176,18 @@ class GFNetConfig:
 
     @classmethod
     def from_dict(cls, saved: dict) -> GFNetConfig:
-        """The config a checkpoint stored (checkpoints before the rename say ``policy``)."""
-        saved = dict(saved)
+        """The config a checkpoint stored.  Older checkpoints say ``policy`` for the trunk, and
+        lack the fields added since: they get what the code that wrote them did (a bicubic
+        data resize, no dropout), not today's family defaults."""
+        saved = {**_LEGACY, **saved}
         if "policy" in saved:
             saved["policy_trunk"] = saved.pop("policy")
         saved["mean"], saved["std"] = tuple(saved.get("mean", IMAGENET_MEAN)), tuple(saved.get("std", IMAGENET_STD))
         return cls(**saved)
+
+
+# What checkpoints written before these fields existed were trained and evaluated with.
+_LEGACY = {"resize_interpolation": "bicubic", "drop_rate": 0.0, "drop_path_rate": 0.0}
 
 
 @dataclass(frozen=True)
@@ -180,30 +207,58 @@ class PPOConfig:
 class TrainConfig:
     """Optimisation of the glance fine-tune and Stages I–III (appendix A.2–A.3).
 
-    ``None`` fields come from the family defaults (:meth:`for_model`).
+    ``None`` fields come from the family defaults (:meth:`for_model`).  The defaults follow
+    the authors' release where the paper is silent: SGD rates scaled with the batch from
+    256, Stage III on sampled locations; the glance fine-tune (appendix B.1, which gives no
+    epoch count) runs until its held-out accuracy stops improving.
     """
 
     batch_size: int = field(default=256, metadata={"help": "global batch size"})
     momentum: float = 0.9
-    lr_classifier: float = field(default=0.1, metadata={"help": "Stage I LR of fC"})
-    lr_classifier_stage3: float = field(default=0.01, metadata={"help": "Stage III LR of fC"})
-    lr_encoder: float | None = field(default=None, metadata={"help": "LR of fG and fL (default: the family's)"})
+    lr_classifier: float = field(default=0.1, metadata={"help": "Stage I LR of fC (at lr_reference_batch)"})
+    lr_classifier_stage3: float = field(default=0.01, metadata={"help": "Stage III LR of fC (at lr_reference_batch)"})
+    lr_encoder: float | None = field(default=None, metadata={"help": "LR of fG and fL (default: the family's, at lr_reference_batch)"})
+    scale_lr: bool = field(default=True, metadata={
+        "help": "scale the SGD learning rates linearly by batch_size / lr_reference_batch (appendix A.3's rates are for 256)"})
+    lr_reference_batch: int = field(default=256, metadata={"help": "the batch size the SGD learning rates are given for"})
     weight_decay: float | None = None
     aux_weight: float | None = field(default=None, metadata={"help": "λ of the deep-supervision loss"})
     freeze_glance: bool | None = None
-    glance_epochs: int = 5
+    glance_epochs: int = field(default=30, metadata={"help": "most epochs of the glance fine-tune (see glance_patience)"})
+    glance_patience: int = field(default=2, metadata={
+        "help": "stop the glance fine-tune after this many epochs without a better held-out accuracy and keep the best "
+                "epoch (0: run glance_epochs, keep the last)"})
     stage1_epochs: int | None = None
     stage2_epochs: int = 15
     stage3_epochs: int | None = None
     run_stage3: bool | None = None
-    glance_lr: float | None = field(default=None, metadata={"help": "LR of the low-resolution fine-tune of fG"})
+    stage3_locations: Stage3Locations = field(default="sample", metadata={
+        "help": "Stage III patches: sampled from N(π's mean, std²) clipped to [0, 1], as the release, or π's mean"})
+    glance_lr: float | None = field(default=None, metadata={"help": "LR of the low-resolution fine-tune of fG (at lr_reference_batch)"})
     ppo: PPOConfig = field(default_factory=PPOConfig)
     amp: Amp = field(default="none", metadata={"help": "mixed precision"})
     channels_last: bool = True  # oneDNN convs: a CPU Stage I step 1.9x faster (benchmarks/bench_memory_format.py)
     compile: bool = field(default=False, metadata={"help": "torch.compile the encoders"})
     seed: int = 0
     checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every N optimiser steps"})
+    keep_epochs: tuple[int, ...] = ()  # also keep the weights after these epochs, as <stage>.epoch<N>.safetensors
+    distill_weight: float = field(default=0.0, metadata={
+        "help": "Stages I/III: weight of a distillation loss from a teacher's soft targets (beyond the paper; 0: none)"})
+    distill_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the distillation loss"})
     max_steps_per_epoch: int = field(default=0, metadata={"help": "cap batches per epoch (0: no cap), for quick runs"})
+
+    def __post_init__(self) -> None:
+        if self.lr_reference_batch < 1 or self.batch_size < 1:
+            raise ValueError(f"batch_size and lr_reference_batch must be >= 1 (got {self.batch_size}, {self.lr_reference_batch})")
+        if self.glance_patience < 0:
+            raise ValueError(f"glance_patience must be >= 0 (got {self.glance_patience})")
+
+    @property
+    def lr_scale(self) -> float:
+        """The factor of every SGD learning rate: the linear scaling rule from the batch of
+        appendix A.3 (256) to ``batch_size``, or 1 without ``scale_lr``.  PPO's Adam rate
+        is not scaled."""
+        return self.batch_size / self.lr_reference_batch if self.scale_lr else 1.0
 
     def for_model(self, model_config: GFNetConfig) -> TrainConfig:
         d = FAMILY_DEFAULTS[model_config.family]

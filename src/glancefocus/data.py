@@ -70,10 +70,13 @@ class Transform:
     crop_pct: float = 0.875
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bicubic"  # SPEC "Table 2"; the authors' release resizes bilinearly but for EfficientNet
+    interpolation: str = "bicubic"
 
     @classmethod
     def of(cls, config: GFNetConfig) -> Transform:
+        """The model's transform; the interpolation is its family's (bicubic for EfficientNet,
+        bilinear for the others, as the release's ``dataset_interpolation``) unless set."""
+        config = config.resolved()
         return cls(config.image_size, config.crop_pct, tuple(config.mean), tuple(config.std), config.resize_interpolation)
 
 
@@ -148,8 +151,9 @@ def default_workers(source: DataSource, device: torch.device) -> int:
 
 
 def image_transform(transform: Transform, *, train: bool) -> transforms.Compose:
-    """ImageNet-style transforms: RandomResizedCrop + flip for training; resize to
-    image_size / crop_pct and centre crop for evaluation; ``transform.interpolation`` for both."""
+    """ImageNet-style transforms as the release: RandomResizedCrop (torchvision's default scale
+    0.08–1) + flip for training; resize to image_size / crop_pct and centre crop for
+    evaluation; ``transform.interpolation`` for both (the release's ``dataset_interpolation``)."""
     mode, size = InterpolationMode(transform.interpolation), transform.image_size
     if train:
         spatial = [transforms.RandomResizedCrop(size, interpolation=mode), transforms.RandomHorizontalFlip()]

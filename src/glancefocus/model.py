@@ -104,8 +104,9 @@ class GFNet(nn.Module):
         if (weights := Weights.parse(pretrained)) is not None:
             _check_made_for(config, weights)
         self.config = cfg = config.resolved()
-        self.global_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained)
-        self.local_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained)
+        drops = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate}
+        self.global_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained, **drops)
+        self.local_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained, **drops)
         map_shape, features = probe_encoder(self.local_encoder, cfg.patch_size)
         if cfg.classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {cfg.classifier!r}: use one of {sorted(CLASSIFIERS)}")

@@ -58,6 +58,10 @@ class Run:
         """The final checkpoint of ``stage``."""
         return self.out_dir / f"{stage}.safetensors"
 
+    def snapshot(self, stage: str, epoch: int) -> Path:
+        """The weights of ``stage`` after ``epoch`` (``TrainConfig.keep_epochs``)."""
+        return self.out_dir / f"{stage}.epoch{epoch}.safetensors"
+
     def resume_point(self, stage: str) -> Path:
         """The checkpoint an interrupted ``stage`` resumes from (with its ``.state.pt``)."""
         return self.out_dir / f"{stage}.last.safetensors"
@@ -77,6 +81,7 @@ class StagePlan:
     evaluate: Callable[[], dict[str, Any]]
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     select: str | None = None  # keep the epoch with the highest value of this metric
+    patience: int = 0  # with select: stop after this many epochs without a higher value (0: never)
     train_mode: Callable[[], Any] | None = None  # puts the model in training mode (default: .train())
 
 
@@ -144,13 +149,28 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.world.device.type, enabled=self.config.amp == "fp16")
         total = steps_per_epoch(plan.loader, self.config.max_steps_per_epoch)  # before a resume shortens the sampler
         progress = self._resume(plan, scaler)
-        while progress.epoch < plan.epochs:
+        while progress.epoch < plan.epochs and not self._plateaued(plan, progress):
             totals, count = self._train_epoch(plan, progress, scaler, total)
             train = {f"train_{k}": _to_py(all_mean(v / max(count, 1), self.world)) for k, v in totals.items()}
             self._end_epoch(plan, progress, {"epoch": progress.epoch + 1, **train, **plan.evaluate()})
             progress.epoch, progress.batch = progress.epoch + 1, 0
             self._checkpoint(plan, progress, scaler)
+            if progress.epoch in self.config.keep_epochs and self.world.is_main:  # a learning curve's points
+                save_checkpoint(self.run.snapshot(plan.name, progress.epoch), plan.model.state_dict(),
+                                {**plan.meta, "stage": plan.name, "epoch": progress.epoch})
         return self._finish(plan, progress)
+
+    def _plateaued(self, plan: StagePlan, progress: Progress) -> bool:
+        """Whether ``plan.patience`` epochs have passed since the best ``plan.select`` value
+        (read from the history, so a resumed stage stops where it would have)."""
+        if not (plan.patience and plan.select and progress.history):
+            return False
+        values = [m[plan.select] for m in progress.history]
+        stale = len(values) - 1 - values.index(max(values))
+        if stale >= plan.patience and self.world.is_main and not self.run.quiet:
+            print(f"[{plan.name}] no better {plan.select} for {stale} epochs: stopped at epoch {len(values)}, keeping epoch "
+                  f"{values.index(max(values)) + 1}")
+        return stale >= plan.patience
 
     def _resume(self, plan: StagePlan, scaler: torch.amp.GradScaler) -> Progress:
         last = self.run.resume_point(plan.name)

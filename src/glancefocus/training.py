@@ -28,6 +28,7 @@ from .config import DataConfig, GFNetConfig, TrainConfig
 from .data import Splits, data_source, default_workers, load_data, make_loader
 from .distributed import barrier, gather_in_order, wrap
 from .evaluate import anytime_accuracy, collect_probs
+from .losses import deep_supervision_loss, distillation_loss
 from .model import GFNet
 from .ppo import PolicyReplay, rollout, update_loss
 from .trainer import Run, StagePlan, Trainer, autocast, cosine_schedule, steps_per_epoch
@@ -44,6 +45,7 @@ class Setup:
     trainer: Trainer
     meta: dict[str, Any]
     workers: int = 0
+    teacher: nn.Module | None = None  # soft targets of Stages I/III when config.distill_weight > 0
 
     @property
     def world(self):
@@ -57,7 +59,8 @@ class Setup:
         return cosine_schedule(optimizer, steps_per_epoch(loader, self.config.max_steps_per_epoch) * epochs)
 
     def sgd(self, groups: list[dict[str, Any]]) -> torch.optim.SGD:
-        groups = [g for g in groups if g["params"]]
+        """Nesterov SGD over ``groups``, their rates scaled with the batch (``TrainConfig.lr_scale``)."""
+        groups = [{**g, "lr": g["lr"] * self.config.lr_scale} for g in groups if g["params"]]
         return torch.optim.SGD(groups, momentum=self.config.momentum, nesterov=True, weight_decay=self.config.weight_decay)
 
     def heldout_accuracy(self, patches: str) -> dict[str, Any]:
@@ -80,9 +83,13 @@ class GlanceClassifier(nn.Module):
         return self.encoder.head(self.encoder(self.view(images))[1])
 
 
-def fine_tune(s: Setup, name: str, classifier: nn.Module, *, epochs: int, lr: float, saved: nn.Module) -> StagePlan:
+def fine_tune(
+    s: Setup, name: str, classifier: nn.Module, *, epochs: int, lr: float, saved: nn.Module, patience: int = 0
+) -> StagePlan:
     """Plain cross-entropy fine-tuning of ``classifier`` (images -> logits), kept in ``saved``'s
-    checkpoint; evaluated each epoch on the held-out training images."""
+    checkpoint; evaluated each epoch on the held-out training images.  With ``patience`` it
+    stops after that many epochs without a better held-out accuracy (``epochs`` at most) and
+    keeps the best epoch; without, it runs ``epochs`` and keeps the last."""
     net = wrap(classifier, s.world)
     optimizer = s.sgd([{"params": list(classifier.parameters()), "lr": lr}])
     loader = s.loader(s.splits.train, train=True)
@@ -103,21 +110,28 @@ def fine_tune(s: Setup, name: str, classifier: nn.Module, *, epochs: int, lr: fl
             return {"heldout_accuracy": 0.0}
         return {"heldout_accuracy": 100.0 * float(gather_in_order(torch.cat(hits), heldout, s.world).mean())}
 
-    return StagePlan(name, saved, optimizer, loader, epochs, s.meta, step, evaluate, scheduler=s.cosine(optimizer, loader, epochs))
+    return StagePlan(name, saved, optimizer, loader, epochs, s.meta, step, evaluate, scheduler=s.cosine(optimizer, loader, epochs),
+                     select="heldout_accuracy" if patience else None, patience=patience)
 
 
 def glance_stage(s: Setup) -> StagePlan:
-    """Fine-tune fG on all training images resized to H'×W' (appendix A.3 "Initialization")."""
-    return fine_tune(s, "glance", GlanceClassifier(s.model), epochs=s.config.glance_epochs, lr=s.config.glance_lr, saved=s.model)
+    """Fine-tune fG on all training images resized to H'×W' (appendix A.3 "Initialization"),
+    until its held-out accuracy stops improving (appendix B.1 gives no epoch count)."""
+    c = s.config
+    return fine_tune(s, "glance", GlanceClassifier(s.model), epochs=c.glance_epochs, lr=c.glance_lr, saved=s.model,
+                     patience=c.glance_patience)
 
 
 # ------------------------------------------------------------------------- stages I and III
 def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_classifier: float) -> StagePlan:
-    """Stage I (random patches) or Stage III (π's mean patches): fG, fL, fC with
-    loss (Σ_t CE(p_t, y) + λ Σ_t CE(head(ē_t), y)) / T.  fG stays fixed where the family
-    says so (MobileNet-V3, EfficientNet); π is never trained here."""
-    model, c = s.model, s.config
-    locations = "random" if patches == "random" else "mean"
+    """Stage I (random patches) or Stage III (π's patches: sampled around its mean as the
+    release, or its mean, ``stage3_locations``): fG, fL, fC with the deep-supervision loss,
+    plus ``distill_weight`` times the distillation loss from ``s.teacher``.  fG stays fixed
+    where the family says so (MobileNet-V3, EfficientNet); π is never trained here."""
+    model, c, teacher = s.model, s.config, s.teacher if s.config.distill_weight else None
+    if c.distill_weight and s.teacher is None:
+        raise ValueError("distill_weight > 0 needs a teacher model (fit(..., teacher=...))")
+    locations = "random" if patches == "random" else c.stage3_locations
     model.policy.requires_grad_(False)
     model.global_encoder.requires_grad_(not c.freeze_glance)
     model.local_encoder.requires_grad_(True)
@@ -132,12 +146,11 @@ def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_clas
 
     def step(images, targets):
         out = net(images, locations=locations, need_aux=True)
-        T, B, C = out.logits.shape
-        flat = targets.repeat(T)
-        loss = (
-            F.cross_entropy(out.logits.reshape(T * B, C), flat, reduction="sum")
-            + c.aux_weight * F.cross_entropy(out.aux_logits.reshape(T * B, C), flat, reduction="sum")
-        ) / (T * B)
+        loss = deep_supervision_loss(out, targets, c.aux_weight)
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(images)
+            loss = loss + c.distill_weight * distillation_loss(out.logits, soft, c.distill_temperature)
         return loss, {"accuracy": (out.logits.argmax(2) == targets).float().mean(1) * 100}
 
     def train_mode():
@@ -226,8 +239,11 @@ def fit(
     data: DataConfig = DataConfig(),
     init: Path | None = None,
     meta: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
 ) -> Path:
     """Train ``model`` through ``stages`` in order; returns the last stage's checkpoint.
+    ``teacher`` (images -> logits, kept in eval mode) gives the soft targets of
+    ``config.distill_weight``.
 
     The first stage starts from ``init``, else from the checkpoint of the stage it follows in
     ``run.out_dir``.  With ``run.resume`` finished stages are loaded, not rerun, and an
@@ -244,7 +260,7 @@ def fit(
             encoder.model.compile()  # in place: parameter names, and so checkpoints, are unchanged
     meta = {**_meta(model, splits.classes, config, data), **(meta or {})}
     workers = data.workers if data.workers is not None else default_workers(data_source(data.root), run.world.device)
-    setup = Setup(model, splits, config, Trainer(run, config), meta, workers)
+    setup = Setup(model, splits, config, Trainer(run, config), meta, workers, teacher.eval() if teacher is not None else None)
     last = run.checkpoint(stages[-1])
     for name in stages:
         if name == "stage3" and not config.run_stage3 and len(stages) > 1:

