@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from glancefocus.checkpoint import atomic_write
 from glancefocus.config import GFNetConfig
 from glancefocus.data import Splits, Transform, load_rgb
 from glancefocus.sampling import SeededAugmentation, holdout_split
@@ -47,8 +48,7 @@ def decode(root: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[st
     for i, (f, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", leave=False)):
         images[i] = resize(v2.functional.pil_to_tensor(load_rgb(str(f))))
     result = (images, torch.tensor([c for _, c in files]), classes)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(result, cache)
+    atomic_write(cache, lambda tmp: torch.save(result, tmp))  # a later run trusts whatever file is there
     return result
 
 

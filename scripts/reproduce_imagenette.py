@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from glancefocus import GFNet
-from glancefocus.checkpoint import load_checkpoint, read_meta
+from glancefocus.checkpoint import atomic_write, load_checkpoint, read_meta
 from glancefocus.config import DataConfig, TrainConfig
 from glancefocus.distributed import init_world
 from glancefocus.recipes import IMAGENETTE_LITE0
@@ -109,15 +109,16 @@ def import_weights(path: Path | None, run: Run) -> str | None:
     if stage not in STAGES:
         raise SystemExit(f"{path} holds {stage!r} weights, not a GFNet stage's ({', '.join(STAGES)})")
     target = run.checkpoint(stage)
-    if not target.exists():
-        shutil.copyfile(path, target)
+    if not target.exists():  # atomic: a finished stage's file is never half there
+        atomic_write(target, lambda tmp: shutil.copyfile(path, tmp))
     print(f"continuing after {stage} from {path}")
     return stage
 
 
 def export(path: Path, run: Run, stage: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run.checkpoint(stage), path)  # weights and metadata only: resume state lives beside, in .state.pt
+    # weights and metadata only: resume state lives beside, in .state.pt
+    atomic_write(path, lambda tmp: shutil.copyfile(run.checkpoint(stage), tmp))
     print(f"wrote {stage}'s weights to {path}")
 
 
@@ -141,6 +142,8 @@ def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Pa
     stage trained or imported (None: stopped before any)."""
     order = [s for s in STAGES if s != "stage3" or args.stage3]
     done = import_weights(args.from_weights, run)
+    if done is not None and done not in order:
+        raise SystemExit(f"{args.from_weights} holds {done} weights: pass --stage3 to continue from them")
     data = DataConfig(root=str(args.data), workers=args.workers)
     last = done
     for stage in order[order.index(done) + 1 if done else 0:]:

@@ -164,3 +164,20 @@ def test_stage1_adds_the_distillation_term(tiny_data: Path, tmp_path: Path) -> N
     torch.testing.assert_close(losses[0.5] - losses[0.0], 0.5 * distillation_loss(out.logits, teacher(images)), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="teacher"):
         stage1(_setup(TrainConfig(batch_size=4, distill_weight=0.5), model, tiny_data, tmp_path))
+
+
+def test_train_with_a_recipe_takes_its_batch_size_and_weights_unless_told_otherwise() -> None:
+    from glancefocus.cli import _model_config, _train_config, build_parser
+    from glancefocus.data import data_source
+    from glancefocus.recipes import RECIPES
+    from glancefocus.weights import Weights
+
+    def resolved(*flags: str):
+        args = build_parser().parse_args(["train", "--stage", "1", *flags])
+        base = RECIPES[args.preset].train if args.preset else TrainConfig()
+        return _train_config(args, base).batch_size, _model_config(args, data_source("builtin"), 10)[1]
+
+    assert resolved("--preset", "imagenette-lite0") == (64, Weights.LITE0)
+    assert resolved("--preset", "imagenette-lite0", "--batch-size", "32", "--pretrained", "false") == (32, False)
+    assert resolved() == (256, False)
+    assert "distill_weight" not in vars(build_parser().parse_args(["train", "--stage", "1"]))  # no teacher on the CLI

@@ -26,10 +26,11 @@ def _pretrained(value: str) -> bool | str:
     return {"false": False, "no": False, "none": False, "true": True, "yes": True}.get(value.lower(), value)
 
 
-def _run_options(p: argparse.ArgumentParser, *, batch_size: int) -> None:
+def _run_options(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"batch size (default {batch_size if batch_size else 'the recipe' + chr(39) + 's'})")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (default; faster convolutions on CPU and with AMP on GPU)")
 
@@ -50,14 +51,15 @@ def _train_parser(sub) -> None:
     g.add_argument("--preset", help=f"a named recipe: {', '.join(RECIPES)}")
     add_fields(g, GFNetConfig, "model", only=("backbone", "patch_size", "T", "image_size", "classifier", "policy_trunk",
                                               "drop_rate", "drop_path_rate", "resize_interpolation"))
-    g.add_argument("--pretrained", default="false",
-                   help="encoder initialisation: false, true (timm hub), lite0/lite1/lite2 (offline packages) or a weights file")
+    g.add_argument("--pretrained", default=None, help="encoder initialisation: false, true (timm hub), lite0/lite1/lite2 "
+                   "(offline packages) or a weights file (default: the recipe's, else false)")
     g = t.add_argument_group("optimisation (defaults: the recipe's, else appendix A.2/A.3 for the backbone family)")
     g.add_argument("--epochs", type=int, help="epochs of every stage (overrides the recipe's per-stage values)")
-    add_fields(g, TrainConfig, "train", skip=("batch_size", "amp", "channels_last", "momentum"))
+    # Distillation needs a teacher model, which only the reproduction script provides.
+    add_fields(g, TrainConfig, "train", skip=("batch_size", "amp", "channels_last", "momentum", "distill_weight", "distill_temperature"))
     _data_options(t, default_root="builtin")
     add_fields(t, DataConfig, "data", only=("holdout",))
-    _run_options(t, batch_size=256)
+    _run_options(t, batch_size=None)
     t.set_defaults(func=_train)
 
 
@@ -122,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_config(args: argparse.Namespace, source, num_classes: int) -> tuple[GFNetConfig, bool | str]:
     """The recipe's model with the flags given; ``--pretrained liteN`` alone picks that network."""
-    pretrained = _pretrained(args.pretrained)
+    recipe_weights = RECIPES[args.preset].pretrained if args.preset else False
+    pretrained = _pretrained(args.pretrained) if args.pretrained is not None else recipe_weights
     fields = {**given_fields(args, "model"), "num_classes": num_classes}
     weights = Weights.parse(pretrained)
     if weights is not None and not args.preset:
@@ -136,7 +139,8 @@ def _train_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
     if args.epochs is not None:
         for name in ("glance_epochs", "stage1_epochs", "stage2_epochs", "stage3_epochs"):
             given.setdefault(name, args.epochs)
-    return replace(base, **given, batch_size=args.batch_size, amp=args.amp, channels_last=args.channels_last)
+    batch_size = args.batch_size if args.batch_size is not None else base.batch_size
+    return replace(base, **given, batch_size=batch_size, amp=args.amp, channels_last=args.channels_last)
 
 
 def _train(args: argparse.Namespace) -> None:

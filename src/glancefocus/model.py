@@ -118,7 +118,7 @@ class GFNet(nn.Module):
     @classmethod
     def from_preset(cls, name: str, *, num_classes: int = 1000, pretrained: Pretrained = False, **overrides) -> GFNet:
         """A Table 2 configuration by name, e.g. ``GFNet.from_preset("resnet50-96-t5", num_classes=10)``."""
-        return cls(recipe(name, num_classes=num_classes, **overrides).model, pretrained=pretrained)
+        return cls(recipe(name).model_config(num_classes=num_classes, **overrides), pretrained=pretrained)
 
     @classmethod
     def from_checkpoint(
