@@ -171,8 +171,8 @@ def summarise(timed: dict, *, scale: float, N: int, T: int, C: int, device: torc
         f"ours {fmt_ms(ours['median_s'])}, per-sample loop {fmt_ms(loop_all_s)}{extrapolated}, "
         f"speed-up {speedup:.1f}x; {speedup_excl:.0f}x without the max over classes both need "
         f"({fmt_ms(reduce['median_s'])}) (identical thresholds and accuracies); per-budget API calls: "
-        f"{fmt_ms(scores_s)} with StepScores computed once ({loop_all_s / scores_s:.0f}x the loop), "
-        f"{fmt_ms(probs_s)} passing probabilities ({loop_all_s / probs_s:.0f}x the loop)"
+        f"{fmt_ms(scores_s)} with StepScores computed once ({loop_all_s / scores_s:.2g}x the loop), "
+        f"{fmt_ms(probs_s)} passing probabilities ({loop_all_s / probs_s:.2g}x the loop)"
     )
     print(line, flush=True)
     return {

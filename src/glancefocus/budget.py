@@ -32,11 +32,12 @@ def _exit_counts(fractions: torch.Tensor, n: int) -> torch.Tensor:
     return torch.tensor([[math.floor(n * float(f)) for f in row] for row in fractions], dtype=torch.long)
 
 
-def _thresholds_batched(confidence: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def _thresholds_batched(confidence: torch.Tensor, order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Thresholds for K budgets at once.
 
     Args:
         confidence: (T, N) max softmax probability of each held-out sample at each step.
+        order: (T, N) the samples of each step by decreasing confidence.
         counts: (K, T) number of samples that should exit at each step.
 
     Returns:
@@ -51,10 +52,10 @@ def _thresholds_batched(confidence: torch.Tensor, counts: torch.Tensor) -> torch
     remaining = torch.ones(K, N, dtype=torch.bool, device=confidence.device)
     counts = counts.to(confidence.device)
     for t in range(T - 1):  # T is small; everything inside is over (K, N) at once
-        order = torch.argsort(confidence[t], descending=True)
-        sorted_conf = confidence[t, order]
-        rank = remaining[:, order].long().cumsum(dim=1)  # rank among the not-yet-exited, per budget
-        hit = (rank == counts[:, t : t + 1]) & remaining[:, order] & (counts[:, t : t + 1] > 0)
+        sorted_conf = confidence[t, order[t]]
+        ranked = remaining[:, order[t]]
+        rank = ranked.long().cumsum(dim=1)  # rank among the not-yet-exited, per budget
+        hit = (rank == counts[:, t : t + 1]) & ranked & (counts[:, t : t + 1] > 0)
         found = hit.any(dim=1)
         position = hit.float().argmax(dim=1)
         thresholds[found, t] = sorted_conf[position[found]]
@@ -64,18 +65,21 @@ def _thresholds_batched(confidence: torch.Tensor, counts: torch.Tensor) -> torch
 
 class StepScores(NamedTuple):
     """What every budget computation reads of the (T, N, C) softmax outputs: the confidence
-    max_c p_t and the prediction argmax_c p_t of each sample at each step, both (T, N).
-    Compute it once (:meth:`of`) and pass it to any number of budget calls."""
+    max_c p_t and the prediction argmax_c p_t of each sample at each step, and the samples of
+    each step by decreasing confidence, all (T, N).  Compute it once (:meth:`of`) and pass it
+    to any number of budget calls: neither the max over classes nor the sort is redone.
+    (Among equal confidences the sort's order is free: the threshold is a value, the same.)"""
 
     confidence: torch.Tensor
     prediction: torch.Tensor
+    order: torch.Tensor
 
     @classmethod
     def of(cls, probs: torch.Tensor | StepScores) -> StepScores:
         if isinstance(probs, StepScores):
             return probs
         confidence, prediction = probs.max(dim=2)
-        return cls(confidence, prediction)
+        return cls(confidence, prediction, torch.argsort(confidence, dim=1, descending=True))
 
 
 def find_thresholds(probs: torch.Tensor | StepScores, fractions: torch.Tensor) -> torch.Tensor:
@@ -90,14 +94,14 @@ def find_thresholds(probs: torch.Tensor | StepScores, fractions: torch.Tensor) -
     Returns (T,) or (K, T).  At each step the most confident not-yet-exited samples exit
     first, floor(N · fraction_t) of them (SPEC "Evaluation").
     """
-    confidence = StepScores.of(probs).confidence
-    T, N = confidence.shape
+    scores = StepScores.of(probs)
+    T, N = scores.confidence.shape
     fractions = torch.as_tensor(fractions, dtype=torch.float64)
     batched = fractions.dim() == 2
     fractions = fractions.reshape(-1, fractions.shape[-1])
     if fractions.shape[1] != T:
         raise ValueError(f"fractions has {fractions.shape[1]} entries but probs has T={T} steps")
-    thresholds = _thresholds_batched(confidence, _exit_counts(fractions, N))
+    thresholds = _thresholds_batched(scores.confidence, scores.order, _exit_counts(fractions, N))
     return thresholds if batched else thresholds[0]
 
 
@@ -138,10 +142,11 @@ def budgeted_accuracy(
 
     Returns floats for (T,) thresholds, (K,) float64 tensors for (K, T).
     """
-    scores = StepScores.of(probs)
+    # The sort StepScores carries is for thresholds only: not computed here for raw outputs.
+    confidence, prediction = (probs.confidence, probs.prediction) if isinstance(probs, StepScores) else probs.max(dim=2)
     thresholds = torch.as_tensor(thresholds)
-    steps = _exit_index(scores.confidence, thresholds)  # (K, N)
-    correct = (scores.prediction == targets.to(scores.prediction.device)).gather(0, steps)  # (K, N)
+    steps = _exit_index(confidence, thresholds)  # (K, N)
+    correct = (prediction == targets.to(prediction.device)).gather(0, steps)  # (K, N)
     cost = torch.as_tensor(madds, dtype=torch.float64, device=steps.device)[steps]
     accuracy, mean_cost = correct.double().mean(dim=1) * 100, cost.mean(dim=1)
     if thresholds.dim() == 2:
