@@ -71,7 +71,19 @@ def evaluate_gfnet(model: GFNet, splits: Splits, run: Run, batch: int) -> dict:
     probs, targets = collect_probs(model, _val_loader(splits, run, batch), run.world)
     results = {"num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
                **evaluate_results(heldout, probs, targets, model.madds())}
-    return {**results, **policy_report(model, _val_loader(splits, run, batch), run.world, results)}
+    return {**results, **policy_report(model, _val_loader(splits, run, batch), run.world, results),
+            "encoder_heads": encoder_heads(model, _val_loader(splits, run, batch), run)}
+
+
+def encoder_heads(model: GFNet, loader, run: Run) -> dict[str, list[float]]:
+    """Val accuracy of each step's encoder head on its input alone (step 1: fG on the glance;
+    then fL on one patch), on π's patches and on uniformly random ones (seeded)."""
+    found = {}
+    for patches in ("learned", "random"):
+        probs, targets = collect_probs(model, loader, run.world, patches=patches, head="encoder",
+                                       generator=torch.Generator().manual_seed(0))
+        found[patches] = anytime_accuracy(probs, targets)
+    return found
 
 
 def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int], final: int) -> list[dict]:
@@ -177,7 +189,7 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
     if parts.has("learning_curve"):
         report["learning_curve"] = parts.load("learning_curve")
     if len(evals) > 1:
-        keys = ("anytime_accuracy", "oracle", "budgeted", "anytime_accuracy_by_policy", "policy_locations")
+        keys = ("anytime_accuracy", "oracle", "budgeted", "anytime_accuracy_by_policy", "policy_locations", "encoder_heads")
         report["stage3_ablation"] = {f"after {s}": {k: evals[s][k] for k in keys} for s in evals}
     return report
 

@@ -44,10 +44,26 @@ def _curve(report: dict) -> list[str]:
     return [""] + lines
 
 
+def _components(report: dict) -> list[str]:
+    """Each part alone: the encoders' own heads on one input, and the oracle exit by step."""
+    heads = report.get("encoder_heads")
+    if not heads:
+        return []
+    T = report["T"]
+    lines = ["| per step | " + " | ".join(f"step {t}" for t in range(1, T + 1)) + " |", "|---|" + "---:|" * T]
+    for patches, accs in heads.items():
+        lines.append(f"| encoder head alone (fG on the glance, then fL on one {patches} patch) | "
+                     + " | ".join(f"{a:.2f}" for a in accs) + " |")
+    lines.append("| GFNet, learned patches (anytime) | " + " | ".join(f"{a:.2f}" for a in report["anytime_accuracy"]) + " |")
+    if "by_step" in report["oracle"]:
+        lines.append("| oracle exit within t steps | " + " | ".join(f"{a:.2f}" for a in report["oracle"]["by_step"]) + " |")
+    return [""] + lines
+
+
 def markdown_table(report: dict) -> str:
-    """The models, the patch policies (with and without Stage III when both ran), the
-    Stage I learning curve, where π looks, and the budgeted curve."""
-    lines = _models(report) + [""] + _policies(report) + _curve(report)
+    """The models, the patch policies (with and without Stage III when both ran), each part
+    alone, the Stage I learning curve, where π looks, and the budgeted curve."""
+    lines = _models(report) + [""] + _policies(report) + _components(report) + _curve(report)
     lines += ["", "| focus step | mean location (row, col) | std across images (row, col) |", "|---:|---|---|"]
     for t, s in enumerate(report["policy_locations"], 2):
         lines.append(f"| {t} | ({s['mean'][0]:.2f}, {s['mean'][1]:.2f}) | ({s['std'][0]:.3f}, {s['std'][1]:.3f}) |")

@@ -210,3 +210,15 @@ def test_budgeted_curve_equals_single_calls():
     costs = [p["madds"] for p in curve]
     assert costs[0] < costs[-1]
     assert madds[0] <= min(costs) and max(costs) <= madds[-1]
+
+
+def test_oracle_exit_by_hand() -> None:
+    """Three images, T = 3: right at step 2 only, wrong throughout, right at steps 1 and 3."""
+    from glancefocus.evaluate import oracle_accuracy
+
+    right, wrong = [0.9, 0.1], [0.1, 0.9]
+    probs = torch.tensor([[wrong, wrong, right], [right, wrong, wrong], [wrong, wrong, right]])  # (T, N, C)
+    oracle = oracle_accuracy(probs, torch.zeros(3, dtype=torch.long), [1.0, 2.0, 4.0])
+    assert oracle["accuracy"] == pytest.approx(200 / 3)
+    assert oracle["madds"] == pytest.approx((2.0 + 4.0 + 1.0) / 3)  # exits at steps 2, 3 (last), 1
+    assert oracle["by_step"] == pytest.approx([100 / 3, 200 / 3, 200 / 3])

@@ -94,3 +94,29 @@ def test_policy_locations_match_one_batch_and_spread_is_per_step() -> None:
     spread = location_spread(fixed)
     assert spread[0] == {"mean": [0.5, 0.5], "std": [0.0, 0.0]}  # one place for every image
     assert spread[1]["mean"] == [0.5, 0.5] and spread[1]["std"] == pytest.approx([0.57735, 0.57735], abs=1e-5)
+
+
+def test_encoder_head_reads_each_input_alone() -> None:
+    """head="encoder": step 1 is fG's head on the glance, step t fL's head on patch t alone,
+    whatever fC has seen before; the classifier's answers differ from them."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from glancefocus.distributed import World
+    from glancefocus.evaluate import collect_probs
+
+    torch.manual_seed(0)
+    model = tiny_model(T=3, num_classes=3).eval()
+    images = torch.randn(5, 3, 64, 64)
+    loader = DataLoader(TensorDataset(images, torch.zeros(5)), batch_size=2)
+    probs, _ = collect_probs(model, loader, World(), patches="fixed", head="encoder")
+    fixed = torch.tensor([[0.5, 0.5], [0.0, 0.0]])
+    with torch.inference_mode():
+        alone = [model.global_encoder.head(model.global_encoder(model.view(images))[1])]
+        for where in fixed:
+            encoder = model.local_encoder
+            alone.append(encoder.head(encoder(model.view(images, where.expand(5, 2)))[1]))
+    torch.testing.assert_close(probs, torch.stack(alone).softmax(2))
+    answers, _ = collect_probs(model, loader, World(), patches="fixed")
+    assert not torch.allclose(answers[1:], probs[1:])  # fC reads the steps together
+    with pytest.raises(ValueError, match="unknown head 'fc'"):
+        collect_probs(model, loader, World(), head="fc")

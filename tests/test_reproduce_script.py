@@ -61,6 +61,10 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert static[96]["accuracy"] == results["glance_encoder_alone"]["accuracy"] == results["anytime_accuracy"][0]
     assert static[96]["madds"] < static[128]["madds"]
     assert results["oracle"]["accuracy"] >= max(results["anytime_accuracy"])
+    assert results["oracle"]["by_step"][-1] == results["oracle"]["accuracy"]
+    # each encoder alone: step 1 is fG on the glance, which GFNet's first step answers with
+    assert set(results["encoder_heads"]) == {"learned", "random"}
+    assert results["encoder_heads"]["learned"][0] == results["encoder_heads"]["random"][0] == results["anytime_accuracy"][0]
     assert len(results["budgeted"]) == 39
     table = _run("--out", str(out), "--table").stdout
-    assert "| focus step |" in table and "| Stage I epoch |" in table and "after stage3" in table
+    assert "| focus step |" in table and "| per step |" in table and "| Stage I epoch |" in table and "after stage3" in table

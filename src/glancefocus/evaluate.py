@@ -21,6 +21,9 @@ from .trainer import autocast
 
 #: How the focus patches are chosen: π's mean (the model), or the paper's two ablations.
 PATCHES = ("learned", "random", "fixed")
+#: Whose answer is read at each step: fC's (GFNet's own), or the step's encoder's head on its
+#: input alone (fG's on the glance, fL's on that one patch: the deep-supervision heads).
+HEADS = ("classifier", "encoder")
 
 
 def centre_then_corners(T: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -49,21 +52,27 @@ def collect_probs(
     patches: str = "learned",
     amp: str = "none",
     generator: torch.Generator | None = None,
+    head: str = "classifier",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax outputs after every step, (T, N, C), and targets (N,), for all of ``loader``.
 
     ``patches``: "learned" (π's mean), "random" (uniform) or "fixed" (centre, then corners).
+    ``head``: "classifier" (what GFNet answers) or "encoder" (what each step's input alone
+    tells its encoder's head: how good fG's glance and fL's single patches are).
     With several processes each evaluates its shard; the gathered results are put back in
     dataset order, without the samples repeated to even out the shards.
     """
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
     model.eval()
-    device = world.device
+    device, encoder = world.device, head == "encoder"
     all_probs, all_targets = [], []
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         where = _locations(patches, model, images.shape[0], device, generator)
         with autocast(amp, device):
-            logits = model(images, locations=where, need_aux=False).logits
+            out = model(images, locations=where, need_aux=encoder)
+        logits = out.aux_logits if encoder else out.logits
         all_probs.append(F.softmax(logits.float(), dim=2))
         all_targets.append(targets.to(device))
     probs = gather_in_order(torch.cat(all_probs, dim=1), loader, world, dim=1)
@@ -91,7 +100,8 @@ def anytime_accuracy(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:
 
 def oracle_accuracy(probs: torch.Tensor, targets: torch.Tensor, madds: list[float]) -> dict[str, float]:
     """Each image exits at the first step whose prediction is correct (or the last step):
-    the bound no confidence-threshold rule can beat."""
+    the bound no confidence-threshold rule can beat.  ``by_step[t - 1]``: its accuracy when
+    the model may run at most t steps."""
     correct = probs.argmax(dim=2) == targets.unsqueeze(0)  # (T, N)
     stop = correct.clone()
     stop[-1] = True
@@ -99,6 +109,7 @@ def oracle_accuracy(probs: torch.Tensor, targets: torch.Tensor, madds: list[floa
     return {
         "accuracy": float(correct.any(dim=0).double().mean() * 100),
         "madds": float(torch.tensor(madds, dtype=torch.float64)[steps].mean()),
+        "by_step": (correct.cummax(dim=0).values.double().mean(dim=1) * 100).tolist(),
     }
 
 
