@@ -99,7 +99,8 @@ def test_full_pipeline_stages_train_the_right_parts(trained_run):
 
 def test_evaluate_command(trained_run, tmp_path, capsys):
     out_json = tmp_path / "out.json"
-    rc = main(["evaluate", "--checkpoint", str(trained_run / "stage3.safetensors"), "--json", str(out_json), *RUN_ARGS])
+    loud = [a for a in RUN_ARGS if a != "--quiet"]
+    rc = main(["evaluate", "--checkpoint", str(trained_run / "stage3.safetensors"), "--json", str(out_json), *loud])
     assert rc == 0
     results = json.loads(out_json.read_text())
     check_results(results)
@@ -114,7 +115,7 @@ def test_evaluate_command(trained_run, tmp_path, capsys):
     # other patch policies evaluate too, and leave the checkpoint's learned results alone
     rc = main(["evaluate", "--checkpoint", str(trained_run / "stage3.safetensors"), "--patches", "fixed",
                "--json", str(tmp_path / "fixed.json"), *RUN_ARGS])
-    assert rc == 0
+    assert rc == 0 and capsys.readouterr().out == ""  # --quiet: results written, nothing printed
     assert json.loads((tmp_path / "fixed.json").read_text())["patches"] == "fixed"
     assert read_meta(trained_run / "stage3.safetensors")["results"]["patches"] == "learned"
 

@@ -38,7 +38,7 @@ def _run_options(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
 def _data_options(p: argparse.ArgumentParser, *, default_root: str | None) -> None:
     names = {"root": "--data"}
     add_fields(p, DataConfig, "data", only=("root", "skip_bad_images", "workers"), names=names, defaults={"root": default_root})
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no printed summary (results are still written)")
 
 
 def _train_parser(sub) -> None:
@@ -160,16 +160,17 @@ def _train(args: argparse.Namespace) -> None:
     run.log.close()
     if args.stage == "all":  # every process evaluates its shard; rank 0 writes
         _evaluate_into(last, world, data.root, batch_size=tc.batch_size, workers=data.workers,
-                       channels_last=args.channels_last, amp=args.amp)
+                       channels_last=args.channels_last, amp=args.amp, quiet=args.quiet)
 
 
-def _evaluate_into(checkpoint: Path, world, root: str | None, *, json_out: Path | None = None, plot: Path | None = None, **kw) -> dict:
+def _evaluate_into(checkpoint: Path, world, root: str | None, *, json_out: Path | None = None, plot: Path | None = None,
+                   quiet: bool = False, **kw) -> dict:
     from .evaluate import evaluate_checkpoint
 
     json_out = json_out or checkpoint.with_suffix(".results.json")
     plot = plot or json_out.with_suffix(".png")
     results = evaluate_checkpoint(checkpoint, world=world, root=root, json_out=json_out, plot=plot, **kw)
-    if world.is_main:
+    if world.is_main and not quiet:
         acc = " ".join(f"{a:.1f}" for a in results["anytime_accuracy"])
         madds = " ".join(f"{m / 1e6:.1f}" for m in results["madds"])
         print(f"anytime top-1 (%) per step: {acc}\nMAdds (M) per step: {madds}\nresults: {json_out}  plot: {plot}")
@@ -181,7 +182,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     _evaluate_into(
         args.checkpoint, init_world(args.device), data.get("root"), json_out=args.json, plot=args.plot, patches=args.patches,
         batch_size=args.batch_size, channels_last=args.channels_last, amp=args.amp,
-        skip_bad_images=data.get("skip_bad_images", False), workers=data.get("workers"),
+        skip_bad_images=data.get("skip_bad_images", False), workers=data.get("workers"), quiet=args.quiet,
     )
 
 
