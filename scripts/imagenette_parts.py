@@ -68,11 +68,11 @@ def evaluate_gfnet(model: GFNet, splits: Splits, run: Run, batch: int) -> dict:
     """Anytime, budgeted and oracle results on val (thresholds on the held-out images), the
     patch ablation and where π looks."""
     heldout, _ = collect_probs(model, make_loader(splits.heldout, batch_size=batch, world=run.world, train=False), run.world)
-    probs, targets = collect_probs(model, _val_loader(splits, run, batch), run.world)
+    val = _val_loader(splits, run, batch)
+    probs, targets = collect_probs(model, val, run.world)
     results = {"num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
                **evaluate_results(heldout, probs, targets, model.madds())}
-    return {**results, **policy_report(model, _val_loader(splits, run, batch), run.world, results),
-            "encoder_heads": encoder_heads(model, _val_loader(splits, run, batch), run)}
+    return {**results, **policy_report(model, val, run.world, results), "encoder_heads": encoder_heads(model, val, run)}
 
 
 def encoder_heads(model: GFNet, loader, run: Run) -> dict[str, list[float]]:
