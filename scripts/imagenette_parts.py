@@ -188,10 +188,24 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
     }
     if parts.has("learning_curve"):
         report["learning_curve"] = parts.load("learning_curve")
+    if lever_runs := levers_measured(args.out / "levers"):
+        report["levers"] = lever_runs
     if len(evals) > 1:
         keys = ("anytime_accuracy", "oracle", "budgeted", "anytime_accuracy_by_policy", "policy_locations", "encoder_heads")
         report["stage3_ablation"] = {f"after {s}": {k: evals[s][k] for k in keys} for s in evals}
     return report
+
+
+def levers_measured(folder: Path) -> dict[str, dict]:
+    """Each lever run under ``folder`` (its own ``--out``, ``--stop-after stage1``): its recipe,
+    the learning curve's last point and Stage I's seconds, by the run's folder name."""
+    runs = {}
+    for sub in sorted(folder.glob("*/parts")):
+        p = Parts(sub)
+        if p.has("recipe") and p.has("learning_curve"):
+            runs[sub.parent.name] = {"recipe": p.load("recipe"), "stage1": p.load("learning_curve")[-1],
+                                     "seconds": p.load("seconds") if p.has("seconds") else {}}
+    return runs
 
 
 def _example_indices(splits: Splits) -> list[int]:

@@ -60,10 +60,26 @@ def _components(report: dict) -> list[str]:
     return [""] + lines
 
 
+def _levers(report: dict) -> list[str]:
+    """One row per lever run (each its own Stage I of the same epochs, random patches)."""
+    runs = report.get("levers")
+    if not runs:
+        return []
+    lines = ["| lever run | patch (px) | T | distill W | fG trainable | Stage I epochs | anytime, steps 1..T (random patches) "
+             "| oracle exit | oracle MMAdds | Stage I (min) |", "|---|---:|---:|---:|---|---:|---|---:|---:|---:|"]
+    for name, run in runs.items():
+        r, point = run["recipe"], run["stage1"]
+        minutes = f"{run['seconds']['stage1'] / 60:.0f}" if "stage1" in run["seconds"] else ""
+        lines.append(f"| {name} | {r['patch_size']} | {r['T']} | {r['distill_weight']:g} | {'yes' if r['glance_trainable_in_stage1'] else 'no'} "
+                     f"| {r['stage1_epochs']} | {' / '.join(f'{a:.2f}' for a in point['anytime_accuracy'])} "
+                     f"| {point['oracle']['accuracy']:.2f} | {_m(point['oracle']['madds'])} | {minutes} |")
+    return [""] + lines
+
+
 def markdown_table(report: dict) -> str:
     """The models, the patch policies (with and without Stage III when both ran), each part
-    alone, the Stage I learning curve, where π looks, and the budgeted curve."""
-    lines = _models(report) + [""] + _policies(report) + _components(report) + _curve(report)
+    alone, the Stage I learning curve, the lever runs, where π looks, and the budgeted curve."""
+    lines = _models(report) + [""] + _policies(report) + _components(report) + _curve(report) + _levers(report)
     lines += ["", "| focus step | mean location (row, col) | std across images (row, col) |", "|---:|---|---|"]
     for t, s in enumerate(report["policy_locations"], 2):
         lines.append(f"| {t} | ({s['mean'][0]:.2f}, {s['mean'][1]:.2f}) | ({s['std'][0]:.3f}, {s['std'][1]:.3f}) |")

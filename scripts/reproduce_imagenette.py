@@ -13,7 +13,10 @@ PNG results; ``--table`` prints RESULTS.md's tables from them.
 
 Levers beyond the paper's recipe, each recorded in results.json: ``--patch-size 128``,
 ``--T 5``, ``--stage3``, ``--distill W`` (the static 224 px model's soft targets teach fL
-and fC in Stages I/III), ``--train-glance`` (fG trainable in Stage I).
+and fC in Stages I/III), ``--train-glance`` (fG trainable in Stage I).  A lever run of its
+own (``--work runs/lever-NAME --out results/imagenette/levers/NAME --stop-after stage1
+--skip-static``, the same ``--stage1-epochs`` for every run) is compared with the others in
+the report's levers table.
 
 Resumable and splittable: a rerun continues from ``--work``.  Each finished part (the glance
 fine-tune, the learning curve, each model's evaluation, each static size) is also written
@@ -98,7 +101,7 @@ def levers(args: argparse.Namespace, model: GFNet, tc: TrainConfig) -> dict:
     return {"patch_size": cfg.patch_size, "T": cfg.T, "stage3": args.stage3, "distill_weight": args.distill,
             "glance_trainable_in_stage1": not c.freeze_glance, "drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate,
             "lr_scale": c.lr_scale, "resize_interpolation": cfg.resize_interpolation, "stage3_locations": c.stage3_locations,
-            "amp": c.amp}
+            "amp": c.amp, "stage1_epochs": c.stage1_epochs}
 
 
 def import_weights(path: Path | None, run: Run) -> str | None:
@@ -177,6 +180,8 @@ def main() -> None:
     model = new_model(IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T), pretrained=IMAGENETTE_LITE0.pretrained,
                       seed=tc.seed)
     splits = load_imagenette(args.data, args.work / "cache", model.config, seed=tc.seed, holdout=DataConfig().holdout, limit=args.limit)
+    if not args.static_only:  # what a lever run under --out/levers/ is, for the report's levers table
+        parts.save("recipe", levers(args, model, tc))
     rows = imagenet_indices(splits.classes)
     for encoder in (model.global_encoder, model.local_encoder):
         pretrained_head(encoder.model, rows)

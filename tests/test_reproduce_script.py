@@ -39,6 +39,9 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert read_meta(weights)["stage"] == "stage1" and not (out / "results.json").exists()
     curve = json.loads((out / "parts" / "learning_curve.json").read_text())
     assert [p["epoch"] for p in curve] == [1, 2] and all(len(p["anytime_accuracy"]) == 2 for p in curve)
+    # a lever run of its own, under --out/levers/, as the report's levers table reads them
+    _run(*common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage1",
+         "--skip-static")
     _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights))
     assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
     assert read_meta(weights)["stage"] == "stage3"
@@ -65,6 +68,9 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     # each encoder alone: step 1 is fG on the glance, which GFNet's first step answers with
     assert set(results["encoder_heads"]) == {"learned", "random"}
     assert results["encoder_heads"]["learned"][0] == results["encoder_heads"]["random"][0] == results["anytime_accuracy"][0]
+    assert set(results["levers"]) == {"t3"} and results["levers"]["t3"]["recipe"]["T"] == 3
+    assert len(results["levers"]["t3"]["stage1"]["anytime_accuracy"]) == 3 and results["recipe"]["T"] == 2
     assert len(results["budgeted"]) == 39
     table = _run("--out", str(out), "--table").stdout
     assert "| focus step |" in table and "| per step |" in table and "| Stage I epoch |" in table and "after stage3" in table
+    assert "| lever run |" in table and "| t3 | 96 | 3 |" in table
