@@ -96,6 +96,21 @@ def test_data_set_problems(tmp_path: Path, capsys) -> None:
     assert not any((tmp_path / "o").glob("*.safetensors"))
 
 
+def test_one_glance_fine_tune_serves_any_T(tmp_path: Path, capsys) -> None:
+    """A glance checkpoint is checked only on what fG depends on: a rerun with another T finds
+    the finished glance and goes on from it (a Stage I checkpoint would be refused, below)."""
+    from glancefocus.checkpoint import read_meta
+
+    data, out = make_image_folder(tmp_path / "data", per_class=4), tmp_path / "run"
+    assert _run(capsys, "train", "--stage", "glance", "--data", data, "--out", out, *TINY)[0] == 0
+    glance = (out / "glance.safetensors").read_bytes()
+    assert _run(capsys, "train", "--stage", "all", "--data", data, "--out", out, "--resume", *TINY, "--T", "3")[0] == 0
+    assert (out / "glance.safetensors").read_bytes() == glance  # not fine-tuned again
+    assert read_meta(out / "stage1.safetensors")["T"] == read_meta(out / "stage2.safetensors")["T"] == 3
+    code, err = _run(capsys, "train", "--stage", "all", "--data", data, "--out", out, "--resume", *TINY, "--T", "4")
+    assert code == 2 and "T: checkpoint has 3, expected 4" in err
+
+
 def test_checkpoint_from_another_model_is_refused(tmp_path: Path, capsys) -> None:
     data = make_image_folder(tmp_path / "data", per_class=4)
     out = tmp_path / "run"

@@ -101,11 +101,14 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any] | None:
     return torch.load(p, map_location="cpu", weights_only=False) if p.exists() else None
 
 
-def check_compatible(meta: dict[str, Any], config: GFNetConfig, *, path: str | os.PathLike) -> None:
-    """Raise a ValueError naming every architecture field where ``meta`` and ``config`` differ."""
+def check_compatible(meta: dict[str, Any], config: GFNetConfig, *, path: str | os.PathLike, glance_only: bool = False) -> None:
+    """Raise a ValueError naming every architecture field where ``meta`` and ``config`` differ
+    (with ``glance_only``, those fG's weights depend on: T or the heads may differ)."""
     saved = GFNetConfig.from_dict(meta["config"]).to_dict() if "config" in meta else {}
     wanted = config.resolved().to_dict()
-    keys = ("backbone", "num_classes", "patch_size", "T", "classifier", "classifier_hidden", "policy_trunk", "policy_hidden")
+    keys = ("backbone", "num_classes", "patch_size")
+    if not glance_only:
+        keys += ("T", "classifier", "classifier_hidden", "policy_trunk", "policy_hidden")
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, expected {wanted[k]!r}" for k in keys if saved.get(k) != wanted[k]]
     if diffs:
         raise ValueError(

@@ -268,7 +268,7 @@ def fit(
             continue
         last = run.checkpoint(name)
         if run.resume and last.exists():
-            model.load_state_dict(load_checkpoint(last, device=run.world.device)[0])
+            _initialise(model, last, run)
             print(f"[{name}] already finished: {last}")
         else:
             started = time.time()
@@ -297,12 +297,14 @@ def _start_checkpoint(run: Run, first: str) -> Path | None:
 
 
 def _initialise(model: GFNet, init: Path | None, run: Run) -> None:
-    """Load ``init`` into ``model``: only fG from a glance checkpoint, everything otherwise."""
+    """Load ``init`` into ``model``: only fG from a glance checkpoint (so one glance fine-tune
+    serves any T, classifier or policy), everything otherwise."""
     if init is None:
         return
     weights, meta = load_checkpoint(init, device="cpu")
-    check_compatible(meta, model.config, path=init)
-    if meta.get("stage") == "glance":
+    glance = meta.get("stage") == "glance"
+    check_compatible(meta, model.config, path=init, glance_only=glance)
+    if glance:
         prefix = "global_encoder."
         model.global_encoder.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     else:
