@@ -18,6 +18,7 @@ from glancefocus.data import Splits, make_loader
 from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, oracle_accuracy, thresholds_tensor
 from glancefocus.patches import glance_resize
 from glancefocus.plots import plot_results
+from glancefocus.recipes import IMAGENETTE_LITE0
 from glancefocus.report import examples, policy_report, write_figures
 from glancefocus.trainer import Run, Trainer
 from glancefocus.training import Setup, fine_tune
@@ -198,12 +199,14 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
 
 def levers_measured(folder: Path) -> dict[str, dict]:
     """Each lever run under ``folder`` (its own ``--out``, ``--stop-after stage1``): its recipe,
-    the learning curve's last point and Stage I's seconds, by the run's folder name."""
+    multiply-adds per step, the learning curve's last point and its seconds, by folder name."""
     runs = {}
     for sub in sorted(folder.glob("*/parts")):
         p = Parts(sub)
         if p.has("recipe") and p.has("learning_curve"):
-            runs[sub.parent.name] = {"recipe": p.load("recipe"), "stage1": p.load("learning_curve")[-1],
+            recipe = p.load("recipe")
+            madds = GFNet(IMAGENETTE_LITE0.model_config(patch_size=recipe["patch_size"], T=recipe["T"])).madds()
+            runs[sub.parent.name] = {"recipe": recipe, "madds": madds, "stage1": p.load("learning_curve")[-1],
                                      "seconds": p.load("seconds") if p.has("seconds") else {}}
     return runs
 

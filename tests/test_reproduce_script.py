@@ -70,6 +70,7 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert results["encoder_heads"]["learned"][0] == results["encoder_heads"]["random"][0] == results["anytime_accuracy"][0]
     assert set(results["levers"]) == {"t3"} and results["levers"]["t3"]["recipe"]["T"] == 3
     assert len(results["levers"]["t3"]["stage1"]["anytime_accuracy"]) == 3 and results["recipe"]["T"] == 2
+    assert results["levers"]["t3"]["madds"][:2] == results["madds"]  # the same steps, one more of them
     assert len(results["budgeted"]) == 39
     table = _run("--out", str(out), "--table").stdout
     assert "| focus step |" in table and "| per step |" in table and "| Stage I epoch |" in table and "after stage3" in table
