@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -15,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from glancefocus import GFNet
 from glancefocus.checkpoint import atomic_write_text, load_checkpoint, read_meta
 from glancefocus.data import Splits, make_loader
-from glancefocus.evaluate import anytime_accuracy, collect_probs, evaluate_results, oracle_accuracy, thresholds_tensor
+from glancefocus.evaluate import (anytime_accuracy, collect_probs, evaluate_results, first_focus_grid, grid_bound, oracle_accuracy,
+                                  thresholds_tensor)
 from glancefocus.patches import glance_resize
 from glancefocus.plots import plot_results
 from glancefocus.recipes import IMAGENETTE_LITE0
@@ -87,6 +89,14 @@ def encoder_heads(model: GFNet, loader, run: Run) -> dict[str, list[float]]:
     return found
 
 
+def location_grid(model: GFNet, splits: Splits, run: Run, batch: int, grid: int = 7) -> dict:
+    """Step 2 with its patch at each of ``grid`` × ``grid`` places: what any policy could reach
+    there (the best place is chosen on the held-out images, accuracies are on val)."""
+    heldout = make_loader(splits.heldout, batch_size=batch, world=run.world, train=False)
+    _, heldout_focus = first_focus_grid(model, heldout, run.world, grid=grid)
+    return grid_bound(heldout_focus, *first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid), grid)
+
+
 def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int], final: int) -> list[dict]:
     """Val anytime accuracy (random patches, seeded: Stage I's π is untrained) and the oracle
     exit of the Stage I weights after each of ``epochs`` (and the last)."""
@@ -133,7 +143,10 @@ class StaticModels:
             lr = self.setup.config.glance_lr
             plan = fine_tune(self.setup, f"static{size}", model, epochs=self.args.static_epochs, lr=lr, saved=model,
                              patience=self.args.static_patience)
+            started, key = time.time(), f"static{size}"
             Trainer(self.run, self.setup.config).fit(plan)
+            earlier = self.parts.load("seconds").get(key, 0) if self.parts.has("seconds") else 0  # a rerun resumes: add up
+            self.parts.timing(key, earlier + time.time() - started)
         return model.eval()
 
     def result(self, size: int) -> None:
@@ -184,17 +197,26 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
         "patch_size": args.patch_size, "T": args.T,
         "epochs": {"glance": epochs["epochs"], "stage1": args.stage1_epochs, "stage2": args.stage2_epochs,
                    "stage3": args.stage3_epochs if args.stage3 else 0, "static": "until held-out plateau"},
-        **results, "glance_encoder_alone": glance, "static": static, "seconds": parts.load("seconds"),
+        **results, "glance_encoder_alone": glance, "static": static, "seconds": seconds(parts.load("seconds"), [s["size"] for s in static if s["size"] != args.patch_size]),
         "headline": headline, "figures_from": last, "recipe": recipe,
     }
     if parts.has("learning_curve"):
         report["learning_curve"] = parts.load("learning_curve")
     if lever_runs := levers_measured(args.out / "levers"):
         report["levers"] = lever_runs
+    if grids := {f"after {s}": parts.load(f"location_grid_{s}") for s in evals if parts.has(f"location_grid_{s}")}:
+        report["location_grid"] = grids
     if len(evals) > 1:
         keys = ("anytime_accuracy", "oracle", "budgeted", "anytime_accuracy_by_policy", "policy_locations", "encoder_heads")
         report["stage3_ablation"] = {f"after {s}": {k: evals[s][k] for k in keys} for s in evals}
     return report
+
+
+def seconds(timings: dict[str, int], sizes: list[int]) -> dict[str, int]:
+    """The parts' timings, with ``static``: the static baselines' training time, where each
+    of ``sizes`` has its own."""
+    keys = [f"static{size}" for size in sizes]
+    return {**timings, "static": sum(timings[k] for k in keys)} if keys and all(k in timings for k in keys) else timings
 
 
 def levers_measured(folder: Path) -> dict[str, dict]:

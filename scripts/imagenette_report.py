@@ -60,6 +60,22 @@ def _components(report: dict) -> list[str]:
     return [""] + lines
 
 
+def _grid(report: dict) -> list[str]:
+    """Step 2 over a grid of places: what any policy could reach there, beside π and random."""
+    grids = report.get("location_grid")
+    if not grids:
+        return []
+    lines = ["| step 2 | glance (step 1) | learned π | random | mean over the places | best single place (chosen on held-out) "
+             "| each image's best place (oracle) | oracle exit within 2 steps |", "|---|" + "---:|" * 7]
+    for stage, g in grids.items():
+        policies = report.get("stage3_ablation", {}).get(stage, report)["anytime_accuracy_by_policy"]
+        best = g["best_place"]
+        lines.append(f"| {stage}, {g['grid']}×{g['grid']} places | {policies['learned'][0]:.2f} | {policies['learned'][1]:.2f} "
+                     f"| {policies['random'][1]:.2f} | {g['mean_place']:.2f} | {best['accuracy']:.2f} at ({best['location'][0]:.2f}, "
+                     f"{best['location'][1]:.2f}) | {g['best_place_per_image']:.2f} | {g['oracle_exit_within_2']:.2f} |")
+    return [""] + lines
+
+
 def _levers(report: dict) -> list[str]:
     """One row per lever run (each its own Stage I of the same epochs, random patches)."""
     runs = report.get("levers")
@@ -79,8 +95,8 @@ def _levers(report: dict) -> list[str]:
 
 def markdown_table(report: dict) -> str:
     """The models, the patch policies (with and without Stage III when both ran), each part
-    alone, the Stage I learning curve, the lever runs, where π looks, and the budgeted curve."""
-    lines = _models(report) + [""] + _policies(report) + _components(report) + _curve(report) + _levers(report)
+    alone, step 2 over a grid of places, the Stage I learning curve, the lever runs, where π looks, and the budgeted curve."""
+    lines = _models(report) + [""] + _policies(report) + _components(report) + _grid(report) + _curve(report) + _levers(report)
     lines += ["", "| focus step | mean location (row, col) | std across images (row, col) |", "|---:|---|---|"]
     for t, s in enumerate(report["policy_locations"], 2):
         lines.append(f"| {t} | ({s['mean'][0]:.2f}, {s['mean'][1]:.2f}) | ({s['std'][0]:.3f}, {s['std'][1]:.3f}) |")

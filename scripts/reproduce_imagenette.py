@@ -46,7 +46,8 @@ from glancefocus.training import fit, new_model
 from glancefocus.weights import imagenet_indices
 
 from imagenette_data import load_imagenette
-from imagenette_parts import Parts, assemble, evaluate_gfnet, learning_curve, pretrained_head, static_models, write_outputs
+from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, pretrained_head, static_models,
+                              write_outputs)
 from imagenette_report import markdown_table
 
 STAGES = ("glance", "stage1", "stage2", "stage3")
@@ -127,17 +128,22 @@ def export(path: Path, run: Run, stage: str) -> None:
 
 def measure(stage: str, args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Parts) -> None:
     """What is reported of a stage, once: the glance fine-tune's epochs, Stage I's learning
-    curve, the evaluation of the models after Stages II and III."""
-    name = {"glance": "glance", "stage1": "learning_curve"}.get(stage, f"gfnet_{stage}")
-    if parts.has(name):
-        return
+    curve; after Stages II and III, the model's evaluation and step 2 over a grid of places."""
     if stage == "glance":
-        history = read_meta(run.checkpoint("glance"))["history"]
-        parts.save(name, {"epochs": len(history), "kept_epoch": max(history, key=lambda m: m["heldout_accuracy"])["epoch"]})
+        wanted = {"glance": lambda: glance_epochs(run)}
     elif stage == "stage1":
-        parts.save(name, learning_curve(model, splits, run, tc.batch_size, args.curve_epochs, tc.stage1_epochs))
+        wanted = {"learning_curve": lambda: learning_curve(model, splits, run, tc.batch_size, args.curve_epochs, tc.stage1_epochs)}
     else:
-        parts.save(name, evaluate_gfnet(model, splits, run, tc.batch_size))
+        wanted = {f"gfnet_{stage}": lambda: evaluate_gfnet(model, splits, run, tc.batch_size),
+                  f"location_grid_{stage}": lambda: location_grid(model, splits, run, tc.batch_size)}
+    for name, measured in wanted.items():
+        if not parts.has(name):
+            parts.save(name, measured())
+
+
+def glance_epochs(run: Run) -> dict:
+    history = read_meta(run.checkpoint("glance"))["history"]
+    return {"epochs": len(history), "kept_epoch": max(history, key=lambda m: m["heldout_accuracy"])["epoch"]}
 
 
 def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Parts, teacher) -> str | None:
@@ -180,8 +186,9 @@ def main() -> None:
     model = new_model(IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T), pretrained=IMAGENETTE_LITE0.pretrained,
                       seed=tc.seed)
     splits = load_imagenette(args.data, args.work / "cache", model.config, seed=tc.seed, holdout=DataConfig().holdout, limit=args.limit)
+    recipe = levers(args, model, tc)
     if not args.static_only:  # what a lever run under --out/levers/ is, for the report's levers table
-        parts.save("recipe", levers(args, model, tc))
+        parts.save("recipe", recipe)
     rows = imagenet_indices(splits.classes)
     for encoder in (model.global_encoder, model.local_encoder):
         pretrained_head(encoder.model, rows)
@@ -191,14 +198,12 @@ def main() -> None:
     if args.stop_after in STAGES:
         return
     if not args.skip_static:
-        t0 = time.time()
         for size in args.sizes:
             statics.result(size)
-        parts.timing("static", time.time() - t0)
     if args.stop_after == "static" or args.static_only or last is None:
         return
     parts.timing(f"invocation ending at {time.strftime('%Y-%m-%d %H:%M')}", time.time() - started)
-    report = assemble(args, model, last, run, parts, levers(args, model, tc))
+    report = assemble(args, model, last, run, parts, recipe)
     write_outputs(args, report, model, splits, world.device)
     print(markdown_table(report))
 

@@ -120,3 +120,37 @@ def test_encoder_head_reads_each_input_alone() -> None:
     assert not torch.allclose(answers[1:], probs[1:])  # fC reads the steps together
     with pytest.raises(ValueError, match="unknown head 'fc'"):
         collect_probs(model, loader, World(), head="fc")
+
+
+def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from glancefocus.distributed import World
+    from glancefocus.evaluate import first_focus_grid, grid_locations
+
+    torch.manual_seed(0)
+    model = tiny_model(T=3, num_classes=3).eval()
+    images, targets = torch.randn(5, 3, 64, 64), torch.tensor([0, 1, 2, 1, 0])
+    glance, focus = first_focus_grid(model, DataLoader(TensorDataset(images, targets), batch_size=2), World(), grid=3)
+    places = grid_locations(3)
+    assert places[:4].tolist() == [[0.0, 0.0], [0.0, 0.5], [0.0, 1.0], [0.5, 0.0]] and focus.shape == (9, 5)
+    with torch.inference_mode():
+        for k, where in enumerate(places):
+            logits = model(images, locations=where.expand(2, 5, 2)).logits
+            assert torch.equal(glance, logits[0].argmax(1) == targets)
+            assert torch.equal(focus[k], logits[1].argmax(1) == targets)
+    assert focus.float().std() > 0  # the places give different answers: the test compares something
+
+
+def test_grid_bound_picks_its_place_on_the_heldout_images() -> None:
+    from glancefocus.evaluate import grid_bound
+
+    heldout = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=torch.bool)  # place 2 is best there
+    focus = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)
+    glance = torch.tensor([0, 1, 0, 0], dtype=torch.bool)
+    bound = grid_bound(heldout, glance, focus, grid=2)
+    assert bound["best_place"] == {"location": [1.0, 0.0], "accuracy": 25.0}  # not val's best place, place 0
+    assert bound["mean_place"] == 43.75 and bound["accuracy_by_place"] == [[100.0, 25.0], [25.0, 25.0]]
+    focus[0] = False
+    bound = grid_bound(heldout, glance, focus, grid=2)
+    assert bound["best_place_per_image"] == 75.0 and bound["oracle_exit_within_2"] == 100.0

@@ -56,7 +56,14 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert set(results["anytime_accuracy_by_policy"]) == {"learned", "random", "fixed"}
     assert set(results["stage3_ablation"]) == {"after stage2", "after stage3"} and results["headline"] in ("stage2", "stage3")
     assert results["learning_curve"] == curve and results["recipe"]["stage3"] is True
-    assert set(results["seconds"]) >= {"glance", "stage1", "stage2", "stage3", "static"}
+    assert set(results["seconds"]) >= {"glance", "stage1", "stage2", "stage3", "static128"}
+    assert results["seconds"]["static"] == results["seconds"]["static128"]  # the one size trained here (96 px is the glance)
+    # step 2 over a grid of places bounds every policy there, each model's own
+    assert set(results["location_grid"]) == {"after stage2", "after stage3"}
+    for stage, grid in results["location_grid"].items():
+        first = results["stage3_ablation"][stage]["anytime_accuracy"][0]
+        assert grid["grid"] == 7 and len(grid["accuracy_by_place"]) == 7
+        assert grid["mean_place"] <= grid["best_place_per_image"] <= grid["oracle_exit_within_2"] and first <= grid["oracle_exit_within_2"]
     assert results["figures_from"] in (results["headline"], "stage3")  # the headline's weights, if this machine has them
     # the 96 px static model is the glance fine-tune, and GFNet's first step is that encoder
     static = {row["size"]: row for row in results["static"]}
@@ -74,4 +81,4 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert len(results["budgeted"]) == 39
     table = _run("--out", str(out), "--table").stdout
     assert "| focus step |" in table and "| per step |" in table and "| Stage I epoch |" in table and "after stage3" in table
-    assert "| lever run |" in table and "| t3 | 96 | 3 |" in table
+    assert "| lever run |" in table and "| t3 | 96 | 3 |" in table and "| after stage3, 7×7 places |" in table

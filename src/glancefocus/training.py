@@ -251,7 +251,10 @@ def fit(
     """
     run.out_dir.mkdir(parents=True, exist_ok=True)
     config = config.for_model(model.config)
-    _initialise(model, init or _start_checkpoint(run, stages[0]), run)
+    start = init or _start_checkpoint(run, stages[0])
+    _initialise(model, start, run)
+    if start is not None and run.world.is_main:
+        print(f"initialised from {start}")
     model.to(run.world.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -269,7 +272,8 @@ def fit(
         last = run.checkpoint(name)
         if run.resume and last.exists():
             _initialise(model, last, run)
-            print(f"[{name}] already finished: {last}")
+            if run.world.is_main:
+                print(f"[{name}] already finished: loaded {last}")
         else:
             started = time.time()
             setup.trainer.fit(STAGES[name].build(setup))
@@ -309,8 +313,6 @@ def _initialise(model: GFNet, init: Path | None, run: Run) -> None:
         model.global_encoder.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     else:
         model.load_state_dict(weights)
-    if run.world.is_main:
-        print(f"initialised from {init} ({meta.get('stage')})")
 
 
 def _meta(model: GFNet, classes: list[str], config: TrainConfig, data: DataConfig) -> dict[str, Any]:
