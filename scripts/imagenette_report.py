@@ -93,10 +93,29 @@ def _levers(report: dict) -> list[str]:
     return [""] + lines
 
 
+def _stage2_runs(report: dict) -> list[str]:
+    """π after the recipe's Stage II and after each lever run's own (patches at steps 2..T)."""
+    runs = {f"recipe ({report['epochs']['stage2']} epochs)": report.get("stage3_ablation", {}).get("after stage2", report)}
+    runs |= {f"{name} ({run['recipe']['stage2_epochs']} epochs)": run["stage2"] for name, run in report.get("levers", {}).items()
+             if "stage2" in run}
+    if len(runs) < 2:
+        return []
+    lines = ["| Stage II run | learned, steps 2..T | random | fixed | learned − random at step 2 | std across images at step 2 "
+             "(row, col) |", "|---|---|---|---|---:|---|"]
+    for name, r in runs.items():
+        by, spread = r["anytime_accuracy_by_policy"], r["policy_locations"][0]["std"]
+        steps = {k: " / ".join(f"{a:.2f}" for a in v[1:]) for k, v in by.items()}
+        lines.append(f"| {name} | {steps['learned']} | {steps['random']} | {steps['fixed']} | {by['learned'][1] - by['random'][1]:+.2f} "
+                     f"| ({spread[0]:.3f}, {spread[1]:.3f}) |")
+    return [""] + lines
+
+
 def markdown_table(report: dict) -> str:
     """The models, the patch policies (with and without Stage III when both ran), each part
-    alone, step 2 over a grid of places, the Stage I learning curve, the lever runs, where π looks, and the budgeted curve."""
-    lines = _models(report) + [""] + _policies(report) + _components(report) + _grid(report) + _curve(report) + _levers(report)
+    alone, step 2 over a grid of places, the Stage I learning curve, the lever runs (and their
+    Stage II where they ran one), where π looks, and the budgeted curve."""
+    lines = _models(report) + [""] + _policies(report) + _components(report) + _grid(report) + _curve(report)
+    lines += _levers(report) + _stage2_runs(report)
     lines += ["", "| focus step | mean location (row, col) | std across images (row, col) |", "|---:|---|---|"]
     for t, s in enumerate(report["policy_locations"], 2):
         lines.append(f"| {t} | ({s['mean'][0]:.2f}, {s['mean'][1]:.2f}) | ({s['std'][0]:.3f}, {s['std'][1]:.3f}) |")

@@ -102,7 +102,7 @@ def levers(args: argparse.Namespace, model: GFNet, tc: TrainConfig) -> dict:
     return {"patch_size": cfg.patch_size, "T": cfg.T, "stage3": args.stage3, "distill_weight": args.distill,
             "glance_trainable_in_stage1": not c.freeze_glance, "drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate,
             "lr_scale": c.lr_scale, "resize_interpolation": cfg.resize_interpolation, "stage3_locations": c.stage3_locations,
-            "amp": c.amp, "stage1_epochs": c.stage1_epochs}
+            "amp": c.amp, "stage1_epochs": c.stage1_epochs, "stage2_epochs": c.stage2_epochs}
 
 
 def import_weights(path: Path | None, run: Run) -> str | None:

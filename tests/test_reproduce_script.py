@@ -39,8 +39,8 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert read_meta(weights)["stage"] == "stage1" and not (out / "results.json").exists()
     curve = json.loads((out / "parts" / "learning_curve.json").read_text())
     assert [p["epoch"] for p in curve] == [1, 2] and all(len(p["anytime_accuracy"]) == 2 for p in curve)
-    # a lever run of its own, under --out/levers/, as the report's levers table reads them
-    _run(*common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage1",
+    # a lever run of its own (to Stage II), under --out/levers/, as the report's levers tables read them
+    _run(*common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage2",
          "--skip-static")
     _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights))
     assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
@@ -81,4 +81,6 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert len(results["budgeted"]) == 39
     table = _run("--out", str(out), "--table").stdout
     assert "| focus step |" in table and "| per step |" in table and "| Stage I epoch |" in table and "after stage3" in table
+    assert set(results["levers"]["t3"]["stage2"]["anytime_accuracy_by_policy"]) == {"learned", "random", "fixed"}
+    assert "| Stage II run |" in table and "| t3 (1 epochs) |" in table and "| recipe (1 epochs) |" in table
     assert "| lever run |" in table and "| t3 | 96 | 3 |" in table and "| after stage3, 7×7 places |" in table
