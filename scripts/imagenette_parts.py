@@ -93,8 +93,8 @@ def location_grid(model: GFNet, splits: Splits, run: Run, batch: int, grid: int 
     """Step 2 with its patch at each of ``grid`` × ``grid`` places: what any policy could reach
     there (the best place is chosen on the held-out images, accuracies are on val)."""
     heldout = make_loader(splits.heldout, batch_size=batch, world=run.world, train=False)
-    _, heldout_focus = first_focus_grid(model, heldout, run.world, grid=grid)
-    return grid_bound(heldout_focus, *first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid), grid)
+    heldout_right = first_focus_grid(model, heldout, run.world, grid=grid)[1]
+    return grid_bound(heldout_right, *first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid), grid)
 
 
 def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int], final: int) -> list[dict]:

@@ -131,7 +131,7 @@ def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
     torch.manual_seed(0)
     model = tiny_model(T=3, num_classes=3).eval()
     images, targets = torch.randn(5, 3, 64, 64), torch.tensor([0, 1, 2, 1, 0])
-    glance, focus = first_focus_grid(model, DataLoader(TensorDataset(images, targets), batch_size=2), World(), grid=3)
+    glance, focus, confidence = first_focus_grid(model, DataLoader(TensorDataset(images, targets), batch_size=2), World(), grid=3)
     places = grid_locations(3)
     assert places[:4].tolist() == [[0.0, 0.0], [0.0, 0.5], [0.0, 1.0], [0.5, 0.0]] and focus.shape == (9, 5)
     with torch.inference_mode():
@@ -139,6 +139,7 @@ def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
             logits = model(images, locations=where.expand(2, 5, 2)).logits
             assert torch.equal(glance, logits[0].argmax(1) == targets)
             assert torch.equal(focus[k], logits[1].argmax(1) == targets)
+            torch.testing.assert_close(confidence[k], logits[1].softmax(1).max(1).values)
     assert focus.float().std() > 0  # the places give different answers: the test compares something
 
 
@@ -147,10 +148,13 @@ def test_grid_bound_picks_its_place_on_the_heldout_images() -> None:
 
     heldout = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=torch.bool)  # place 2 is best there
     focus = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)
+    confidence = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.9, 0.2, 0.2, 0.9], [0.1, 0.1, 0.9, 0.1], [0.2, 0.9, 0.2, 0.2]])
     glance = torch.tensor([0, 1, 0, 0], dtype=torch.bool)
-    bound = grid_bound(heldout, glance, focus, grid=2)
+    bound = grid_bound(heldout, glance, focus, confidence, grid=2)
     assert bound["best_place"] == {"location": [1.0, 0.0], "accuracy": 25.0}  # not val's best place, place 0
     assert bound["mean_place"] == 43.75 and bound["accuracy_by_place"] == [[100.0, 25.0], [25.0, 25.0]]
+    # the most confident places are 1, 3, 2, 1: wrong, wrong, wrong, right (place 0 was right on all)
+    assert bound["most_confident_place"] == 25.0
     focus[0] = False
-    bound = grid_bound(heldout, glance, focus, grid=2)
+    bound = grid_bound(heldout, glance, focus, confidence, grid=2)
     assert bound["best_place_per_image"] == 75.0 and bound["oracle_exit_within_2"] == 100.0

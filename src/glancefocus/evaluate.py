@@ -100,40 +100,50 @@ def grid_locations(size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def first_focus_grid(model: GFNet, loader: DataLoader, world: World, *, grid: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whether GFNet's answer is right after the glance, (N,), and after the first focus step
-    with its patch at each of :func:`grid_locations` ``(grid)``, (grid², N), in dataset order.
+def first_focus_grid(
+    model: GFNet, loader: DataLoader, world: World, *, grid: int = 7
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Whether GFNet's answer is right after the glance, (N,); and after the first focus step
+    with its patch at each of :func:`grid_locations` ``(grid)``, whether it is right and how
+    confident (its top probability), (grid², N) each; in dataset order.
 
-    What any patch policy can reach at step 2: the best single place for all images, and each
+    What a patch policy can reach at step 2: the best single place for all images, the place
+    where GFNet is most confident (a policy that could afford to try every place), and each
     image's own best place (an oracle that reads the label).
     """
     model.eval()
     places = grid_locations(grid).to(world.device)
-    glance, focus = [], []
+    glance, right, confidence = [], [], []
     for images, targets in loader:
         images, targets = images.to(world.device, non_blocking=True), targets.to(world.device)
         out, state = model.step(images, 0, None)
         glance.append(out.logits.argmax(1) == targets)
         # one batched step per place: the loop is over places, never over images
-        focus.append(torch.stack([model.step(images, 1, state, locations=where.expand(len(images), 2))[0].logits.argmax(1)
-                                  for where in places]) == targets)
-    return (gather_in_order(torch.cat(glance), loader, world),
-            gather_in_order(torch.cat(focus, dim=1), loader, world, dim=1))
+        probs = torch.stack([model.step(images, 1, state, locations=where.expand(len(images), 2))[0].logits.float().softmax(1)
+                             for where in places])
+        top, label = probs.max(2)
+        right.append(label == targets)
+        confidence.append(top)
+    right, confidence = (gather_in_order(torch.cat(found, dim=1), loader, world, dim=1) for found in (right, confidence))
+    return gather_in_order(torch.cat(glance), loader, world), right, confidence
 
 
-def grid_bound(heldout_focus: torch.Tensor, glance: torch.Tensor, focus: torch.Tensor, grid: int) -> dict[str, Any]:
+def grid_bound(heldout_right: torch.Tensor, glance: torch.Tensor, right: torch.Tensor, confidence: torch.Tensor,
+               grid: int) -> dict[str, Any]:
     """Step 2's accuracy (%) over the places of :func:`first_focus_grid`: their mean (uniformly
-    random places), the best single place (chosen on the held-out images), each image's best
-    place (any right: the bound of every policy), and that or the glance (the oracle exit within
-    two steps, with every policy)."""
-    per_place = focus.double().mean(1) * 100
-    best = int(heldout_focus.double().mean(1).argmax())
+    random places), the best single place (chosen on the held-out images), the place where
+    GFNet is most confident, each image's best place (any right: the bound of every policy),
+    and that or the glance (the oracle exit within two steps, with every policy)."""
+    per_place = right.double().mean(1) * 100
+    best = int(heldout_right.double().mean(1).argmax())
+    confident = right.gather(0, confidence.argmax(0, keepdim=True))
     return {
         "grid": grid,
         "mean_place": float(per_place.mean()),
         "best_place": {"location": grid_locations(grid)[best].tolist(), "accuracy": float(per_place[best])},
-        "best_place_per_image": float(focus.any(0).double().mean() * 100),
-        "oracle_exit_within_2": float((glance | focus.any(0)).double().mean() * 100),
+        "most_confident_place": float(confident.double().mean() * 100),
+        "best_place_per_image": float(right.any(0).double().mean() * 100),
+        "oracle_exit_within_2": float((glance | right.any(0)).double().mean() * 100),
         "accuracy_by_place": per_place.view(grid, grid).tolist(),
     }
 
