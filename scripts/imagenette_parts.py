@@ -112,6 +112,17 @@ def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: l
     return curve
 
 
+def policy_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int]) -> list[dict]:
+    """The patch ablation on val (learned, random, fixed) of the Stage II weights after each of
+    ``epochs``, whichever epoch the held-out images keep: whether more PPO updates help π."""
+    snapshot, val, curve = copy.deepcopy(model), _val_loader(splits, run, batch), []
+    for epoch in sorted(epochs):
+        snapshot.load_state_dict(load_checkpoint(run.snapshot("stage2", epoch), device=run.world.device)[0])
+        probs, targets = collect_probs(snapshot, val, run.world)
+        curve.append({"epoch": epoch, **policy_report(snapshot, val, run.world, {"anytime_accuracy": anytime_accuracy(probs, targets)})})
+    return curve
+
+
 class Resized(torch.nn.Module):
     """A static classifier that reads the image resized to ``size`` (the full 224 px as is)."""
 
@@ -234,6 +245,8 @@ def levers_measured(folder: Path) -> dict[str, dict]:
             if p.has("gfnet_stage2"):
                 stage2 = p.load("gfnet_stage2")
                 runs[sub.parent.name]["stage2"] = {k: stage2[k] for k in ("anytime_accuracy_by_policy", "policy_locations", "oracle")}
+            if p.has("stage2_curve"):
+                runs[sub.parent.name]["stage2_curve"] = p.load("stage2_curve")
     return runs
 
 

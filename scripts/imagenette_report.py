@@ -95,9 +95,11 @@ def _levers(report: dict) -> list[str]:
 
 def _stage2_runs(report: dict) -> list[str]:
     """π after the recipe's Stage II and after each lever run's own (patches at steps 2..T)."""
-    runs = {f"recipe ({report['epochs']['stage2']} epochs)": report.get("stage3_ablation", {}).get("after stage2", report)}
-    runs |= {f"{name} ({run['recipe']['stage2_epochs']} epochs)": run["stage2"] for name, run in report.get("levers", {}).items()
-             if "stage2" in run}
+    runs = {f"recipe, π kept of {report['epochs']['stage2']} epochs": report.get("stage3_ablation", {}).get("after stage2", report)}
+    for name, run in report.get("levers", {}).items():
+        if "stage2" in run:
+            runs[f"{name}, π kept of {run['recipe']['stage2_epochs']} epochs"] = run["stage2"]
+        runs |= {f"{name}, π after epoch {point['epoch']}": point for point in run.get("stage2_curve", [])}
     if len(runs) < 2:
         return []
     lines = ["| Stage II run | learned, steps 2..T | random | fixed | learned − random at step 2 | std across images at step 2 "

@@ -46,8 +46,8 @@ from glancefocus.training import fit, new_model
 from glancefocus.weights import imagenet_indices
 
 from imagenette_data import load_imagenette
-from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, pretrained_head, static_models,
-                              write_outputs)
+from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, policy_curve, pretrained_head,
+                              static_models, write_outputs)
 from imagenette_report import markdown_table
 
 STAGES = ("glance", "stage1", "stage2", "stage3")
@@ -66,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stage1-epochs", type=int, default=30, help="appendix A.3's 30 for EfficientNet")
     p.add_argument("--curve-epochs", type=int, nargs="+", default=[5, 10, 20, 30], help="Stage I epochs evaluated on val")
     p.add_argument("--stage2-epochs", type=int, default=15, help="appendix A.2's 15")
+    p.add_argument("--stage2-curve-epochs", type=int, nargs="*", default=[],
+                   help="Stage II epochs whose π is also evaluated on val (learned, random and fixed patches), whatever epoch is kept")
     p.add_argument("--stage3", action=argparse.BooleanOptionalAction, default=False,
                    help="also run Stage III (skipped for EfficientNet by appendix A.3) and report both models")
     p.add_argument("--stage3-epochs", type=int, default=5)
@@ -136,6 +138,8 @@ def measure(stage: str, args, model: GFNet, splits, run: Run, tc: TrainConfig, p
     else:
         wanted = {f"gfnet_{stage}": lambda: evaluate_gfnet(model, splits, run, tc.batch_size),
                   f"location_grid_{stage}": lambda: location_grid(model, splits, run, tc.batch_size)}
+        if stage == "stage2" and args.stage2_curve_epochs:
+            wanted["stage2_curve"] = lambda: policy_curve(model, splits, run, tc.batch_size, args.stage2_curve_epochs)
     for name, measured in wanted.items():
         if not parts.has(name):
             parts.save(name, measured())
@@ -156,7 +160,8 @@ def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Pa
     data = DataConfig(root=str(args.data), workers=args.workers)
     last = done
     for stage in order[order.index(done) + 1 if done else 0:]:
-        config = replace(tc, keep_epochs=tuple(e for e in args.curve_epochs if e < tc.stage1_epochs)) if stage == "stage1" else tc
+        kept = {"stage1": [e for e in args.curve_epochs if e < tc.stage1_epochs], "stage2": args.stage2_curve_epochs}.get(stage, [])
+        config = replace(tc, keep_epochs=tuple(kept))
         finished, started = run.checkpoint(stage).exists(), time.time()
         fit(model, splits, [stage], config=config, run=run, data=data, teacher=teacher)  # loads a finished stage
         if not finished:

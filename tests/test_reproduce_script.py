@@ -41,7 +41,7 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert [p["epoch"] for p in curve] == [1, 2] and all(len(p["anytime_accuracy"]) == 2 for p in curve)
     # a lever run of its own (to Stage II), under --out/levers/, as the report's levers tables read them
     _run(*common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage2",
-         "--skip-static")
+         "--skip-static", "--stage2-curve-epochs", "1")
     _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights))
     assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
     assert read_meta(weights)["stage"] == "stage3"
@@ -82,5 +82,7 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     table = _run("--out", str(out), "--table").stdout
     assert "| focus step |" in table and "| per step |" in table and "| Stage I epoch |" in table and "after stage3" in table
     assert set(results["levers"]["t3"]["stage2"]["anytime_accuracy_by_policy"]) == {"learned", "random", "fixed"}
-    assert "| Stage II run |" in table and "| t3 (1 epochs) |" in table and "| recipe (1 epochs) |" in table
+    t3 = results["levers"]["t3"]  # its one Stage II epoch is the one kept: the curve's point is that model
+    assert t3["stage2_curve"][0]["anytime_accuracy_by_policy"] == t3["stage2"]["anytime_accuracy_by_policy"]
+    assert "| Stage II run |" in table and "| t3, π after epoch 1 |" in table and "| recipe, π kept of 1 epochs |" in table
     assert "| lever run |" in table and "| t3 | 96 | 3 |" in table and "| after stage3, 7×7 places |" in table
