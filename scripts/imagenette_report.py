@@ -77,15 +77,15 @@ def _grid(report: dict) -> list[str]:
 
 
 def _levers(report: dict) -> list[str]:
-    """One row per lever run (each its own Stage I of the same epochs, random patches)."""
-    runs = report.get("levers")
+    """One row per lever run that trained a Stage I of its own (the same epochs, random patches)."""
+    runs = {name: run for name, run in report.get("levers", {}).items() if "stage1" in run["seconds"]}
     if not runs:
         return []
     lines = ["| lever run | patch (px) | T | distill W | fG trainable | Stage I epochs | anytime, steps 1..T (random patches) "
              "| MMAdds, steps 1..T | oracle exit | oracle MMAdds | Stage I (min) |", "|---|---:|---:|---:|---|---:|---|---|---:|---:|---:|"]
     for name, run in runs.items():
         r, point = run["recipe"], run["stage1"]
-        minutes = f"{run['seconds']['stage1'] / 60:.0f}" if "stage1" in run["seconds"] else ""
+        minutes = f"{run['seconds']['stage1'] / 60:.0f}"
         lines.append(f"| {name} | {r['patch_size']} | {r['T']} | {r['distill_weight']:g} | {'yes' if r['glance_trainable_in_stage1'] else 'no'} "
                      f"| {r['stage1_epochs']} | {' / '.join(f'{a:.2f}' for a in point['anytime_accuracy'])} "
                      f"| {' / '.join(f'{m / 1e6:.0f}' for m in run['madds'])} "
