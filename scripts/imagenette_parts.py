@@ -208,7 +208,8 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
         "patch_size": args.patch_size, "T": args.T,
         "epochs": {"glance": epochs["epochs"], "stage1": args.stage1_epochs, "stage2": args.stage2_epochs,
                    "stage3": args.stage3_epochs if args.stage3 else 0, "static": "until held-out plateau"},
-        **results, "glance_encoder_alone": glance, "static": static, "seconds": seconds(parts.load("seconds"), [s["size"] for s in static if s["size"] != args.patch_size]),
+        **results, "glance_encoder_alone": glance, "static": static,
+        "seconds": seconds(parts.load("seconds"), [s["size"] for s in static if s["size"] != args.patch_size]),
         "headline": headline, "figures_from": last, "recipe": recipe,
     }
     if parts.has("learning_curve"):

@@ -252,7 +252,7 @@ def fit(
     run.out_dir.mkdir(parents=True, exist_ok=True)
     config = config.for_model(model.config)
     start = init or _start_checkpoint(run, stages[0])
-    _initialise(model, start, run)
+    _initialise(model, start)
     if start is not None and run.world.is_main:
         print(f"initialised from {start}")
     model.to(run.world.device)
@@ -271,7 +271,7 @@ def fit(
             continue
         last = run.checkpoint(name)
         if run.resume and last.exists():
-            _initialise(model, last, run)
+            _initialise(model, last)
             if run.world.is_main:
                 print(f"[{name}] already finished: loaded {last}")
         else:
@@ -300,7 +300,7 @@ def _start_checkpoint(run: Run, first: str) -> Path | None:
     return None
 
 
-def _initialise(model: GFNet, init: Path | None, run: Run) -> None:
+def _initialise(model: GFNet, init: Path | None) -> None:
     """Load ``init`` into ``model``: only fG from a glance checkpoint (so one glance fine-tune
     serves any T, classifier or policy), everything otherwise."""
     if init is None:
