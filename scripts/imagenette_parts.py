@@ -154,10 +154,9 @@ class StaticModels:
             lr = self.setup.config.glance_lr
             plan = fine_tune(self.setup, f"static{size}", model, epochs=self.args.static_epochs, lr=lr, saved=model,
                              patience=self.args.static_patience)
-            started, key = time.time(), f"static{size}"
+            started = time.time()
             Trainer(self.run, self.setup.config).fit(plan)
-            earlier = self.parts.load("seconds").get(key, 0) if self.parts.has("seconds") else 0  # a rerun resumes: add up
-            self.parts.timing(key, earlier + time.time() - started)
+            self.parts.timing(f"static{size}", time.time() - started)  # as a stage's: the invocation that finished it
         return model.eval()
 
     def result(self, size: int) -> None:
@@ -241,13 +240,13 @@ def levers_measured(folder: Path) -> dict[str, dict]:
         if p.has("recipe") and p.has("learning_curve"):
             recipe = p.load("recipe")
             madds = GFNet(IMAGENETTE_LITE0.model_config(patch_size=recipe["patch_size"], T=recipe["T"])).madds()
-            runs[sub.parent.name] = {"recipe": recipe, "madds": madds, "stage1": p.load("learning_curve")[-1],
-                                     "seconds": p.load("seconds") if p.has("seconds") else {}}
+            run = runs[sub.parent.name] = {"recipe": recipe, "madds": madds, "stage1": p.load("learning_curve")[-1],
+                                           "seconds": p.load("seconds") if p.has("seconds") else {}}
             if p.has("gfnet_stage2"):
                 stage2 = p.load("gfnet_stage2")
-                runs[sub.parent.name]["stage2"] = {k: stage2[k] for k in ("anytime_accuracy_by_policy", "policy_locations", "oracle")}
+                run["stage2"] = {k: stage2[k] for k in ("anytime_accuracy_by_policy", "policy_locations", "oracle")}
             if p.has("stage2_curve"):
-                runs[sub.parent.name]["stage2_curve"] = p.load("stage2_curve")
+                run["stage2_curve"] = p.load("stage2_curve")
     return runs
 
 

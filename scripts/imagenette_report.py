@@ -60,6 +60,11 @@ def _components(report: dict) -> list[str]:
     return [""] + lines
 
 
+def _after(report: dict, stage: str) -> dict:
+    """The evaluation of the model "after stage2" or "after stage3" (the headline's is the report's)."""
+    return report.get("stage3_ablation", {}).get(stage, report)
+
+
 def _grid(report: dict) -> list[str]:
     """Step 2 over a grid of places: what any policy could reach there, beside π and random."""
     grids = report.get("location_grid")
@@ -68,7 +73,7 @@ def _grid(report: dict) -> list[str]:
     lines = ["| step 2 | glance (step 1) | learned π | random | mean over the places | best single place (chosen on held-out) "
              "| most confident place | each image's best place (oracle) | oracle exit within 2 steps |", "|---|" + "---:|" * 8]
     for stage, g in grids.items():
-        policies = report.get("stage3_ablation", {}).get(stage, report)["anytime_accuracy_by_policy"]
+        policies = _after(report, stage)["anytime_accuracy_by_policy"]
         best = g["best_place"]
         lines.append(f"| {stage}, {g['grid']}×{g['grid']} places | {policies['learned'][0]:.2f} | {policies['learned'][1]:.2f} "
                      f"| {policies['random'][1]:.2f} | {g['mean_place']:.2f} | {best['accuracy']:.2f} at ({best['location'][0]:.2f}, "
@@ -95,7 +100,7 @@ def _levers(report: dict) -> list[str]:
 
 def _stage2_runs(report: dict) -> list[str]:
     """π after the recipe's Stage II and after each lever run's own (patches at steps 2..T)."""
-    runs = {f"recipe, π kept of {report['epochs']['stage2']} epochs": report.get("stage3_ablation", {}).get("after stage2", report)}
+    runs = {f"recipe, π kept of {report['epochs']['stage2']} epochs": _after(report, "after stage2")}
     for name, run in report.get("levers", {}).items():
         if "stage2" in run:
             runs[f"{name}, π kept of {run['recipe']['stage2_epochs']} epochs"] = run["stage2"]
