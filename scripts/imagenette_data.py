@@ -80,4 +80,5 @@ def load_imagenette(root: Path, cache_dir: Path, config: GFNetConfig, *, seed: i
         heldout=Subset(plain, held_idx),
         val=CachedImages(val_x, val_y, classes, transforms(transform, train=False)),
         classes=classes,
+        train_plain=SeededAugmentation(Subset(plain, train_idx), seed),
     )

@@ -68,6 +68,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stage2-epochs", type=int, default=15, help="appendix A.2's 15")
     p.add_argument("--stage2-curve-epochs", type=int, nargs="*", default=[],
                    help="Stage II epochs whose π is also evaluated on val (learned, random and fixed patches), whatever epoch is kept")
+    p.add_argument("--stage2-images", choices=["augmented", "plain"], default="augmented",
+                   help="Stage II rolls out on augmented training images (the release) or on them as evaluation crops them "
+                        "(beyond the paper)")
+    p.add_argument("--ppo-lr", type=float, default=3e-4, help="Adam LR of π in Stage II (appendix A.2's 3e-4)")
+    p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure step 2 over a 7×7 grid of places after Stages II and III (lever runs may skip it)")
     p.add_argument("--stage3", action=argparse.BooleanOptionalAction, default=False,
                    help="also run Stage III (skipped for EfficientNet by appendix A.3) and report both models")
     p.add_argument("--stage3-epochs", type=int, default=5)
@@ -94,7 +100,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return replace(
         IMAGENETTE_LITE0.train, batch_size=args.batch_size, glance_epochs=args.glance_epochs, glance_patience=args.glance_patience,
         stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, stage3_epochs=args.stage3_epochs, run_stage3=args.stage3,
-        distill_weight=args.distill, amp=args.amp, **({"freeze_glance": False} if args.train_glance else {}),
+        distill_weight=args.distill, amp=args.amp, stage2_images=args.stage2_images,
+        ppo=replace(IMAGENETTE_LITE0.train.ppo, lr=args.ppo_lr), **({"freeze_glance": False} if args.train_glance else {}),
     )
 
 
@@ -104,7 +111,8 @@ def levers(args: argparse.Namespace, model: GFNet, tc: TrainConfig) -> dict:
     return {"patch_size": cfg.patch_size, "T": cfg.T, "stage3": args.stage3, "distill_weight": args.distill,
             "glance_trainable_in_stage1": not c.freeze_glance, "drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate,
             "lr_scale": c.lr_scale, "resize_interpolation": cfg.resize_interpolation, "stage3_locations": c.stage3_locations,
-            "amp": c.amp, "stage1_epochs": c.stage1_epochs, "stage2_epochs": c.stage2_epochs}
+            "amp": c.amp, "stage1_epochs": c.stage1_epochs, "stage2_epochs": c.stage2_epochs,
+            "stage2_images": c.stage2_images, "ppo_lr": c.ppo.lr}
 
 
 def import_weights(path: Path | None, run: Run) -> str | None:
@@ -136,8 +144,9 @@ def measure(stage: str, args, model: GFNet, splits, run: Run, tc: TrainConfig, p
     elif stage == "stage1":
         wanted = {"learning_curve": lambda: learning_curve(model, splits, run, tc.batch_size, args.curve_epochs, tc.stage1_epochs)}
     else:
-        wanted = {f"gfnet_{stage}": lambda: evaluate_gfnet(model, splits, run, tc.batch_size),
-                  f"location_grid_{stage}": lambda: location_grid(model, splits, run, tc.batch_size)}
+        wanted = {f"gfnet_{stage}": lambda: evaluate_gfnet(model, splits, run, tc.batch_size)}
+        if args.grid:
+            wanted[f"location_grid_{stage}"] = lambda: location_grid(model, splits, run, tc.batch_size)
         if stage == "stage2" and args.stage2_curve_epochs:
             wanted["stage2_curve"] = lambda: policy_curve(model, splits, run, tc.batch_size, args.stage2_curve_epochs)
     for name, measured in wanted.items():

@@ -181,3 +181,35 @@ def test_train_with_a_recipe_takes_its_batch_size_and_weights_unless_told_otherw
     assert resolved("--preset", "imagenette-lite0", "--batch-size", "32", "--pretrained", "false") == (32, False)
     assert resolved() == (256, False)
     assert "distill_weight" not in vars(build_parser().parse_args(["train", "--stage", "1"]))  # no teacher on the CLI
+
+
+@pytest.mark.parametrize("images", ["augmented", "plain"])
+def test_stage2_rolls_out_on_the_chosen_view_with_the_chosen_lr(images: str, tiny_data: Path, tmp_path: Path) -> None:
+    """``stage2_images="plain"`` gives π the training images exactly as evaluation crops them
+    (the held-out view's pixels); the default keeps the release's random crops.  ``ppo.lr``
+    is π's Adam rate, unscaled by the batch."""
+    from dataclasses import replace
+
+    from glancefocus.config import PPOConfig
+    from glancefocus.training import stage2
+
+    model = GFNet(GFNetConfig(**{**TINY, "num_classes": 2}))
+    config = TrainConfig(batch_size=8, stage2_images=images, ppo=replace(PPOConfig(), lr=1e-3))
+    s = _setup(config, model, tiny_data, tmp_path)
+    plan = stage2(s)
+    assert [g["lr"] for g in plan.optimizer.param_groups] == [1e-3]
+    dataset = plan.loader.dataset
+    dataset.set_epoch(0, "stage2")
+    first, again = dataset[0][0], dataset[0][0]
+    index = dataset.dataset.indices[0]
+    plain = s.splits.heldout.dataset[index][0]  # the evaluation view of the same training image
+    assert torch.equal(first, again)  # one epoch's draw is reproducible either way
+    assert torch.equal(first, plain) == (images == "plain")
+
+
+def test_ppo_lr_and_stage2_images_are_flags() -> None:
+    from glancefocus.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "--stage", "2", "--ppo-lr", "0.002", "--stage2-images", "plain"])
+    config = _train_config(args, TrainConfig())
+    assert (config.ppo.lr, config.stage2_images, config.ppo.gamma) == (0.002, "plain", 0.7)

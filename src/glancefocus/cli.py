@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import DataConfig, GFNetConfig, TrainConfig
+from .config import DataConfig, GFNetConfig, PPOConfig, TrainConfig
 from .distributed import init_world, pick_device
 from .flags import add_fields, given_fields
 from .recipes import RECIPES, Recipe, recipe
@@ -57,6 +57,7 @@ def _train_parser(sub) -> None:
     g.add_argument("--epochs", type=int, help="epochs of every stage (overrides the recipe's per-stage values)")
     # Distillation needs a teacher model, which only the reproduction script provides.
     add_fields(g, TrainConfig, "train", skip=("batch_size", "amp", "channels_last", "momentum", "distill_weight", "distill_temperature"))
+    add_fields(g, PPOConfig, "ppo", only=("lr",), names={"lr": "--ppo-lr"})
     _data_options(t, default_root="builtin")
     add_fields(t, DataConfig, "data", only=("holdout",))
     _run_options(t, batch_size=None)
@@ -140,7 +141,8 @@ def _train_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
         for name in ("glance_epochs", "stage1_epochs", "stage2_epochs", "stage3_epochs"):
             given.setdefault(name, args.epochs)
     batch_size = args.batch_size if args.batch_size is not None else base.batch_size
-    return replace(base, **given, batch_size=batch_size, amp=args.amp, channels_last=args.channels_last)
+    return replace(base, **given, batch_size=batch_size, amp=args.amp, channels_last=args.channels_last,
+                   ppo=replace(base.ppo, **given_fields(args, "ppo")))
 
 
 def _train(args: argparse.Namespace) -> None:

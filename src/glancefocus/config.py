@@ -21,6 +21,7 @@ PolicyTrunk = Literal["mlp", "conv"]
 GlanceResize = Literal["antialias", "align_corners"]
 Amp = Literal["none", "bf16", "fp16"]
 Stage3Locations = Literal["sample", "mean"]
+Stage2Images = Literal["augmented", "plain"]
 
 # Name prefixes of timm models, in the order they are tested.
 _FAMILY_PREFIXES: tuple[tuple[str, Family], ...] = (
@@ -194,7 +195,7 @@ _LEGACY = {"resize_interpolation": "bicubic", "drop_rate": 0.0, "drop_path_rate"
 class PPOConfig:
     """Stage II hyper-parameters (appendix A.2)."""
 
-    lr: float = 3e-4
+    lr: float = field(default=3e-4, metadata={"help": "Adam LR of π in Stage II (appendix A.2's 3e-4; not scaled with the batch)"})
     betas: tuple[float, float] = (0.9, 0.999)
     gamma: float = 0.7
     clip: float = 0.2  # ε
@@ -235,6 +236,9 @@ class TrainConfig:
     stage3_locations: Stage3Locations = field(default="sample", metadata={
         "help": "Stage III patches: sampled from N(π's mean, std²) clipped to [0, 1], as the release, or π's mean"})
     glance_lr: float | None = field(default=None, metadata={"help": "LR of the low-resolution fine-tune of fG (at lr_reference_batch)"})
+    stage2_images: Stage2Images = field(default="augmented", metadata={
+        "help": "Stage II images: the training augmentation, as the release, or the training images as evaluation sees "
+                "them (resize and centre crop), the view π acts on at test time (beyond the paper)"})
     ppo: PPOConfig = field(default_factory=PPOConfig)
     amp: Amp = field(default="none", metadata={"help": "mixed precision"})
     channels_last: bool = True  # oneDNN convs: a CPU Stage I step 1.9x faster (benchmarks/bench_memory_format.py)

@@ -184,6 +184,7 @@ class Splits:
     heldout: Dataset
     val: Dataset
     classes: list[str]
+    train_plain: SeededAugmentation  # ``train``'s images in the evaluation transform (TrainConfig.stage2_images)
 
 
 def load_data(data: DataConfig, model: GFNetConfig, *, seed: int) -> Splits:
@@ -196,9 +197,11 @@ def load_data(data: DataConfig, model: GFNetConfig, *, seed: int) -> Splits:
     if len(classes) != model.num_classes:
         raise ValueError(f"{data.root} has {len(classes)} classes but the model was built for {model.num_classes}")
     train_idx, held_idx = holdout_split(len(train_full), data.holdout, seed)
-    heldout = Subset(evaluation_view(train_full, transform), held_idx or train_idx)
+    plain = evaluation_view(train_full, transform)
+    heldout = Subset(plain, held_idx or train_idx)
     redraw = train_full.set_epoch if source.fresh_each_epoch else None
-    return Splits(SeededAugmentation(Subset(train_full, train_idx), seed, redraw=redraw), heldout, val, classes)
+    return Splits(SeededAugmentation(Subset(train_full, train_idx), seed, redraw=redraw), heldout, val, classes,
+                  SeededAugmentation(Subset(plain, train_idx), seed))
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, world: World, train: bool, seed: int = 0, workers: int = 0) -> DataLoader:

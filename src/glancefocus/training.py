@@ -173,8 +173,10 @@ def stage3(s: Setup) -> StagePlan:
 # -------------------------------------------------------------------------------- stage II
 def stage2(s: Setup) -> StagePlan:
     """π with PPO (appendix A.2): one clipped update per batch; the epoch with the best
-    final-step accuracy on the held-out images is kept."""
+    final-step accuracy on the held-out images is kept.  ``stage2_images="plain"`` rolls out
+    on the training images as evaluation crops them, not on augmented ones (beyond the paper)."""
     model, ppo = s.model, s.config.ppo
+    dataset = s.splits.train_plain if s.config.stage2_images == "plain" else s.splits.train
     model.requires_grad_(False)
     model.policy.requires_grad_(True)
     net = wrap(PolicyReplay(model.policy), s.world)
@@ -185,7 +187,7 @@ def stage2(s: Setup) -> StagePlan:
         objective = update_loss(net, batch, ppo)
         return objective.loss, {"reward": batch.rewards.sum(0).mean(), "value_loss": objective.value, "accuracy": batch.accuracy}
 
-    return StagePlan("stage2", model, optimizer, s.loader(s.splits.train, train=True), s.config.stage2_epochs, s.meta,
+    return StagePlan("stage2", model, optimizer, s.loader(dataset, train=True), s.config.stage2_epochs, s.meta,
                      step, lambda: s.heldout_accuracy("learned"), select="final_accuracy",
                      train_mode=model.eval)  # encoders and fC are frozen, BatchNorm included
 
