@@ -41,7 +41,8 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert [p["epoch"] for p in curve] == [1, 2] and all(len(p["anytime_accuracy"]) == 2 for p in curve)
     # a lever run of its own (to Stage II), under --out/levers/, as the report's levers tables read them
     _run(*common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage2",
-         "--skip-static", "--stage2-curve-epochs", "1")
+         "--skip-static", "--stage2-curve-epochs", "1", "--stage2-images", "plain", "--ppo-lr", "1e-3", "--no-grid")
+    assert not (out / "levers" / "t3" / "parts" / "location_grid_stage2.json").exists()
     _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights))
     assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
     assert read_meta(weights)["stage"] == "stage3"
@@ -76,6 +77,8 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert set(results["encoder_heads"]) == {"learned", "random"}
     assert results["encoder_heads"]["learned"][0] == results["encoder_heads"]["random"][0] == results["anytime_accuracy"][0]
     assert set(results["levers"]) == {"t3"} and results["levers"]["t3"]["recipe"]["T"] == 3
+    assert (results["levers"]["t3"]["recipe"]["stage2_images"], results["levers"]["t3"]["recipe"]["ppo_lr"]) == ("plain", 1e-3)
+    assert (results["recipe"]["stage2_images"], results["recipe"]["ppo_lr"]) == ("augmented", 3e-4)
     assert len(results["levers"]["t3"]["stage1"]["anytime_accuracy"]) == 3 and results["recipe"]["T"] == 2
     assert results["levers"]["t3"]["madds"][:2] == results["madds"]  # the same steps, one more of them
     assert len(results["budgeted"]) == 39
