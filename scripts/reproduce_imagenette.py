@@ -72,6 +72,8 @@ def parse_args() -> argparse.Namespace:
                    help="Stage II rolls out on augmented training images (the release) or on them as evaluation crops them "
                         "(beyond the paper)")
     p.add_argument("--ppo-lr", type=float, default=3e-4, help="Adam LR of π in Stage II (appendix A.2's 3e-4)")
+    p.add_argument("--ppo-baseline", choices=["critic", "greedy"], default="critic",
+                   help="Stage II advantage baseline: the critic (Eq. 7) or π's mean locations on the same image (beyond the paper)")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                    help="measure step 2 over a 7×7 grid of places after Stages II and III (lever runs may skip it)")
     p.add_argument("--stage3", action=argparse.BooleanOptionalAction, default=False,
@@ -101,7 +103,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         IMAGENETTE_LITE0.train, batch_size=args.batch_size, glance_epochs=args.glance_epochs, glance_patience=args.glance_patience,
         stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, stage3_epochs=args.stage3_epochs, run_stage3=args.stage3,
         distill_weight=args.distill, amp=args.amp, stage2_images=args.stage2_images,
-        ppo=replace(IMAGENETTE_LITE0.train.ppo, lr=args.ppo_lr), **({"freeze_glance": False} if args.train_glance else {}),
+        ppo=replace(IMAGENETTE_LITE0.train.ppo, lr=args.ppo_lr, baseline=args.ppo_baseline), **({"freeze_glance": False} if args.train_glance else {}),
     )
 
 
@@ -112,7 +114,7 @@ def levers(args: argparse.Namespace, model: GFNet, tc: TrainConfig) -> dict:
             "glance_trainable_in_stage1": not c.freeze_glance, "drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate,
             "lr_scale": c.lr_scale, "resize_interpolation": cfg.resize_interpolation, "stage3_locations": c.stage3_locations,
             "amp": c.amp, "stage1_epochs": c.stage1_epochs, "stage2_epochs": c.stage2_epochs,
-            "stage2_images": c.stage2_images, "ppo_lr": c.ppo.lr}
+            "stage2_images": c.stage2_images, "ppo_lr": c.ppo.lr, "ppo_baseline": c.ppo.baseline}
 
 
 def import_weights(path: Path | None, run: Run) -> str | None:

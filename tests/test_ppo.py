@@ -159,3 +159,39 @@ def test_policy_replay_reproduces_rollout():
     out = ppo_loss(lp2, torch.stack(log_probs), v2, torch.randn(3, 5), ent)
     out.loss.backward()
     assert all(p.grad is not None for p in policy.parameters())
+
+
+def test_ppo_loss_takes_a_given_advantage():
+    """A given Â replaces R − V in the clipped surrogate; the critic still regresses on R."""
+    log_probs, old, values, returns, entropy = _example()
+    advantage = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.4, -0.6]], dtype=torch.float64)
+    given = ppo_loss(log_probs, old, values, returns, entropy, advantage=advantage)
+    shifted = ppo_loss(log_probs, old, values.detach(), values.detach() + advantage, entropy)
+    assert torch.allclose(given.policy, shifted.policy, atol=1e-12)
+    assert torch.allclose(given.value, ppo_loss(log_probs, old, values, returns, entropy).value, atol=1e-12)
+
+
+def test_greedy_baseline_removes_the_images_own_difficulty():
+    """Self-critical advantages: R(sampled) − R(π's mean) on the same image.  With no
+    exploration the two rollouts read the same patches, so every advantage is 0, while the
+    returns themselves (what the critic must explain) are not."""
+    from dataclasses import replace
+
+    from glancefocus import GFNet, GFNetConfig
+    from glancefocus.config import PPOConfig
+    from glancefocus.ppo import rollout
+
+    torch.manual_seed(0)
+    model = GFNet(GFNetConfig(backbone="resnet18", num_classes=3, patch_size=32, T=3, image_size=64)).eval()
+    images, targets = torch.randn(16, 3, 64, 64), torch.randint(0, 3, (16,))
+    greedy = replace(PPOConfig(), baseline="greedy")
+    assert rollout(model, images, targets, PPOConfig()).advantages is None
+    model.policy.std = 1e-7
+    batch = rollout(model, images, targets, greedy)
+    assert batch.returns.abs().max() > 0.1 and batch.advantages.abs().max() < 1e-3
+    model.policy.std = 0.2
+    raw = replace(greedy, normalize_returns=False)
+    torch.manual_seed(1)
+    batch = rollout(model, images, targets, raw)
+    mean = discounted_returns(step_rewards(torch.softmax(model(images, locations="mean").logits, 2), targets), 0.7)
+    assert torch.allclose(batch.advantages, batch.returns - mean, atol=1e-5) and batch.advantages.abs().max() > 1e-3

@@ -210,6 +210,7 @@ def test_stage2_rolls_out_on_the_chosen_view_with_the_chosen_lr(images: str, tin
 def test_ppo_lr_and_stage2_images_are_flags() -> None:
     from glancefocus.cli import _train_config, build_parser
 
-    args = build_parser().parse_args(["train", "--stage", "2", "--ppo-lr", "0.002", "--stage2-images", "plain"])
+    args = build_parser().parse_args(["train", "--stage", "2", "--ppo-lr", "0.002", "--stage2-images", "plain",
+                                      "--ppo-baseline", "greedy"])
     config = _train_config(args, TrainConfig())
-    assert (config.ppo.lr, config.stage2_images, config.ppo.gamma) == (0.002, "plain", 0.7)
+    assert (config.ppo.lr, config.stage2_images, config.ppo.baseline, config.ppo.gamma) == (0.002, "plain", "greedy", 0.7)

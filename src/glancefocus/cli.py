@@ -57,7 +57,7 @@ def _train_parser(sub) -> None:
     g.add_argument("--epochs", type=int, help="epochs of every stage (overrides the recipe's per-stage values)")
     # Distillation needs a teacher model, which only the reproduction script provides.
     add_fields(g, TrainConfig, "train", skip=("batch_size", "amp", "channels_last", "momentum", "distill_weight", "distill_temperature"))
-    add_fields(g, PPOConfig, "ppo", only=("lr",), names={"lr": "--ppo-lr"})
+    add_fields(g, PPOConfig, "ppo", only=("lr", "baseline"), names={"lr": "--ppo-lr", "baseline": "--ppo-baseline"})
     _data_options(t, default_root="builtin")
     add_fields(t, DataConfig, "data", only=("holdout",))
     _run_options(t, batch_size=None)

@@ -22,6 +22,7 @@ GlanceResize = Literal["antialias", "align_corners"]
 Amp = Literal["none", "bf16", "fp16"]
 Stage3Locations = Literal["sample", "mean"]
 Stage2Images = Literal["augmented", "plain"]
+Baseline = Literal["critic", "greedy"]
 
 # Name prefixes of timm models, in the order they are tested.
 _FAMILY_PREFIXES: tuple[tuple[str, Family], ...] = (
@@ -202,6 +203,9 @@ class PPOConfig:
     value_coef: float = 0.5  # c1
     entropy_coef: float = 0.01  # c2
     normalize_returns: bool = True  # as the authors' release; the paper is silent
+    baseline: Baseline = field(default="critic", metadata={
+        "help": "PPO's advantage baseline: the critic V(s_t) (Eq. 7), or the return of π's mean locations on the same "
+                "image (self-critical; beyond the paper)"})
 
 
 @dataclass(frozen=True)

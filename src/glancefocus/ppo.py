@@ -50,11 +50,12 @@ def ppo_loss(
     clip: float = 0.2,
     value_coef: float = 0.5,
     entropy_coef: float = 0.01,
+    advantage: torch.Tensor | None = None,
 ) -> PPOLoss:
     """Negative of Eq. 8: −E[L^CLIP − c1 (V − R)² + c2 S], with Â = R − V (V not differentiated
-    through the advantage).  All inputs share one shape, e.g. (T−1, B)."""
+    through the advantage) unless ``advantage`` is given.  All inputs share one shape, e.g. (T−1, B)."""
     ratio = torch.exp(log_probs - old_log_probs.detach())
-    advantage = returns - values.detach()
+    advantage = returns - values.detach() if advantage is None else advantage
     surrogate = torch.min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage).mean()
     value_error = (values - returns).pow(2).mean()
     mean_entropy = entropy.mean()
@@ -90,19 +91,33 @@ class Rollout:
     rewards: torch.Tensor  # (T−1, B) r_t
     returns: torch.Tensor  # (T−1, B) R_t (normalised per batch if asked)
     accuracy: torch.Tensor  # (T,) % correct after each step
+    advantages: torch.Tensor | None = None  # (T−1, B) R_t − R_t(π's mean), scaled alike (baseline="greedy")
+
+
+def _returns(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, locations: str, gamma: float):
+    out = model(images, locations=locations, need_aux=False)
+    probs = F.softmax(out.logits.float(), dim=2)
+    rewards = step_rewards(probs, targets)
+    return out, probs, rewards, discounted_returns(rewards, gamma)
 
 
 @torch.no_grad()
 def rollout(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, config: PPOConfig) -> Rollout:
-    """Act with the current (old) policy, l_t ~ N(π(s_t), σ²), and observe r_t and R_t (Eq. 4, 6)."""
-    out = model(images, locations="sample", need_aux=False)
-    probs = F.softmax(out.logits.float(), dim=2)
-    rewards = step_rewards(probs, targets)
-    returns = discounted_returns(rewards, config.gamma)
+    """Act with the current (old) policy, l_t ~ N(π(s_t), σ²), and observe r_t and R_t (Eq. 4, 6).
+
+    ``baseline="greedy"`` also reads the same images at π's mean locations: Â = R − R(mean)
+    compares each sampled action with what π would do on that very image, which removes the
+    image's own difficulty from the advantage (self-critical training, Rennie et al. 2017)."""
+    out, probs, rewards, returns = _returns(model, images, targets, "sample", config.gamma)
+    advantages = None
+    if config.baseline == "greedy":
+        advantages = returns - _returns(model, images, targets, "mean", config.gamma)[3]
     if config.normalize_returns:
-        returns = (returns - returns.mean()) / (returns.std() + 1e-5)
+        scale = returns.std() + 1e-5
+        advantages = None if advantages is None else advantages / scale
+        returns = (returns - returns.mean()) / scale
     accuracy = (probs.argmax(2) == targets).float().mean(1) * 100
-    return Rollout(out.policy_inputs, out.locations, out.log_probs, rewards, returns, accuracy)
+    return Rollout(out.policy_inputs, out.locations, out.log_probs, rewards, returns, accuracy, advantages)
 
 
 def update_loss(replay: torch.nn.Module, batch: Rollout, config: PPOConfig) -> PPOLoss:
@@ -111,5 +126,5 @@ def update_loss(replay: torch.nn.Module, batch: Rollout, config: PPOConfig) -> P
     log_probs, values, entropy = replay(batch.feature_maps, batch.actions)
     return ppo_loss(
         log_probs, batch.log_probs, values.float(), batch.returns, entropy,
-        clip=config.clip, value_coef=config.value_coef, entropy_coef=config.entropy_coef,
+        clip=config.clip, value_coef=config.value_coef, entropy_coef=config.entropy_coef, advantage=batch.advantages,
     )
