@@ -231,9 +231,9 @@ def seconds(timings: dict[str, int], sizes: list[int]) -> dict[str, int]:
 
 
 def levers_measured(folder: Path) -> dict[str, dict]:
-    """Each lever run under ``folder`` (its own ``--out``, ``--stop-after stage1`` or ``stage2``):
-    its recipe, multiply-adds per step, the learning curve's last point, its seconds and, if
-    it ran Stage II, what π does (the patch ablation, where it looks), by folder name."""
+    """Each lever run under ``folder`` (its own ``--out``, stopped after Stage I, II or III):
+    its recipe, multiply-adds per step, the learning curve's last point, its seconds and, after
+    each of Stages II and III it ran, what π does (the patch ablation, where it looks), by folder name."""
     runs = {}
     for sub in sorted(folder.glob("*/parts")):
         p = Parts(sub)
@@ -242,9 +242,10 @@ def levers_measured(folder: Path) -> dict[str, dict]:
             madds = GFNet(IMAGENETTE_LITE0.model_config(patch_size=recipe["patch_size"], T=recipe["T"])).madds()
             run = runs[sub.parent.name] = {"recipe": recipe, "madds": madds, "stage1": p.load("learning_curve")[-1],
                                            "seconds": p.load("seconds") if p.has("seconds") else {}}
-            if p.has("gfnet_stage2"):
-                stage2 = p.load("gfnet_stage2")
-                run["stage2"] = {k: stage2[k] for k in ("anytime_accuracy_by_policy", "policy_locations", "oracle")}
+            for stage in ("stage2", "stage3"):
+                if p.has(f"gfnet_{stage}"):
+                    evaluation = p.load(f"gfnet_{stage}")
+                    run[stage] = {k: evaluation[k] for k in ("anytime_accuracy_by_policy", "policy_locations", "oracle")}
             if p.has("stage2_curve"):
                 run["stage2_curve"] = p.load("stage2_curve")
     return runs

@@ -99,21 +99,26 @@ def _levers(report: dict) -> list[str]:
 
 
 def _stage2_runs(report: dict) -> list[str]:
-    """π after the recipe's Stage II and after each lever run's own (patches at steps 2..T)."""
+    """π after the recipe's Stage II and after each lever run's own (patches at steps 2..T),
+    and after Stage III where the run went on to it."""
     runs = {f"recipe, π kept of {report['epochs']['stage2']} epochs": _after(report, "after stage2")}
+    if "stage3_ablation" in report:
+        runs["recipe, after Stage III"] = _after(report, "after stage3")
     for name, run in report.get("levers", {}).items():
         if "stage2" in run:
             runs[f"{name}, π kept of {run['recipe']['stage2_epochs']} epochs"] = run["stage2"]
         runs |= {f"{name}, π after epoch {point['epoch']}": point for point in run.get("stage2_curve", [])}
+        if "stage3" in run:
+            runs[f"{name}, after Stage III"] = run["stage3"]
     if len(runs) < 2:
         return []
-    lines = ["| Stage II run | learned, steps 2..T | random | fixed | learned − random at step 2 | std across images at step 2 "
-             "(row, col) |", "|---|---|---|---|---:|---|"]
+    lines = ["| Stage II run | learned, steps 2..T | random | fixed | learned − random at step 2 | mean location at step 2 "
+             "(row, col) | std across images at step 2 (row, col) |", "|---|---|---|---|---:|---|---|"]
     for name, r in runs.items():
-        by, spread = r["anytime_accuracy_by_policy"], r["policy_locations"][0]["std"]
+        by, where = r["anytime_accuracy_by_policy"], r["policy_locations"][0]
         steps = {k: " / ".join(f"{a:.2f}" for a in v[1:]) for k, v in by.items()}
         lines.append(f"| {name} | {steps['learned']} | {steps['random']} | {steps['fixed']} | {by['learned'][1] - by['random'][1]:+.2f} "
-                     f"| ({spread[0]:.3f}, {spread[1]:.3f}) |")
+                     f"| ({where['mean'][0]:.2f}, {where['mean'][1]:.2f}) | ({where['std'][0]:.3f}, {where['std'][1]:.3f}) |")
     return [""] + lines
 
 

@@ -39,9 +39,10 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert read_meta(weights)["stage"] == "stage1" and not (out / "results.json").exists()
     curve = json.loads((out / "parts" / "learning_curve.json").read_text())
     assert [p["epoch"] for p in curve] == [1, 2] and all(len(p["anytime_accuracy"]) == 2 for p in curve)
-    # a lever run of its own (to Stage II), under --out/levers/, as the report's levers tables read them
-    _run(*common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage2",
-         "--skip-static", "--stage2-curve-epochs", "1", "--stage2-images", "plain", "--ppo-lr", "1e-3", "--no-grid")
+    # a lever run of its own (to Stage III), under --out/levers/, as the report's levers tables read them
+    _run(*common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage3",
+         "--skip-static", "--stage2-curve-epochs", "1", "--stage2-images", "plain", "--ppo-lr", "1e-3", "--ppo-baseline", "greedy",
+         "--no-grid")
     assert not (out / "levers" / "t3" / "parts" / "location_grid_stage2.json").exists()
     _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights))
     assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
@@ -77,8 +78,9 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert set(results["encoder_heads"]) == {"learned", "random"}
     assert results["encoder_heads"]["learned"][0] == results["encoder_heads"]["random"][0] == results["anytime_accuracy"][0]
     assert set(results["levers"]) == {"t3"} and results["levers"]["t3"]["recipe"]["T"] == 3
-    assert (results["levers"]["t3"]["recipe"]["stage2_images"], results["levers"]["t3"]["recipe"]["ppo_lr"]) == ("plain", 1e-3)
-    assert (results["recipe"]["stage2_images"], results["recipe"]["ppo_lr"]) == ("augmented", 3e-4)
+    t3_recipe = results["levers"]["t3"]["recipe"]
+    assert (t3_recipe["stage2_images"], t3_recipe["ppo_lr"], t3_recipe["ppo_baseline"]) == ("plain", 1e-3, "greedy")
+    assert (results["recipe"]["stage2_images"], results["recipe"]["ppo_lr"], results["recipe"]["ppo_baseline"]) == ("augmented", 3e-4, "critic")
     assert len(results["levers"]["t3"]["stage1"]["anytime_accuracy"]) == 3 and results["recipe"]["T"] == 2
     assert results["levers"]["t3"]["madds"][:2] == results["madds"]  # the same steps, one more of them
     assert len(results["budgeted"]) == 39
@@ -88,4 +90,5 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     t3 = results["levers"]["t3"]  # its one Stage II epoch is the one kept: the curve's point is that model
     assert t3["stage2_curve"][0]["anytime_accuracy_by_policy"] == t3["stage2"]["anytime_accuracy_by_policy"]
     assert "| Stage II run |" in table and "| t3, π after epoch 1 |" in table and "| recipe, π kept of 1 epochs |" in table
+    assert "| recipe, after Stage III |" in table and "| t3, after Stage III |" in table
     assert "| lever run |" in table and "| t3 | 96 | 3 |" in table and "| after stage3, 7×7 places |" in table
