@@ -61,7 +61,9 @@ class Variant:
                  context=contextlib.nullcontext) -> None:
         config = replace_config(len(images), amp)
         data = TensorDataset(images.cpu(), targets.cpu())
-        splits = Splits(SeededAugmentation(data, 0), data, data, [str(c) for c in range(model.config.num_classes)], SeededAugmentation(data, 0))
+        train = SeededAugmentation(data, 0)
+        splits = Splits(train=train, heldout=data, val=data, classes=[str(c) for c in range(model.config.num_classes)],
+                        train_plain=train)
         trainer = Trainer(Run(Path("unused"), World(device=images.device), quiet=True), config)
         self.model, self.amp, self.context = model, amp, context
         self.plan = stage1(Setup(model, splits, config.for_model(model.config), trainer, {}))

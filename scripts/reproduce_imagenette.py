@@ -13,10 +13,12 @@ PNG results; ``--table`` prints RESULTS.md's tables from them.
 
 Levers beyond the paper's recipe, each recorded in results.json: ``--patch-size 128``,
 ``--T 5``, ``--stage3``, ``--distill W`` (the static 224 px model's soft targets teach fL
-and fC in Stages I/III), ``--train-glance`` (fG trainable in Stage I).  A lever run of its
+and fC in Stages I/III), ``--train-glance`` (fG trainable in Stage I), and for Stage II
+``--stage2-images plain``, ``--ppo-lr`` and ``--ppo-baseline greedy``.  A lever run of its
 own (``--work runs/lever-NAME --out results/imagenette/levers/NAME --stop-after stage1
 --skip-static``, the same ``--stage1-epochs`` for every run) is compared with the others in
-the report's levers table.
+the report's levers table; one that goes on to Stage II or III (``--no-grid`` skips the
+step-2 grid of places) also in its Stage II table.
 
 Resumable and splittable: a rerun continues from ``--work``.  Each finished part (the glance
 fine-tune, the learning curve, each model's evaluation, each static size) is also written
@@ -34,10 +36,11 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 from glancefocus import GFNet
 from glancefocus.checkpoint import atomic_write, load_checkpoint, read_meta
-from glancefocus.config import DataConfig, TrainConfig
+from glancefocus.config import DataConfig, PPOBaseline, Stage2Images, TrainConfig
 from glancefocus.distributed import init_world
 from glancefocus.recipes import IMAGENETTE_LITE0
 from glancefocus.runlog import RunLog
@@ -68,11 +71,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stage2-epochs", type=int, default=15, help="appendix A.2's 15")
     p.add_argument("--stage2-curve-epochs", type=int, nargs="*", default=[],
                    help="Stage II epochs whose π is also evaluated on val (learned, random and fixed patches), whatever epoch is kept")
-    p.add_argument("--stage2-images", choices=["augmented", "plain"], default="augmented",
+    p.add_argument("--stage2-images", choices=get_args(Stage2Images), default=IMAGENETTE_LITE0.train.stage2_images,
                    help="Stage II rolls out on augmented training images (the release) or on them as evaluation crops them "
                         "(beyond the paper)")
-    p.add_argument("--ppo-lr", type=float, default=3e-4, help="Adam LR of π in Stage II (appendix A.2's 3e-4)")
-    p.add_argument("--ppo-baseline", choices=["critic", "greedy"], default="critic",
+    p.add_argument("--ppo-lr", type=float, default=IMAGENETTE_LITE0.train.ppo.lr, help="Adam LR of π in Stage II (appendix A.2's 3e-4)")
+    p.add_argument("--ppo-baseline", choices=get_args(PPOBaseline), default=IMAGENETTE_LITE0.train.ppo.baseline,
                    help="Stage II advantage baseline: the critic (Eq. 7) or π's mean locations on the same image (beyond the paper)")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                    help="measure step 2 over a 7×7 grid of places after Stages II and III (lever runs may skip it)")

@@ -165,7 +165,7 @@ def test_ppo_loss_takes_a_given_advantage():
     """A given Â replaces R − V in the clipped surrogate; the critic still regresses on R."""
     log_probs, old, values, returns, entropy = _example()
     advantage = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.4, -0.6]], dtype=torch.float64)
-    given = ppo_loss(log_probs, old, values, returns, entropy, advantage=advantage)
+    given = ppo_loss(log_probs, old, values, returns, entropy, advantages=advantage)
     shifted = ppo_loss(log_probs, old, values.detach(), values.detach() + advantage, entropy)
     assert torch.allclose(given.policy, shifted.policy, atol=1e-12)
     assert torch.allclose(given.value, ppo_loss(log_probs, old, values, returns, entropy).value, atol=1e-12)
@@ -193,5 +193,8 @@ def test_greedy_baseline_removes_the_images_own_difficulty():
     raw = replace(greedy, normalize_returns=False)
     torch.manual_seed(1)
     batch = rollout(model, images, targets, raw)
+    torch.manual_seed(1)  # the same sampled locations: normalising scales Â as it scales R
+    scaled = rollout(model, images, targets, greedy).advantages
+    assert torch.allclose(scaled * (batch.returns.std() + 1e-5), batch.advantages, atol=1e-5)
     mean = discounted_returns(step_rewards(torch.softmax(model(images, locations="mean").logits, 2), targets), 0.7)
     assert torch.allclose(batch.advantages, batch.returns - mean, atol=1e-5) and batch.advantages.abs().max() > 1e-3

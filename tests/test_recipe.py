@@ -214,3 +214,23 @@ def test_ppo_lr_and_stage2_images_are_flags() -> None:
                                       "--ppo-baseline", "greedy"])
     config = _train_config(args, TrainConfig())
     assert (config.ppo.lr, config.stage2_images, config.ppo.baseline, config.ppo.gamma) == (0.002, "plain", "greedy", 0.7)
+
+
+def test_misspelt_stage_options_are_refused() -> None:
+    from glancefocus.config import PPOConfig
+
+    with pytest.raises(ValueError, match="stage2_images must be one of 'augmented', 'plain'"):
+        TrainConfig(stage2_images="Plain")
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        PPOConfig(baseline="self-critical")
+    with pytest.raises(ValueError, match="stage3_locations"):
+        TrainConfig(stage3_locations="centre")
+
+
+def test_builtin_data_has_no_augmentation_to_leave_out_in_stage2() -> None:
+    """The built-in set's training data are canvases drawn afresh each epoch, served as
+    evaluation serves them: ``stage2_images="plain"`` keeps them (not one fixed draw)."""
+    from dataclasses import replace
+
+    splits = load_data(DataConfig(), replace(DEMO.model, num_classes=10), seed=0)
+    assert splits.train_plain is splits.train and splits.train.redraw is not None

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,7 +23,7 @@ GlanceResize = Literal["antialias", "align_corners"]
 Amp = Literal["none", "bf16", "fp16"]
 Stage3Locations = Literal["sample", "mean"]
 Stage2Images = Literal["augmented", "plain"]
-Baseline = Literal["critic", "greedy"]
+PPOBaseline = Literal["critic", "greedy"]
 
 # Name prefixes of timm models, in the order they are tested.
 _FAMILY_PREFIXES: tuple[tuple[str, Family], ...] = (
@@ -90,6 +91,13 @@ FAMILY_DEFAULTS: dict[Family, FamilyDefaults] = {
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    """A clear error for a misspelt option (Python callers bypass the CLI's choices)."""
+    allowed = typing.get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))} (got {value!r})")
 
 
 def _fill(config, defaults: dict):
@@ -203,9 +211,12 @@ class PPOConfig:
     value_coef: float = 0.5  # c1
     entropy_coef: float = 0.01  # c2
     normalize_returns: bool = True  # as the authors' release; the paper is silent
-    baseline: Baseline = field(default="critic", metadata={
-        "help": "PPO's advantage baseline: the critic V(s_t) (Eq. 7), or the return of π's mean locations on the same "
-                "image (self-critical; beyond the paper)"})
+    baseline: PPOBaseline = field(default="critic", metadata={
+        "help": "PPO's advantage baseline: the critic V(s_t) (Eq. 7), or the return of π's mean (greedy) locations on "
+                "the same image (self-critical; beyond the paper)"})
+
+    def __post_init__(self) -> None:
+        _check_choice("baseline", self.baseline, PPOBaseline)
 
 
 @dataclass(frozen=True)
@@ -241,8 +252,9 @@ class TrainConfig:
         "help": "Stage III patches: sampled from N(π's mean, std²) clipped to [0, 1], as the release, or π's mean"})
     glance_lr: float | None = field(default=None, metadata={"help": "LR of the low-resolution fine-tune of fG (at lr_reference_batch)"})
     stage2_images: Stage2Images = field(default="augmented", metadata={
-        "help": "Stage II images: the training augmentation, as the release, or the training images as evaluation sees "
-                "them (resize and centre crop), the view π acts on at test time (beyond the paper)"})
+        "help": "Stage II images: the training augmentation, as the release, or the training images as evaluation serves "
+                "them (resize and centre crop), the view π acts on at test time (beyond the paper; the built-in set has "
+                "no augmentation to leave out)"})
     ppo: PPOConfig = field(default_factory=PPOConfig)
     amp: Amp = field(default="none", metadata={"help": "mixed precision"})
     channels_last: bool = True  # oneDNN convs: a CPU Stage I step 1.9x faster (benchmarks/bench_memory_format.py)
@@ -260,6 +272,8 @@ class TrainConfig:
             raise ValueError(f"batch_size and lr_reference_batch must be >= 1 (got {self.batch_size}, {self.lr_reference_batch})")
         if self.glance_patience < 0:
             raise ValueError(f"glance_patience must be >= 0 (got {self.glance_patience})")
+        _check_choice("stage2_images", self.stage2_images, Stage2Images)
+        _check_choice("stage3_locations", self.stage3_locations, Stage3Locations)
 
     @property
     def lr_scale(self) -> float:

@@ -178,13 +178,14 @@ def evaluation_view(dataset: Dataset, transform: Transform) -> Dataset:
 @dataclass
 class Splits:
     """Training images minus the held-out ones (augmented, reproducibly), the held-out
-    training images (evaluation transform: model selection and thresholds, appendix B.2), val."""
+    training images (evaluation transform: model selection and thresholds, appendix B.2), val,
+    and the training images again as evaluation serves them (Stage II's ``stage2_images``)."""
 
     train: SeededAugmentation
     heldout: Dataset
     val: Dataset
     classes: list[str]
-    train_plain: SeededAugmentation  # ``train``'s images in the evaluation transform (TrainConfig.stage2_images)
+    train_plain: SeededAugmentation
 
 
 def load_data(data: DataConfig, model: GFNetConfig, *, seed: int) -> Splits:
@@ -197,11 +198,12 @@ def load_data(data: DataConfig, model: GFNetConfig, *, seed: int) -> Splits:
     if len(classes) != model.num_classes:
         raise ValueError(f"{data.root} has {len(classes)} classes but the model was built for {model.num_classes}")
     train_idx, held_idx = holdout_split(len(train_full), data.holdout, seed)
-    plain = evaluation_view(train_full, transform)
-    heldout = Subset(plain, held_idx or train_idx)
+    heldout = Subset(evaluation_view(train_full, transform), held_idx or train_idx)
     redraw = train_full.set_epoch if source.fresh_each_epoch else None
-    return Splits(SeededAugmentation(Subset(train_full, train_idx), seed, redraw=redraw), heldout, val, classes,
-                  SeededAugmentation(Subset(plain, train_idx), seed))
+    train = SeededAugmentation(Subset(train_full, train_idx), seed, redraw=redraw)
+    # Only folder data is augmented; the built-in set's fresh canvases are its training data.
+    plain = SeededAugmentation(Subset(evaluation_view(train_full, transform), train_idx), seed) if redraw is None else train
+    return Splits(train, heldout, val, classes, plain)
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, world: World, train: bool, seed: int = 0, workers: int = 0) -> DataLoader:

@@ -50,12 +50,12 @@ def ppo_loss(
     clip: float = 0.2,
     value_coef: float = 0.5,
     entropy_coef: float = 0.01,
-    advantage: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
 ) -> PPOLoss:
     """Negative of Eq. 8: −E[L^CLIP − c1 (V − R)² + c2 S], with Â = R − V (V not differentiated
-    through the advantage) unless ``advantage`` is given.  All inputs share one shape, e.g. (T−1, B)."""
+    through the advantage) unless ``advantages`` are given.  All inputs share one shape, e.g. (T−1, B)."""
     ratio = torch.exp(log_probs - old_log_probs.detach())
-    advantage = returns - values.detach() if advantage is None else advantage
+    advantage = returns - values.detach() if advantages is None else advantages
     surrogate = torch.min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage).mean()
     value_error = (values - returns).pow(2).mean()
     mean_entropy = entropy.mean()
@@ -95,6 +95,7 @@ class Rollout:
 
 
 def _returns(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, locations: str, gamma: float):
+    """One pass of GFNet with ``locations``: its output, probabilities, r_t and R_t."""
     out = model(images, locations=locations, need_aux=False)
     probs = F.softmax(out.logits.float(), dim=2)
     rewards = step_rewards(probs, targets)
@@ -110,8 +111,9 @@ def rollout(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
     image's own difficulty from the advantage (self-critical training, Rennie et al. 2017)."""
     out, probs, rewards, returns = _returns(model, images, targets, "sample", config.gamma)
     advantages = None
-    if config.baseline == "greedy":
-        advantages = returns - _returns(model, images, targets, "mean", config.gamma)[3]
+    if config.baseline == "greedy":  # the critic is still fitted (Eq. 8's value term), though Â does not read it
+        _, _, _, greedy_returns = _returns(model, images, targets, "mean", config.gamma)
+        advantages = returns - greedy_returns
     if config.normalize_returns:
         scale = returns.std() + 1e-5
         advantages = None if advantages is None else advantages / scale
@@ -126,5 +128,5 @@ def update_loss(replay: torch.nn.Module, batch: Rollout, config: PPOConfig) -> P
     log_probs, values, entropy = replay(batch.feature_maps, batch.actions)
     return ppo_loss(
         log_probs, batch.log_probs, values.float(), batch.returns, entropy,
-        clip=config.clip, value_coef=config.value_coef, entropy_coef=config.entropy_coef, advantage=batch.advantages,
+        clip=config.clip, value_coef=config.value_coef, entropy_coef=config.entropy_coef, advantages=batch.advantages,
     )
