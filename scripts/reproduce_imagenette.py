@@ -106,7 +106,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         IMAGENETTE_LITE0.train, batch_size=args.batch_size, glance_epochs=args.glance_epochs, glance_patience=args.glance_patience,
         stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, stage3_epochs=args.stage3_epochs, run_stage3=args.stage3,
         distill_weight=args.distill, amp=args.amp, stage2_images=args.stage2_images,
-        ppo=replace(IMAGENETTE_LITE0.train.ppo, lr=args.ppo_lr, baseline=args.ppo_baseline), **({"freeze_glance": False} if args.train_glance else {}),
+        ppo=replace(IMAGENETTE_LITE0.train.ppo, lr=args.ppo_lr, baseline=args.ppo_baseline),
+        **({"freeze_glance": False} if args.train_glance else {}),
     )
 
 

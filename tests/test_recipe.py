@@ -225,6 +225,8 @@ def test_misspelt_stage_options_are_refused() -> None:
         PPOConfig(baseline="self-critical")
     with pytest.raises(ValueError, match="stage3_locations"):
         TrainConfig(stage3_locations="centre")
+    with pytest.raises(ValueError, match="amp must be one of 'none', 'bf16', 'fp16'"):
+        TrainConfig(amp="bfloat16")
 
 
 def test_builtin_data_has_no_augmentation_to_leave_out_in_stage2() -> None:

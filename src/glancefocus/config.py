@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -93,11 +94,18 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-def _check_choice(name: str, value, choices) -> None:
+@functools.cache
+def _choices(cls: type) -> dict[str, tuple]:
+    """The allowed values of each ``Literal`` field of dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls) if typing.get_origin(hints[f.name]) is Literal}
+
+
+def _check_choices(config) -> None:
     """A clear error for a misspelt option (Python callers bypass the CLI's choices)."""
-    allowed = typing.get_args(choices)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))} (got {value!r})")
+    for name, allowed in _choices(type(config)).items():
+        if (value := getattr(config, name)) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))} (got {value!r})")
 
 
 def _fill(config, defaults: dict):
@@ -216,7 +224,7 @@ class PPOConfig:
                 "the same image (self-critical; beyond the paper)"})
 
     def __post_init__(self) -> None:
-        _check_choice("baseline", self.baseline, PPOBaseline)
+        _check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -272,8 +280,7 @@ class TrainConfig:
             raise ValueError(f"batch_size and lr_reference_batch must be >= 1 (got {self.batch_size}, {self.lr_reference_batch})")
         if self.glance_patience < 0:
             raise ValueError(f"glance_patience must be >= 0 (got {self.glance_patience})")
-        _check_choice("stage2_images", self.stage2_images, Stage2Images)
-        _check_choice("stage3_locations", self.stage3_locations, Stage3Locations)
+        _check_choices(self)
 
     @property
     def lr_scale(self) -> float:
