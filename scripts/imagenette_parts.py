@@ -93,8 +93,9 @@ def location_grid(model: GFNet, splits: Splits, run: Run, batch: int, grid: int 
     """Step 2 with its patch at each of ``grid`` × ``grid`` places: what any policy could reach
     there (the best place is chosen on the held-out images, accuracies are on val)."""
     heldout = make_loader(splits.heldout, batch_size=batch, world=run.world, train=False)
-    heldout_right = first_focus_grid(model, heldout, run.world, grid=grid)[1]
-    return grid_bound(heldout_right, *first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid), grid)
+    heldout_right = first_focus_grid(model, heldout, run.world, grid=grid).right
+    val = first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid)
+    return grid_bound(heldout_right, val.glance, val.right, val.confidence, grid)
 
 
 def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int], final: int) -> list[dict]:
@@ -217,6 +218,8 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
         report["levers"] = lever_runs
     if grids := {f"after {s}": parts.load(f"location_grid_{s}") for s in evals if parts.has(f"location_grid_{s}")}:
         report["location_grid"] = grids
+    if bounds := {f"after {s}": parts.load(f"policy_bound_{s}") for s in evals if parts.has(f"policy_bound_{s}")}:
+        report["policy_bound"] = bounds
     if len(evals) > 1:
         keys = ("anytime_accuracy", "oracle", "budgeted", "anytime_accuracy_by_policy", "policy_locations", "encoder_heads")
         report["stage3_ablation"] = {f"after {s}": {k: evals[s][k] for k in keys} for s in evals}

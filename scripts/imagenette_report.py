@@ -81,6 +81,31 @@ def _grid(report: dict) -> list[str]:
     return [""] + lines
 
 
+def _bound(report: dict) -> list[str]:
+    """π refitted to the exact step-2 reward (and to step 2's correctness) over the grid, beside π and random on the same val images."""
+    bounds = report.get("policy_bound")
+    if not bounds:
+        return []
+    lines = ["| π refitted at step 2 | fitted to | held-out J: mean place / π / refitted, each seed / each image's best place "
+             "| val step 2 (%): refitted, each seed | refitted − random, points (paired SE) | val steps 2..T, first fit as the model's π "
+             "| its mean place (row, col) (std) |", "|---|---|---|---|---|---|---|"]
+    for stage, b in bounds.items():
+        learned, random = b["learned"], b["random"]
+        lines.append(f"| {stage}, {b['train_images']} images | (π itself; random) | | {learned['step2_accuracy']:.2f}; "
+                     f"{random['step2_accuracy']:.2f} | {learned['over_random']['gain']:+.2f} ({learned['over_random']['paired_se']:.2f}) "
+                     "| | |")
+        for objective, f in b["fits"].items():
+            h, seeds, where = f["heldout"], f["seeds"], f["seeds"][0]["places"]
+            fitted_j = " ".join(format(s["heldout"], ".3f") for s in seeds)
+            step2 = " / ".join(format(s["step2_accuracy"], ".2f") for s in seeds)
+            gains = " / ".join(f"{s['over_random']['gain']:+.2f} ({s['over_random']['paired_se']:.2f})" for s in seeds)
+            lines.append(f"| {stage}, {b['train_images']} images | {objective} | {h['mean_place']:.3f} / {h['learned']:.3f} / "
+                         f"{fitted_j} / {h['best_place_per_image']:.3f} | {step2} | {gains} "
+                         f"| {' / '.join(format(a, '.2f') for a in f['anytime_accuracy'][1:])} "
+                         f"| ({where['mean'][0]:.2f}, {where['mean'][1]:.2f}) ({where['std'][0]:.2f}, {where['std'][1]:.2f}) |")
+    return [""] + lines
+
+
 def _levers(report: dict) -> list[str]:
     """One row per lever run that trained a Stage I of its own (the same epochs, random patches)."""
     runs = {name: run for name, run in report.get("levers", {}).items() if "stage1" in run["seconds"]}
@@ -124,9 +149,9 @@ def _stage2_runs(report: dict) -> list[str]:
 
 def markdown_table(report: dict) -> str:
     """The models, the patch policies (with and without Stage III when both ran), each part
-    alone, step 2 over a grid of places, the Stage I learning curve, the lever runs (and their
+    alone, step 2 over a grid of places (and π refitted to it), the Stage I learning curve, the lever runs (and their
     Stage II where they ran one), where π looks, and the budgeted curve."""
-    lines = _models(report) + [""] + _policies(report) + _components(report) + _grid(report) + _curve(report)
+    lines = _models(report) + [""] + _policies(report) + _components(report) + _grid(report) + _bound(report) + _curve(report)
     lines += _levers(report) + _stage2_runs(report)
     lines += ["", "| focus step | mean location (row, col) | std across images (row, col) |", "|---:|---|---|"]
     for t, s in enumerate(report["policy_locations"], 2):

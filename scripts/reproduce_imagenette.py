@@ -18,7 +18,9 @@ and fC in Stages I/III), ``--train-glance`` (fG trainable in Stage I), and for S
 own (``--work runs/lever-NAME --out results/imagenette/levers/NAME --stop-after stage1
 --skip-static``, the same ``--stage1-epochs`` for every run) is compared with the others in
 the report's levers table; one that goes on to Stage II or III (``--no-grid`` skips the
-step-2 grid of places) also in its Stage II table.
+step-2 grid of places) also in its Stage II table.  ``--policy-bound N`` measures how far
+π's first place can go: copies of π fitted on N training images to the exact step-2
+objective over the grid (``imagenette_policy_bound.py``).
 
 Resumable and splittable: a rerun continues from ``--work``.  Each finished part (the glance
 fine-tune, the learning curve, each model's evaluation, each static size) is also written
@@ -51,6 +53,7 @@ from glancefocus.weights import imagenet_indices
 from imagenette_data import load_imagenette
 from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, policy_curve, pretrained_head,
                               static_models, write_outputs)
+from imagenette_policy_bound import policy_bound
 from imagenette_report import markdown_table
 
 STAGES = ("glance", "stage1", "stage2", "stage3")
@@ -79,6 +82,9 @@ def parse_args() -> argparse.Namespace:
                    help="Stage II advantage baseline: the critic (Eq. 7) or π's mean locations on the same image (beyond the paper)")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                    help="measure step 2 over a 7×7 grid of places after Stages II and III (lever runs may skip it)")
+    p.add_argument("--policy-bound", type=int, default=0, metavar="IMAGES",
+                   help="after Stages II and III, also fit copies of π to the exact step-2 reward (and to step 2's correctness) over "
+                        "the 7×7 grid on this many training images and measure them on val: how far π's first place can go (0: skip)")
     p.add_argument("--stage3", action=argparse.BooleanOptionalAction, default=False,
                    help="also run Stage III (skipped for EfficientNet by appendix A.3) and report both models")
     p.add_argument("--stage3-epochs", type=int, default=5)
@@ -97,7 +103,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
     p.add_argument("--table", action="store_true", help="only print RESULTS.md's tables from --out/results.json")
     p.add_argument("--workers", type=int, default=0, help="in-memory data: loader processes would only compete with compute")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.policy_bound < 0:
+        p.error(f"--policy-bound {args.policy_bound}: give a number of training images, or 0 to skip it")
+    return args
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -153,6 +162,8 @@ def measure(stage: str, args, model: GFNet, splits, run: Run, tc: TrainConfig, p
         wanted = {f"gfnet_{stage}": lambda: evaluate_gfnet(model, splits, run, tc.batch_size)}
         if args.grid:
             wanted[f"location_grid_{stage}"] = lambda: location_grid(model, splits, run, tc.batch_size)
+        if args.policy_bound:
+            wanted[f"policy_bound_{stage}"] = lambda: policy_bound(model, splits, run, tc.batch_size, images=args.policy_bound)
         if stage == "stage2" and args.stage2_curve_epochs:
             wanted["stage2_curve"] = lambda: policy_curve(model, splits, run, tc.batch_size, args.stage2_curve_epochs)
     for name, measured in wanted.items():

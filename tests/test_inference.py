@@ -131,7 +131,7 @@ def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
     torch.manual_seed(0)
     model = tiny_model(T=3, num_classes=3).eval()
     images, targets = torch.randn(5, 3, 64, 64), torch.tensor([0, 1, 2, 1, 0])
-    glance, focus, confidence = first_focus_grid(model, DataLoader(TensorDataset(images, targets), batch_size=2), World(), grid=3)
+    glance, focus, confidence, true_prob = first_focus_grid(model, DataLoader(TensorDataset(images, targets), batch_size=2), World(), grid=3)
     places = grid_locations(3)
     assert places[:4].tolist() == [[0.0, 0.0], [0.0, 0.5], [0.0, 1.0], [0.5, 0.0]] and focus.shape == (9, 5)
     with torch.inference_mode():
@@ -140,6 +140,7 @@ def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
             assert torch.equal(glance, logits[0].argmax(1) == targets)
             assert torch.equal(focus[k], logits[1].argmax(1) == targets)
             torch.testing.assert_close(confidence[k], logits[1].softmax(1).max(1).values)
+            torch.testing.assert_close(true_prob[k], logits[1].softmax(1)[torch.arange(5), targets])
     assert focus.float().std() > 0  # the places give different answers: the test compares something
 
 

@@ -44,7 +44,8 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
          "--skip-static", "--stage2-curve-epochs", "1", "--stage2-images", "plain", "--ppo-lr", "1e-3", "--ppo-baseline", "greedy",
          "--no-grid")
     assert not (out / "levers" / "t3" / "parts" / "location_grid_stage2.json").exists()
-    _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights))
+    _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights),
+         "--policy-bound", "12")
     assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
     assert read_meta(weights)["stage"] == "stage3"
     _run(*common, "--work", str(tmp_path / "work3"), "--static-only")
@@ -66,6 +67,19 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
         first = results["stage3_ablation"][stage]["anytime_accuracy"][0]
         assert grid["grid"] == 7 and len(grid["accuracy_by_place"]) == 7
         assert grid["mean_place"] <= grid["best_place_per_image"] <= grid["oracle_exit_within_2"] and first <= grid["oracle_exit_within_2"]
+    # π refitted to the exact step-2 reward, each model's own; the model's π at step 2 is
+    # exactly the patch ablation's (one step, two code paths)
+    assert set(results["policy_bound"]) == {"after stage2", "after stage3"}
+    for stage, bound in results["policy_bound"].items():
+        assert bound["train_images"] == 12 and set(bound["fits"]) == {"reward", "accuracy"}
+        for fit in bound["fits"].values():
+            assert [s["seed"] for s in fit["seeds"]] == [0, 1, 2] and len(fit["anytime_accuracy"]) == 2
+            assert all(len(s["heldout_history"]) == bound["epochs"] + 1 for s in fit["seeds"])
+            assert fit["heldout"]["mean_place"] <= fit["heldout"]["best_place_per_image"] >= fit["heldout"]["learned"]
+            # the first fit adopted as the model's π answers step 2 as it did alone
+            assert fit["anytime_accuracy"][1] == pytest.approx(fit["seeds"][0]["step2_accuracy"])
+        learned = results["stage3_ablation"][stage]["anytime_accuracy_by_policy"]["learned"][1]
+        assert bound["learned"]["step2_accuracy"] == pytest.approx(learned)
     assert results["figures_from"] in (results["headline"], "stage3")  # the headline's weights, if this machine has them
     # the 96 px static model is the glance fine-tune, and GFNet's first step is that encoder
     static = {row["size"]: row for row in results["static"]}
@@ -92,3 +106,4 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert "| Stage II run |" in table and "| t3, π after epoch 1 |" in table and "| recipe, π kept of 1 epochs |" in table
     assert "| recipe, after Stage III |" in table and "| t3, after Stage III |" in table
     assert "| lever run |" in table and "| t3 | 96 | 3 |" in table and "| after stage3, 7×7 places |" in table
+    assert "| π refitted at step 2 |" in table and "| after stage3, 12 images | accuracy |" in table

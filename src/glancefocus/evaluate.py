@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -99,13 +99,19 @@ def grid_locations(size: int) -> torch.Tensor:
     return torch.cartesian_prod(axis, axis)
 
 
+class FocusGrid(NamedTuple):
+    """Step 2 with its patch at each place of a grid, per image (see :func:`first_focus_grid`)."""
+
+    glance: torch.Tensor  # (N,) whether the glance's answer is right
+    right: torch.Tensor  # (places, N) whether step 2's answer is right
+    confidence: torch.Tensor  # (places, N) step 2's top probability
+    true_prob: torch.Tensor  # (places, N) step 2's probability of the true class: π's reward there
+
+
 @torch.inference_mode()
-def first_focus_grid(
-    model: GFNet, loader: DataLoader, world: World, *, grid: int = 7
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Whether GFNet's answer is right after the glance, (N,); and after the first focus step
-    with its patch at each of :func:`grid_locations` ``(grid)``, whether it is right and how
-    confident (its top probability), (grid², N) each; in dataset order.
+def first_focus_grid(model: GFNet, loader: DataLoader, world: World, *, grid: int = 7) -> FocusGrid:
+    """GFNet's answer after the glance, and after the first focus step with its patch at each
+    of :func:`grid_locations` ``(grid)``; in dataset order.
 
     What a patch policy can reach at step 2: the best single place for all images, the place
     where GFNet is most confident (a policy that could afford to try every place), and each
@@ -113,19 +119,19 @@ def first_focus_grid(
     """
     model.eval()
     places = grid_locations(grid).to(world.device)
-    glance, right, confidence = [], [], []
+    found: list[list[torch.Tensor]] = [[], [], [], []]
     for images, targets in loader:
         images, targets = images.to(world.device, non_blocking=True), targets.to(world.device)
         out, state = model.step(images, 0, None)
-        glance.append(out.logits.argmax(1) == targets)
         # one batched step per place: the loop is over places, never over images
         probs = torch.stack([model.step(images, 1, state, locations=where.expand(len(images), 2))[0].logits.float().softmax(1)
                              for where in places])
         top, label = probs.max(2)
-        right.append(label == targets)
-        confidence.append(top)
-    right, confidence = (gather_in_order(torch.cat(found, dim=1), loader, world, dim=1) for found in (right, confidence))
-    return gather_in_order(torch.cat(glance), loader, world), right, confidence
+        true_prob = probs.gather(2, targets.view(1, -1, 1).expand(len(places), -1, 1)).squeeze(2)
+        for kept, value in zip(found, (out.logits.argmax(1) == targets, label == targets, top, true_prob)):
+            kept.append(value)
+    glance, *per_place = (torch.cat(values, dim=0 if i == 0 else 1) for i, values in enumerate(found))
+    return FocusGrid(gather_in_order(glance, loader, world), *(gather_in_order(v, loader, world, dim=1) for v in per_place))
 
 
 def grid_bound(heldout_right: torch.Tensor, glance: torch.Tensor, right: torch.Tensor, confidence: torch.Tensor,
