@@ -129,21 +129,21 @@ def policy_bound(model: GFNet, splits: Splits, run: Run, batch: int, *, images: 
     device, places = run.world.device, grid_locations(grid).to(run.world.device)
     maps = {name: glance_maps(model, loader, run.world).to(device, copy=True) for name, loader in loaders.items()}
     grids = {name: first_focus_grid(model, loader, run.world, grid=grid) for name, loader in loaders.items()}
-    fitted, report, adopted = {}, {}, copy.deepcopy(model)
+    fitted, fits, report, adopted = {}, {}, {}, copy.deepcopy(model)  # fitted π and its report, by (objective, seed)
     for objective, worth in OBJECTIVES.items():
         value = {name: worth(found).to(device, copy=True) for name, found in grids.items()}
-        histories = []
         for seed in seeds:
             fitted[(objective, seed)], history = _fit(model, maps, value, places, run.world, epochs=epochs, lr=lr, batch=256, seed=seed)
-            histories.append(history)
+            fits[(objective, seed)] = {"seed": seed, "heldout_history": history, "heldout": max(history)}
         adopted.policy = fitted[(objective, seeds[0])]
         # held-out J: uniform over the places, under π's Gaussian, at each image's best place
-        report[objective] = {"heldout": {"mean_place": float(value["heldout"].mean()), "learned": histories[0][0],
+        report[objective] = {"heldout": {"mean_place": float(value["heldout"].mean()),
+                                         "learned": fits[(objective, seeds[0])]["heldout_history"][0],
                                          "best_place_per_image": float(value["heldout"].max(0).values.mean())},
                              "anytime_accuracy": anytime_accuracy(*collect_probs(adopted, val, run.world)),
-                             "seeds": [{"seed": seed, "heldout_history": h, "heldout": max(h)} for seed, h in zip(seeds, histories)]}
+                             "seeds": [fits[(objective, seed)] for seed in seeds]}
     right, chosen = step2_right(model, fitted, val, run.world, seeds[0])
-    for name, fit in zip(fitted, (fit for r in report.values() for fit in r["seeds"])):
+    for name, fit in fits.items():
         fit |= {"step2_accuracy": _accuracy(right[name]), "over_random": paired_gain(right[name], right["random"]),
                 "places": {"mean": chosen[name].mean(0).tolist(), "std": chosen[name].std(0).tolist()}}
     return {"grid": grid, "train_images": len(subset), "epochs": epochs, "lr": lr,

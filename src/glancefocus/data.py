@@ -198,11 +198,12 @@ def load_data(data: DataConfig, model: GFNetConfig, *, seed: int) -> Splits:
     if len(classes) != model.num_classes:
         raise ValueError(f"{data.root} has {len(classes)} classes but the model was built for {model.num_classes}")
     train_idx, held_idx = holdout_split(len(train_full), data.holdout, seed)
-    heldout = Subset(evaluation_view(train_full, transform), held_idx or train_idx)
+    evaluated = evaluation_view(train_full, transform)
+    heldout = Subset(evaluated, held_idx or train_idx)
     redraw = train_full.set_epoch if source.fresh_each_epoch else None
     train = SeededAugmentation(Subset(train_full, train_idx), seed, redraw=redraw)
     # Only folder data is augmented; the built-in set's fresh canvases are its training data.
-    plain = SeededAugmentation(Subset(evaluation_view(train_full, transform), train_idx), seed) if redraw is None else train
+    plain = SeededAugmentation(Subset(evaluated, train_idx), seed) if redraw is None else train
     return Splits(train, heldout, val, classes, plain)
 
 

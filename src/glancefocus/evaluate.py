@@ -119,19 +119,20 @@ def first_focus_grid(model: GFNet, loader: DataLoader, world: World, *, grid: in
     """
     model.eval()
     places = grid_locations(grid).to(world.device)
-    found: list[list[torch.Tensor]] = [[], [], [], []]
+    glance, right, confidence, true_prob = [], [], [], []
     for images, targets in loader:
         images, targets = images.to(world.device, non_blocking=True), targets.to(world.device)
         out, state = model.step(images, 0, None)
+        glance.append(out.logits.argmax(1) == targets)
         # one batched step per place: the loop is over places, never over images
         probs = torch.stack([model.step(images, 1, state, locations=where.expand(len(images), 2))[0].logits.float().softmax(1)
                              for where in places])
         top, label = probs.max(2)
-        true_prob = probs.gather(2, targets.view(1, -1, 1).expand(len(places), -1, 1)).squeeze(2)
-        for kept, value in zip(found, (out.logits.argmax(1) == targets, label == targets, top, true_prob)):
-            kept.append(value)
-    glance, *per_place = (torch.cat(values, dim=0 if i == 0 else 1) for i, values in enumerate(found))
-    return FocusGrid(gather_in_order(glance, loader, world), *(gather_in_order(v, loader, world, dim=1) for v in per_place))
+        right.append(label == targets)
+        confidence.append(top)
+        true_prob.append(probs.gather(2, targets.view(1, -1, 1).expand(len(places), -1, 1)).squeeze(2))
+    per_place = (gather_in_order(torch.cat(found, dim=1), loader, world, dim=1) for found in (right, confidence, true_prob))
+    return FocusGrid(gather_in_order(torch.cat(glance), loader, world), *per_place)
 
 
 def grid_bound(heldout_right: torch.Tensor, glance: torch.Tensor, right: torch.Tensor, confidence: torch.Tensor,
