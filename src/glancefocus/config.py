@@ -25,6 +25,9 @@ Amp = Literal["none", "bf16", "fp16"]
 Stage3Locations = Literal["sample", "mean"]
 Stage2Images = Literal["augmented", "plain"]
 PPOBaseline = Literal["critic", "greedy"]
+PatchScale = Literal["fixed", "learned"]
+Crop = Literal["window", "resample"]
+PolicyTraining = Literal["ppo", "differentiable"]
 
 # Name prefixes of timm models, in the order they are tested.
 _FAMILY_PREFIXES: tuple[tuple[str, Family], ...] = (
@@ -149,8 +152,18 @@ class GFNetConfig:
         default=None, metadata={"help": "dropout on each encoder's pooled features, in training (default: the family's)"})
     drop_path_rate: float | None = field(
         default=None, metadata={"help": "stochastic depth (drop-connect) in both encoders (default: the family's)"})
+    # Beyond the paper (AdaFocusV2 / Uni-AdaFocus): a focus step reads a square region of side
+    # s, resampled to P×P, at the same multiply-adds whatever s is.
+    patch_scale: PatchScale = field(default="fixed", metadata={
+        "help": "focus region side: fixed (s = patch size, the paper) or learned by π per image and step within --scale-range"})
+    scale_range: tuple[int, int] | None = field(default=None, metadata={
+        "help": "smallest and largest region side in pixels of the full image for a learned scale (default: patch size, image size)"})
+    crop: Crop | None = field(default=None, metadata={
+        "help": "how a region becomes the patch: window (integer corner, the paper's crop) or resample (bilinear, differentiable; "
+                "default: resample with a learned scale, window otherwise)"})
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         if self.T < 1:
             raise ValueError(f"T must be >= 1 (got {self.T}); T=1 is the glance step alone.")
         if self.num_classes < 2:
@@ -165,6 +178,12 @@ class GFNetConfig:
                 f"patch_size ({self.patch_size}) must be smaller than image_size ({self.image_size}): "
                 "a focus patch is a window of the full image. Lower --patch-size or raise --image-size."
             )
+        if self.patch_scale == "learned" and self.crop == "window":
+            raise ValueError("a learned patch scale resamples its region: use crop='resample' (--crop resample) or leave crop unset")
+        if self.scale_range is not None:
+            lo, hi = self.scale_range
+            if not 1 <= lo <= hi <= self.image_size:
+                raise ValueError(f"scale_range {tuple(self.scale_range)} must satisfy 1 <= lo <= hi <= image_size ({self.image_size})")
 
     @property
     def family(self) -> Family:
@@ -187,7 +206,14 @@ class GFNetConfig:
             "resize_interpolation": d.resize_interpolation,
             "drop_rate": d.drop_rate,
             "drop_path_rate": d.drop_path_rate,
+            "crop": "resample" if self.patch_scale == "learned" else "window",
+            "scale_range": (self.patch_size, self.image_size) if self.patch_scale == "learned" else None,
         })
+
+    @property
+    def action_dims(self) -> int:
+        """Numbers π chooses per focus step: (row, col), plus the scale fraction σ if learned."""
+        return 3 if self.patch_scale == "learned" else 2
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,6 +227,8 @@ class GFNetConfig:
         if "policy" in saved:
             saved["policy_trunk"] = saved.pop("policy")
         saved["mean"], saved["std"] = tuple(saved.get("mean", IMAGENET_MEAN)), tuple(saved.get("std", IMAGENET_STD))
+        if saved.get("scale_range") is not None:
+            saved["scale_range"] = tuple(saved["scale_range"])
         return cls(**saved)
 
 
@@ -264,6 +292,15 @@ class TrainConfig:
                 "them (resize and centre crop), the view π acts on at test time (beyond the paper; the built-in set has "
                 "no augmentation to leave out)"})
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    policy_training: PolicyTraining = field(default="ppo", metadata={
+        "help": "how π learns: ppo (the paper: Stage I random patches, Stage II PPO, Stage III) or differentiable (beyond the "
+                "paper, AdaFocusV2: one end-to-end stage after the glance fine-tune, π's regions get gradients from the "
+                "classification loss through the resampling crop; needs --crop resample)"})
+    end2end_epochs: int | None = field(default=None, metadata={"help": "epochs of the end-to-end stage (default: the family's Stage I epochs)"})
+    lr_policy: float = field(default=0.002, metadata={"help": "end-to-end stage: SGD LR of π (at lr_reference_batch)"})
+    end2end_random: float = field(default=0.5, metadata={
+        "help": "end-to-end stage: fraction of each batch's images that read uniformly random regions instead of π's "
+                "(AdaFocusV2's diversity augmentation: fL and fC keep learning from every place)"})
     amp: Amp = field(default="none", metadata={"help": "mixed precision"})
     channels_last: bool = True  # oneDNN convs: a CPU Stage I step 1.9x faster (benchmarks/bench_memory_format.py)
     compile: bool = field(default=False, metadata={"help": "torch.compile the encoders"})
@@ -280,6 +317,8 @@ class TrainConfig:
             raise ValueError(f"batch_size and lr_reference_batch must be >= 1 (got {self.batch_size}, {self.lr_reference_batch})")
         if self.glance_patience < 0:
             raise ValueError(f"glance_patience must be >= 0 (got {self.glance_patience})")
+        if not 0.0 <= self.end2end_random <= 1.0:
+            raise ValueError(f"end2end_random must be in [0, 1] (got {self.end2end_random})")
         _check_choices(self)
 
     @property
@@ -298,6 +337,7 @@ class TrainConfig:
             "freeze_glance": d.freeze_glance,
             "stage1_epochs": d.stage1_epochs,
             "stage3_epochs": d.stage1_epochs,
+            "end2end_epochs": d.stage1_epochs,
             "run_stage3": d.stage3,
             "glance_lr": d.encoder_lr,
         })

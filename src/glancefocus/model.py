@@ -22,7 +22,7 @@ from .backbones import create_encoder, probe_encoder
 from .checkpoint import load_checkpoint
 from .classifier import CLASSIFIERS
 from .config import GFNetConfig
-from .patches import crop_patches, glance_resize
+from .patches import crop_patches, glance_resize, resample_patches
 from .policy import PatchPolicy
 from .recipes import recipe
 from .weights import Pretrained, Weights
@@ -60,7 +60,7 @@ class _Look:
 class StepOutput:
     logits: torch.Tensor  # (B, C) logits of p_t
     aux_logits: torch.Tensor | None  # (B, C) the encoder's own head on ē_t (deep supervision)
-    location: torch.Tensor | None = None  # (B, 2) l_t, None for the glance
+    location: torch.Tensor | None = None  # (B, A) l_t (and σ_t), None for the glance
     log_prob: torch.Tensor | None = None  # (B,) of a sampled l_t
     value: torch.Tensor | None = None  # (B,) critic's V(s_t)
     policy_input: torch.Tensor | None = None  # the map π read, kept for PPO re-evaluation
@@ -70,7 +70,7 @@ class StepOutput:
 class GFNetOutput:
     logits: torch.Tensor  # (T, B, C)
     aux_logits: torch.Tensor | None  # (T, B, C)
-    locations: torch.Tensor  # (T-1, B, 2): step-first, like logits
+    locations: torch.Tensor  # (T-1, B, A): step-first, like logits; A = config.action_dims
     log_probs: torch.Tensor | None = None  # (T-1, B), with locations="sample"
     values: torch.Tensor | None = None  # (T-1, B)
     policy_inputs: list[torch.Tensor] | None = None
@@ -86,7 +86,7 @@ class Prediction:
     labels: torch.Tensor  # (B,) predicted class at the exit step
     probs: torch.Tensor  # (B, C) softmax at the exit step
     exit_step: torch.Tensor  # (B,) step 1..T at which each image exited
-    locations: torch.Tensor  # (T-1, B, 2) focus locations read, step-first as in GFNetOutput; NaN after the exit
+    locations: torch.Tensor  # (T-1, B, A) focus regions read, step-first as in GFNetOutput; NaN after the exit
 
 
 class GFNet(nn.Module):
@@ -112,7 +112,8 @@ class GFNet(nn.Module):
             raise ValueError(f"unknown classifier {cfg.classifier!r}: use one of {sorted(CLASSIFIERS)}")
         self.classifier = CLASSIFIERS[cfg.classifier](features, cfg.num_classes, T=cfg.T, hidden=cfg.classifier_hidden)
         self.policy = PatchPolicy(
-            map_shape, trunk=cfg.policy_trunk, hidden=cfg.policy_hidden, std=cfg.policy_std, conv_bias=cfg.policy_conv_bias
+            map_shape, trunk=cfg.policy_trunk, hidden=cfg.policy_hidden, std=cfg.policy_std, conv_bias=cfg.policy_conv_bias,
+            actions=cfg.action_dims,
         )
 
     @classmethod
@@ -147,19 +148,23 @@ class GFNet(nn.Module):
         *,
         locations: str | torch.Tensor = "mean",
         need_aux: bool = False,
+        explore: torch.Tensor | None = None,
     ) -> tuple[StepOutput, StepState]:
         """Run step ``t`` (0 = glance, the paper's step t + 1) on full-resolution ``images`` (B, 3, H, W).
 
         ``locations`` for focus steps: ``"mean"`` (π's mean, test time), ``"sample"``
         (l_t ~ N(mean, std²) clipped to [0, 1], Stage II), ``"random"`` (uniform, Stage I),
-        or a (B, 2) tensor.  π is only run when it is needed.
+        or a (B, A) tensor; A = ``config.action_dims``: (row, col), plus the scale fraction σ
+        with a learned patch scale.  π is only run when it is needed.  ``explore`` (B,) marks
+        images that read uniformly random regions instead of π's mean (the end-to-end
+        stage's diversity augmentation).
         """
         if t == 0:
             look, classifier_state = _Look(), None
         else:
             if state is None:
                 raise ValueError("focus steps (t >= 1) need the state returned by the previous step")
-            look = self._look(images.shape[0], images.device, state, locations)
+            look = self._look(images.shape[0], images.device, state, locations, explore)
             classifier_state = state.classifier
         encoder = self.global_encoder if t == 0 else self.local_encoder
         feature_map, pooled = encoder(self.view(images, look.location))
@@ -172,22 +177,29 @@ class GFNet(nn.Module):
         return out, StepState(feature_map.detach(), classifier_state, look.policy_state)
 
     def view(self, images: torch.Tensor, location: torch.Tensor | None = None) -> torch.Tensor:
-        """What an encoder reads: the glance x̃1 (``location`` None) or the patch at ``location``."""
+        """What an encoder reads: the glance x̃1 (``location`` None) or the patch of the region
+        at ``location``: the integer window (the paper's crop) or the resampled region."""
         cfg = self.config
         if location is None:
             return glance_resize(images, cfg.patch_size, interpolation=cfg.interpolation, method=cfg.glance_resize)
+        if cfg.crop == "resample":
+            return resample_patches(images, location, cfg.patch_size, scale_range=cfg.scale_range)
         return crop_patches(images, location, cfg.patch_size)
 
-    def _look(self, batch: int, device: torch.device, state: StepState, locations: str | torch.Tensor) -> _Look:
+    def _look(
+        self, batch: int, device: torch.device, state: StepState, locations: str | torch.Tensor, explore: torch.Tensor | None
+    ) -> _Look:
         """Where the next patch is: given, uniformly random, or asked of π."""
         if isinstance(locations, torch.Tensor):
             return _Look(locations, policy_state=state.policy)
         if locations == "random":
-            return _Look(torch.rand(batch, 2, device=device), policy_state=state.policy)
+            return _Look(torch.rand(batch, self.config.action_dims, device=device), policy_state=state.policy)
         if locations not in ("mean", "sample"):
             raise ValueError(f"unknown locations mode {locations!r}: use mean, sample, random or a tensor")
         mean, value, policy_state = self.policy(state.feature_map, state.policy)
         if locations == "mean":
+            if explore is not None:
+                mean = torch.where(explore[:, None], torch.rand_like(mean), mean)
             return _Look(mean, value=value, policy_state=policy_state)
         location, log_prob = self.policy.sample(mean)
         return _Look(location, log_prob, value, policy_state, policy_input=state.feature_map)
@@ -198,23 +210,25 @@ class GFNet(nn.Module):
         *,
         locations: str | torch.Tensor = "mean",
         need_aux: bool | None = None,
+        explore: torch.Tensor | None = None,
     ) -> GFNetOutput:
         """All steps on the whole batch (training and all-steps evaluation).
 
-        ``locations`` is a mode (see :meth:`step`) or a (T-1, B, 2) tensor of fractions.
+        ``locations`` is a mode (see :meth:`step`) or a (T-1, B, A) tensor of fractions;
+        ``explore`` as in :meth:`step`, for every focus step.
         """
         need_aux = self.training if need_aux is None else need_aux
         state, outs = None, []
         for t in range(self.T):
             where = locations[t - 1] if isinstance(locations, torch.Tensor) and t > 0 else locations
-            out, state = self.step(images, t, state, locations=where, need_aux=need_aux)
+            out, state = self.step(images, t, state, locations=where, need_aux=need_aux, explore=explore)
             outs.append(out)
         focus = outs[1:]
         sampled = isinstance(locations, str) and locations == "sample"
         return GFNetOutput(
             logits=torch.stack([o.logits for o in outs]),
             aux_logits=torch.stack([o.aux_logits for o in outs]) if need_aux else None,
-            locations=torch.stack([o.location for o in focus]) if focus else images.new_zeros(0, images.shape[0], 2),
+            locations=torch.stack([o.location for o in focus]) if focus else images.new_zeros(0, images.shape[0], self.config.action_dims),
             log_probs=torch.stack([o.log_prob for o in focus]) if sampled and focus else None,
             values=torch.stack([o.value for o in focus]) if sampled and focus else None,
             policy_inputs=[o.policy_input for o in focus] if sampled else None,
@@ -238,7 +252,7 @@ class GFNet(nn.Module):
         B, C = images.shape[0], self.config.num_classes
         probs = images.new_zeros(B, C, dtype=torch.float32)
         exit_step = torch.full((B,), self.T, dtype=torch.long, device=images.device)
-        locations = torch.full((max(self.T - 1, 0), B, 2), float("nan"), device=images.device)
+        locations = torch.full((max(self.T - 1, 0), B, self.config.action_dims), float("nan"), device=images.device)
         index = torch.arange(B, device=images.device)
         autocast = (
             torch.autocast(images.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -269,7 +283,10 @@ class GFNet(nn.Module):
         """Cumulative multiply-adds of steps 1..t for one image, t = 1..T.
 
         Counted by ``torch.utils.flop_counter`` (MAdds = FLOPs / 2) on exactly what early-exit
-        inference runs: step 1 is fG + fC; step t ≥ 2 adds π, fL and fC.
+        inference runs: step 1 is fG + fC; step t ≥ 2 adds π, fL and fC.  A focus step costs
+        the same whatever the side s of its region: fL always reads a P×P patch (the
+        resampling itself, a few multiply-adds per output pixel, is not counted, as the
+        crop is not).
         """
         was_training = self.training
         self.eval()

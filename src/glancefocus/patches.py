@@ -68,3 +68,60 @@ def crop_patches(images: torch.Tensor, locations: torch.Tensor, patch_size: int,
     # A strided view of every window, then one gather of the B chosen ones: a single copy.
     windows = images.unfold(2, patch_size, 1).unfold(3, patch_size, 1)  # (B, C, H-P+1, W-P+1, P, P)
     return windows[torch.arange(B, device=images.device), :, corners[:, 0], corners[:, 1]]
+
+
+def region_sides(regions: torch.Tensor, patch_size: int, scale_range: tuple[int, int] | None) -> torch.Tensor:
+    """Side s (pixels of the full image) of each focus region, (B,), float.
+
+    ``regions`` is (B, 2) (row, col): s = P; or (B, 3) (row, col, σ) with σ ∈ [0, 1] the
+    scale fraction of a learned patch scale: s = lo + σ·(hi − lo) for ``scale_range`` (lo, hi).
+    """
+    if regions.shape[-1] == 2:
+        return regions.new_full(regions.shape[:-1], float(patch_size))
+    if scale_range is None:
+        raise ValueError("regions with a scale column (B, 3) need a scale_range (lo, hi)")
+    lo, hi = scale_range
+    return lo + regions[..., 2].clamp(0, 1) * (hi - lo)
+
+
+def region_boxes(
+    regions: torch.Tensor, height: int, width: int, patch_size: int, scale_range: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """(top, left, side) of each region in continuous pixels, (B, 3): the corner is
+    l · (H − s, W − s), so the region always lies inside the image."""
+    side = region_sides(regions, patch_size, scale_range)
+    top = regions[..., 0].clamp(0, 1) * (height - side)
+    left = regions[..., 1].clamp(0, 1) * (width - side)
+    return torch.stack([top, left, side], dim=-1)
+
+
+def resample_patches(
+    images: torch.Tensor, regions: torch.Tensor, patch_size: int, *, scale_range: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """The differentiable crop: each image's square region (:func:`region_boxes`) resampled to
+    P×P by bilinear interpolation, one batched ``grid_sample`` (as AdaFocusV2 and Uni-AdaFocus
+    do with ``affine_grid``).  Gradients reach ``regions`` (location and scale) through the sampling grid.
+
+    Output pixel i samples the region at its own centre (``align_corners=False``), so with
+    s = P and an integer corner the patch equals :func:`crop_patches`' window.  Out-of-image
+    samples (only when zooming in, s < P, at the border) repeat the edge pixel
+    (``padding_mode="border"``), where the Uni-AdaFocus release pads with zeros: a
+    zero (after normalisation: mean-coloured) frame would be a feature no real image has.
+    The multiply-adds of the encoder that reads the patch do not depend on s.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    B, C, H, W = images.shape
+    if regions.shape not in ((B, 2), (B, 3)):
+        raise ValueError(f"regions must be ({B}, 2) or ({B}, 3) for a batch of {B}, got {tuple(regions.shape)}")
+    if scale_range is not None and max(scale_range) > min(H, W):
+        raise ValueError(f"scale_range {scale_range} does not fit in images of size {H}x{W}: keep its largest side <= {min(H, W)}")
+    top, left, side = region_boxes(regions.float(), H, W, patch_size, scale_range).unbind(-1)
+    # The sampling grid in normalised [-1, 1] coordinates, built separably (what affine_grid
+    # computes, but exportable to ONNX's GridSample): output pixel i of P sits at
+    # (2i + 1) / P - 1 of the region, scaled by s / W and moved to the region's centre.
+    unit = (2 * torch.arange(patch_size, device=images.device, dtype=torch.float32) + 1) / patch_size - 1  # (P,)
+    xs = (side / W)[:, None] * unit + ((2 * left + side) / W - 1)[:, None]  # (B, P): columns
+    ys = (side / H)[:, None] * unit + ((2 * top + side) / H - 1)[:, None]  # (B, P): rows
+    grid = torch.stack([xs[:, None, :].expand(B, patch_size, patch_size), ys[:, :, None].expand(B, patch_size, patch_size)], dim=-1)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)

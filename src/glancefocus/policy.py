@@ -9,7 +9,8 @@ from torch import nn
 class PatchPolicy(nn.Module):
     """Reads the previous step's feature map and its own GRU state; outputs the mean of a
     Gaussian over the next patch location l_t ∈ [0, 1]² (actor) and a state value (critic),
-    sharing everything before the last linear layers.
+    sharing everything before the last linear layers.  With ``actions=3`` the actor also
+    chooses the region's scale fraction σ ∈ [0, 1] (a learned patch scale, beyond the paper).
 
     Two trunks (``GFNetConfig.policy_trunk``), as in appendix A.1:
 
@@ -19,7 +20,8 @@ class PatchPolicy(nn.Module):
     """
 
     def __init__(
-        self, map_shape: tuple[int, int, int], *, trunk: str = "conv", hidden: int = 256, std: float = 0.1, conv_bias: bool = True
+        self, map_shape: tuple[int, int, int], *, trunk: str = "conv", hidden: int = 256, std: float = 0.1, conv_bias: bool = True,
+        actions: int = 2,
     ):
         super().__init__()
         channels, height, width = map_shape
@@ -42,14 +44,14 @@ class PatchPolicy(nn.Module):
         else:
             raise ValueError(f"unknown policy trunk {trunk!r}: use 'mlp' or 'conv'")
         self.gru = nn.GRUCell(hidden, hidden)
-        self.actor = nn.Linear(hidden, 2)
+        self.actor = nn.Linear(hidden, actions)
         self.critic = nn.Linear(hidden, 1)
         self.std = std
 
     def forward(
         self, feature_map: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (mean location (B, 2), value (B,), new GRU state)."""
+        """Returns (mean action (B, actions), value (B,), new GRU state)."""
         hidden = self.gru(self.trunk(feature_map), state)
         return torch.sigmoid(self.actor(hidden)), self.critic(hidden).squeeze(1), hidden
 
