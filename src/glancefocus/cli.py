@@ -18,8 +18,8 @@ from .recipes import RECIPES, Recipe, recipe
 from .trainer import AMP_DTYPES, NonFiniteLoss
 from .weights import Weights
 
-STAGE_NAMES = {"glance": ["glance"], "1": ["stage1"], "2": ["stage2"], "3": ["stage3"],
-               "all": ["glance", "stage1", "stage2", "stage3"]}
+STAGE_NAMES = {"glance": ["glance"], "1": ["stage1"], "2": ["stage2"], "3": ["stage3"], "end2end": ["end2end"],
+               "all": []}  # all: the pipeline of --policy-training (training.PIPELINES)
 
 
 def _pretrained(value: str) -> bool | str:
@@ -50,7 +50,8 @@ def _train_parser(sub) -> None:
     g = t.add_argument_group("model")
     g.add_argument("--preset", help=f"a named recipe: {', '.join(RECIPES)}")
     add_fields(g, GFNetConfig, "model", only=("backbone", "patch_size", "T", "image_size", "classifier", "policy_trunk",
-                                              "drop_rate", "drop_path_rate", "resize_interpolation"))
+                                              "drop_rate", "drop_path_rate", "resize_interpolation", "patch_scale",
+                                              "scale_range", "crop"))
     g.add_argument("--pretrained", default=None, help="encoder initialisation: false, true (timm hub), lite0/lite1/lite2 "
                    "(offline packages) or a weights file (default: the recipe's, else false)")
     g = t.add_argument_group("optimisation (defaults: the recipe's, else appendix A.2/A.3 for the backbone family)")
@@ -123,11 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_config(args: argparse.Namespace, source, num_classes: int) -> tuple[GFNetConfig, bool | str]:
-    """The recipe's model with the flags given; ``--pretrained liteN`` alone picks that network."""
+def _model_config(args: argparse.Namespace, source, num_classes: int, tc: TrainConfig) -> tuple[GFNetConfig, bool | str]:
+    """The recipe's model with the flags given; ``--pretrained liteN`` alone picks that network,
+    and differentiable policy training the differentiable crop."""
     recipe_weights = RECIPES[args.preset].pretrained if args.preset else False
     pretrained = _pretrained(args.pretrained) if args.pretrained is not None else recipe_weights
     fields = {**given_fields(args, "model"), "num_classes": num_classes}
+    if tc.policy_training == "differentiable":
+        fields.setdefault("crop", "resample")
     weights = Weights.parse(pretrained)
     if weights is not None and not args.preset:
         fields.setdefault("backbone", weights.value.arch)
@@ -138,7 +142,7 @@ def _model_config(args: argparse.Namespace, source, num_classes: int) -> tuple[G
 def _train_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
     given = given_fields(args, "train")
     if args.epochs is not None:
-        for name in ("glance_epochs", "stage1_epochs", "stage2_epochs", "stage3_epochs"):
+        for name in ("glance_epochs", "stage1_epochs", "stage2_epochs", "stage3_epochs", "end2end_epochs"):
             given.setdefault(name, args.epochs)
     batch_size = args.batch_size if args.batch_size is not None else base.batch_size
     return replace(base, **given, batch_size=batch_size, amp=args.amp, channels_last=args.channels_last,
@@ -149,16 +153,17 @@ def _train(args: argparse.Namespace) -> None:
     from .data import data_source
     from .runlog import RunLog
     from .trainer import Run
-    from .training import train
+    from .training import PIPELINES, train
 
     world = init_world(args.device)
     data = DataConfig(**given_fields(args, "data"))
     source = data_source(data.root)
-    config, pretrained = _model_config(args, source, len(source.classes()))
     tc = _train_config(args, RECIPES[args.preset].train if args.preset else TrainConfig())
+    config, pretrained = _model_config(args, source, len(source.classes()), tc)
     args.out.mkdir(parents=True, exist_ok=True)
     run = Run(args.out, world, resume=args.resume, log=RunLog(args.out, world), quiet=args.quiet)
-    last, _ = train(config, STAGE_NAMES[args.stage], config=tc, data=data, run=run, pretrained=pretrained, init=args.init)
+    stages = STAGE_NAMES[args.stage] or PIPELINES[tc.policy_training]
+    last, _ = train(config, stages, config=tc, data=data, run=run, pretrained=pretrained, init=args.init)
     run.log.close()
     if args.stage == "all":  # every process evaluates its shard; rank 0 writes
         _evaluate_into(last, world, data.root, batch_size=tc.batch_size, workers=data.workers,

@@ -46,6 +46,9 @@ def add_fields(
             options["choices"] = list(typing.get_args(kind))
         elif kind in (int, float, str):
             options["type"], options["metavar"] = kind, f.name.upper()
+        elif typing.get_origin(kind) is tuple and set(typing.get_args(kind)) == {int}:  # e.g. --scale-range LO HI
+            options["type"], options["nargs"] = int, len(typing.get_args(kind))
+            options["metavar"] = ("LO", "HI") if options["nargs"] == 2 else f.name.upper()
         else:
             continue  # nested configs and tuples are not flags
         parser.add_argument(flag, **options)
@@ -54,4 +57,5 @@ def add_fields(
 def given_fields(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     """The fields under ``prefix`` that were given on the command line (not None)."""
     start = prefix + "."
-    return {k[len(start):]: v for k, v in vars(args).items() if k.startswith(start) and v is not None}
+    return {k[len(start):]: tuple(v) if isinstance(v, list) else v
+            for k, v in vars(args).items() if k.startswith(start) and v is not None}

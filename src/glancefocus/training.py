@@ -123,16 +123,20 @@ def glance_stage(s: Setup) -> StagePlan:
 
 
 # ------------------------------------------------------------------------- stages I and III
-def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_classifier: float) -> StagePlan:
-    """Stage I (random patches) or Stage III (π's patches: sampled around its mean as the
-    release, or its mean, ``stage3_locations``): fG, fL, fC with the deep-supervision loss,
-    plus ``distill_weight`` times the distillation loss from ``s.teacher``.  fG stays fixed
-    where the family says so (MobileNet-V3, EfficientNet); π is never trained here."""
+def _classifier_stage(
+    s: Setup, name: str, *, patches: str, locations: str, epochs: int, lr_classifier: float, train_policy: bool = False,
+    explore: float = 0.0,
+) -> StagePlan:
+    """fG, fL, fC (and π with ``train_policy``) with the deep-supervision loss, plus
+    ``distill_weight`` times the distillation loss from ``s.teacher``, on patches at
+    ``locations`` (a :meth:`GFNet.step` mode); a fraction ``explore`` of each batch reads
+    uniformly random regions instead.  fG stays fixed where the family says so (MobileNet-V3,
+    EfficientNet).  ``patches`` names what the held-out evaluation reads."""
     model, c, teacher = s.model, s.config, s.teacher if s.config.distill_weight else None
     if c.distill_weight and s.teacher is None:
         raise ValueError("distill_weight > 0 needs a teacher model (fit(..., teacher=...))")
-    locations = "random" if patches == "random" else c.stage3_locations
-    model.policy.requires_grad_(False)
+    model.policy.requires_grad_(train_policy)
+    model.policy.critic.requires_grad_(False)  # only PPO's advantage reads the critic
     model.global_encoder.requires_grad_(not c.freeze_glance)
     model.local_encoder.requires_grad_(True)
     model.classifier.requires_grad_(True)
@@ -141,11 +145,13 @@ def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_clas
     optimizer = s.sgd([
         {"params": trainable(model.classifier), "lr": lr_classifier},
         {"params": trainable(model.local_encoder) + trainable(model.global_encoder), "lr": c.lr_encoder},
+        {"params": trainable(model.policy), "lr": c.lr_policy},
     ])
     loader = s.loader(s.splits.train, train=True)
 
     def step(images, targets):
-        out = net(images, locations=locations, need_aux=True)
+        rows = torch.rand(images.shape[0], device=images.device) < explore if explore else None
+        out = net(images, locations=locations, need_aux=True, explore=rows)
         loss = deep_supervision_loss(out, targets, c.aux_weight)
         if teacher is not None:
             with torch.no_grad():
@@ -162,12 +168,32 @@ def _classifier_stage(s: Setup, name: str, *, patches: str, epochs: int, lr_clas
 
 
 def stage1(s: Setup) -> StagePlan:
-    return _classifier_stage(s, "stage1", patches="random", epochs=s.config.stage1_epochs, lr_classifier=s.config.lr_classifier)
+    """Stage I: uniformly random patches; π is not trained."""
+    return _classifier_stage(s, "stage1", patches="random", locations="random", epochs=s.config.stage1_epochs,
+                             lr_classifier=s.config.lr_classifier)
 
 
 def stage3(s: Setup) -> StagePlan:
-    return _classifier_stage(s, "stage3", patches="learned", epochs=s.config.stage3_epochs,
+    """Stage III: π's patches (sampled around its mean as the release, or its mean,
+    ``stage3_locations``); π is not trained."""
+    return _classifier_stage(s, "stage3", patches="learned", locations=s.config.stage3_locations, epochs=s.config.stage3_epochs,
                              lr_classifier=s.config.lr_classifier_stage3)
+
+
+# ---------------------------------------------------------------- end to end (beyond the paper)
+def end2end(s: Setup) -> StagePlan:
+    """The differentiable alternative to Stages I–III (AdaFocusV2, CVPR 2022; Uni-AdaFocus,
+    T-PAMI 2024): from the glance fine-tune, fL, fC and π (fG too unless frozen) learn
+    together with the deep-supervision loss on π's mean regions, whose location and scale get
+    gradients through the resampling crop.  A fraction ``end2end_random`` of each batch reads
+    uniformly random regions (their diversity augmentation).  π reads detached feature maps,
+    as in the paper (their stop-gradient)."""
+    if s.model.config.crop != "resample":
+        raise ValueError("differentiable policy training needs the differentiable crop: build the model with "
+                         "crop='resample' (--crop resample) or a learned patch scale")
+    c = s.config
+    return _classifier_stage(s, "end2end", patches="learned", locations="mean", epochs=c.end2end_epochs,
+                             lr_classifier=c.lr_classifier, train_policy=True, explore=c.end2end_random)
 
 
 # -------------------------------------------------------------------------------- stage II
@@ -205,7 +231,11 @@ STAGES: dict[str, Stage] = {
     "stage1": Stage("stage1", "glance", stage1),
     "stage2": Stage("stage2", "stage1", stage2),
     "stage3": Stage("stage3", "stage2", stage3),
+    "end2end": Stage("end2end", "glance", end2end),
 }
+
+#: The whole pipeline of each way of training π (``TrainConfig.policy_training``).
+PIPELINES: dict[str, list[str]] = {"ppo": ["glance", "stage1", "stage2", "stage3"], "differentiable": ["glance", "end2end"]}
 
 
 def new_model(config, *, pretrained=False, seed: int = 0) -> GFNet:
@@ -292,13 +322,13 @@ def _start_checkpoint(run: Run, first: str) -> Path | None:
     candidate = run.checkpoint(previous)
     if candidate.exists():
         return candidate
-    if first != "stage1":
+    if first not in ("stage1", "end2end"):
         raise FileNotFoundError(
             f"{first} starts from the {previous} checkpoint: none at {candidate}. "
             f"Run --stage {previous.removeprefix('stage')} first or pass --init CHECKPOINT"
         )
     if run.world.is_main:
-        print("note: no glance checkpoint; Stage I starts fG from the backbone's initial weights")
+        print(f"note: no glance checkpoint; {first} starts fG from the backbone's initial weights")
     return None
 
 
