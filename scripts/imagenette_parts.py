@@ -93,9 +93,10 @@ def location_grid(model: GFNet, splits: Splits, run: Run, batch: int, grid: int 
     """Step 2 with its patch at each of ``grid`` × ``grid`` places: what any policy could reach
     there (the best place is chosen on the held-out images, accuracies are on val)."""
     heldout = make_loader(splits.heldout, batch_size=batch, world=run.world, train=False)
-    heldout_right = first_focus_grid(model, heldout, run.world, grid=grid).right
-    val = first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid)
-    return grid_bound(heldout_right, val.glance, val.right, val.confidence, grid)
+    scales = 3 if model.config.patch_scale == "learned" else None  # the smallest, middle and largest region
+    heldout_right = first_focus_grid(model, heldout, run.world, grid=grid, scales=scales).right
+    val = first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid, scales=scales)
+    return grid_bound(heldout_right, val.glance, val.right, val.confidence, grid, scales)
 
 
 def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int], final: int) -> list[dict]:
@@ -190,7 +191,7 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
     higher on average (with Stage III if that one), the other reported beside it.  The
     figures show the headline model where its weights are on this machine, else ``model``
     (the weights of stage ``last``); ``figures_from`` says which."""
-    evals = {s: parts.load(f"gfnet_{s}") for s in ("stage2", "stage3") if parts.has(f"gfnet_{s}")}
+    evals = {s: parts.load(f"gfnet_{s}") for s in ("stage2", "stage3", "end2end") if parts.has(f"gfnet_{s}")}
     headline = max(evals, key=lambda s: _mean_budgeted(evals[s]))
     if run.checkpoint(headline).exists():
         model.load_state_dict(load_checkpoint(run.checkpoint(headline), device=run.world.device)[0])

@@ -42,7 +42,7 @@ from typing import get_args
 
 from glancefocus import GFNet
 from glancefocus.checkpoint import atomic_write, load_checkpoint, read_meta
-from glancefocus.config import DataConfig, PPOBaseline, Stage2Images, TrainConfig
+from glancefocus.config import DataConfig, PatchScale, PolicyTraining, PPOBaseline, Stage2Images, TrainConfig
 from glancefocus.distributed import init_world
 from glancefocus.recipes import IMAGENETTE_LITE0
 from glancefocus.runlog import RunLog
@@ -56,7 +56,7 @@ from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, l
 from imagenette_policy_bound import policy_bound
 from imagenette_report import markdown_table
 
-STAGES = ("glance", "stage1", "stage2", "stage3")
+STAGES = ("glance", "stage1", "stage2", "stage3", "end2end")
 
 
 def parse_args() -> argparse.Namespace:
@@ -80,6 +80,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ppo-lr", type=float, default=IMAGENETTE_LITE0.train.ppo.lr, help="Adam LR of π in Stage II (appendix A.2's 3e-4)")
     p.add_argument("--ppo-baseline", choices=get_args(PPOBaseline), default=IMAGENETTE_LITE0.train.ppo.baseline,
                    help="Stage II advantage baseline: the critic (Eq. 7) or π's mean locations on the same image (beyond the paper)")
+    p.add_argument("--policy-training", choices=get_args(PolicyTraining), default=IMAGENETTE_LITE0.train.policy_training,
+                   help="ppo: the paper's Stages I-III; differentiable: one end-to-end stage after the glance fine-tune (beyond the paper)")
+    p.add_argument("--patch-scale", choices=get_args(PatchScale), default=IMAGENETTE_LITE0.model.patch_scale,
+                   help="focus region side: fixed (the patch size) or learned by π within --scale-range (beyond the paper)")
+    p.add_argument("--scale-range", type=int, nargs=2, metavar=("LO", "HI"), help="region sides of a learned scale (default: P, 224)")
+    p.add_argument("--end2end-epochs", type=int, default=15, help="epochs of the end-to-end stage")
+    p.add_argument("--end2end-random", type=float, default=IMAGENETTE_LITE0.train.end2end_random,
+                   help="end-to-end stage: fraction of images reading random regions")
+    p.add_argument("--lr-policy", type=float, default=IMAGENETTE_LITE0.train.lr_policy, help="end-to-end stage: π's SGD LR (at batch 256)")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                    help="measure step 2 over a 7×7 grid of places after Stages II and III (lever runs may skip it)")
     p.add_argument("--policy-bound", type=int, default=0, metavar="IMAGES",
@@ -114,7 +123,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return replace(
         IMAGENETTE_LITE0.train, batch_size=args.batch_size, glance_epochs=args.glance_epochs, glance_patience=args.glance_patience,
         stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, stage3_epochs=args.stage3_epochs, run_stage3=args.stage3,
-        distill_weight=args.distill, amp=args.amp, stage2_images=args.stage2_images,
+        distill_weight=args.distill, amp=args.amp, stage2_images=args.stage2_images, policy_training=args.policy_training,
+        end2end_epochs=args.end2end_epochs, end2end_random=args.end2end_random, lr_policy=args.lr_policy,
         ppo=replace(IMAGENETTE_LITE0.train.ppo, lr=args.ppo_lr, baseline=args.ppo_baseline),
         **({"freeze_glance": False} if args.train_glance else {}),
     )
@@ -127,7 +137,10 @@ def levers(args: argparse.Namespace, model: GFNet, tc: TrainConfig) -> dict:
             "glance_trainable_in_stage1": not c.freeze_glance, "drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate,
             "lr_scale": c.lr_scale, "resize_interpolation": cfg.resize_interpolation, "stage3_locations": c.stage3_locations,
             "amp": c.amp, "stage1_epochs": c.stage1_epochs, "stage2_epochs": c.stage2_epochs,
-            "stage2_images": c.stage2_images, "ppo_lr": c.ppo.lr, "ppo_baseline": c.ppo.baseline}
+            "stage2_images": c.stage2_images, "ppo_lr": c.ppo.lr, "ppo_baseline": c.ppo.baseline,
+            "policy_training": c.policy_training, "patch_scale": cfg.patch_scale, "scale_range": cfg.scale_range, "crop": cfg.crop,
+            "end2end_epochs": c.end2end_epochs if c.policy_training == "differentiable" else 0, "end2end_random": c.end2end_random,
+            "lr_policy": c.lr_policy}
 
 
 def import_weights(path: Path | None, run: Run) -> str | None:
@@ -179,7 +192,8 @@ def glance_epochs(run: Run) -> dict:
 def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Parts, teacher) -> str | None:
     """The stages not yet done, each followed by what is measured of it; returns the last
     stage trained or imported (None: stopped before any)."""
-    order = [s for s in STAGES if s != "stage3" or args.stage3]
+    order = (["glance", "end2end"] if args.policy_training == "differentiable"
+             else [s for s in STAGES[:4] if s != "stage3" or args.stage3])
     done = import_weights(args.from_weights, run)
     if done is not None and done not in order:
         raise SystemExit(f"{args.from_weights} holds {done} weights: pass --stage3 to continue from them")
@@ -214,8 +228,10 @@ def main() -> None:
     # resume=True: a rerun continues each stage from its last checkpoint (finished ones are kept).
     run = Run(args.work, world, resume=True, log=RunLog(args.work, world))
     tc, parts = train_config(args), Parts(args.out / "parts")
-    model = new_model(IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T), pretrained=IMAGENETTE_LITE0.pretrained,
-                      seed=tc.seed)
+    crop = "resample" if args.policy_training == "differentiable" or args.patch_scale == "learned" else None
+    config = IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T, patch_scale=args.patch_scale,
+                                           scale_range=tuple(args.scale_range) if args.scale_range else None, crop=crop)
+    model = new_model(config, pretrained=IMAGENETTE_LITE0.pretrained, seed=tc.seed)
     splits = load_imagenette(args.data, args.work / "cache", model.config, seed=tc.seed, holdout=DataConfig().holdout, limit=args.limit)
     recipe = levers(args, model, tc)
     if not args.static_only:  # what a lever run under --out/levers/ is, for the report's levers table

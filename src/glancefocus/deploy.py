@@ -123,6 +123,7 @@ class OnnxGFNet:
         if focus is not None and ("cascade_weight" in {i.name for i in focus.get_inputs()}) != bool(self.cascade):
             raise ValueError(f"{self.directory}: the focus graph and {CASCADE} do not belong together: re-export with --force")
         self.T: int = m["T"]
+        self.action_dims: int = 3 if m.get("patch_scale") == "learned" else 2  # (row, col[, scale fraction])
         self.classes: list[str] = m["classes"]
         self.transform = EvalTransform(m["image_size"], m["crop_pct"], tuple(m["mean"]), tuple(m["std"]),
                                        m.get("resize_interpolation", "bicubic"))
@@ -165,7 +166,7 @@ class OnnxGFNet:
         B = images.shape[0]
         probs = np.zeros((B, len(self.classes)), dtype=np.float32)
         exit_step = np.full(B, self.T, dtype=np.int64)
-        locations = np.full((self.T - 1, B, 2), np.nan, dtype=np.float32)
+        locations = np.full((self.T - 1, B, self.action_dims), np.nan, dtype=np.float32)
         index, state = np.arange(B), []
         for t in range(self.T):
             step_probs, *state = self.step(t, images, state)

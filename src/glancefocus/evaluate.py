@@ -33,13 +33,21 @@ def centre_then_corners(T: int, batch: int, device: torch.device | str = "cpu") 
     return torch.tensor(steps, device=device).view(T - 1, 1, 2).expand(T - 1, batch, 2).contiguous()
 
 
+def with_scale(locations: torch.Tensor, model: GFNet, sigma: float = 0.0) -> torch.Tensor:
+    """(…, 2) locations as ``model``'s regions: with a learned patch scale, scale fraction
+    ``sigma`` appended (0: the smallest region, the patch size by default)."""
+    if model.config.action_dims == 2:
+        return locations
+    return torch.cat([locations, locations.new_full((*locations.shape[:-1], 1), sigma)], dim=-1)
+
+
 def _locations(patches: str, model: GFNet, batch: int, device: torch.device, generator: torch.Generator | None):
     if patches == "learned":
         return "mean"
-    if patches == "random":
-        return torch.rand(model.T - 1, batch, 2, generator=generator).to(device)
+    if patches == "random":  # location and, if learned, scale uniformly random
+        return torch.rand(model.T - 1, batch, model.config.action_dims, generator=generator).to(device)
     if patches == "fixed":
-        return centre_then_corners(model.T, batch, device)
+        return with_scale(centre_then_corners(model.T, batch, device), model)
     raise ValueError(f"unknown patches {patches!r}: use one of {', '.join(PATCHES)}")
 
 
@@ -93,10 +101,14 @@ def location_spread(locations: torch.Tensor) -> list[dict[str, list[float]]]:
     return [{"mean": step.mean(0).tolist(), "std": step.std(0).tolist()} for step in locations]
 
 
-def grid_locations(size: int) -> torch.Tensor:
-    """``size`` × ``size`` focus locations evenly over [0, 1]² (corners included), (size², 2), row-major."""
+def grid_locations(size: int, scales: int | None = None) -> torch.Tensor:
+    """``size`` × ``size`` focus locations evenly over [0, 1]² (corners included), (size², 2),
+    row-major; with ``scales``, each at that many scale fractions evenly over [0, 1] (the
+    regions of a learned patch scale), (size² · scales, 3)."""
     axis = torch.linspace(0, 1, size)
-    return torch.cartesian_prod(axis, axis)
+    if scales is None:
+        return torch.cartesian_prod(axis, axis)
+    return torch.cartesian_prod(axis, axis, torch.linspace(0, 1, scales))
 
 
 class FocusGrid(NamedTuple):
@@ -109,23 +121,26 @@ class FocusGrid(NamedTuple):
 
 
 @torch.inference_mode()
-def first_focus_grid(model: GFNet, loader: DataLoader, world: World, *, grid: int = 7) -> FocusGrid:
+def first_focus_grid(model: GFNet, loader: DataLoader, world: World, *, grid: int = 7, scales: int | None = None) -> FocusGrid:
     """GFNet's answer after the glance, and after the first focus step with its patch at each
-    of :func:`grid_locations` ``(grid)``; in dataset order.
+    of :func:`grid_locations` ``(grid, scales)`` (``scales`` for a learned patch scale only);
+    in dataset order.
 
     What a patch policy can reach at step 2: the best single place for all images, the place
     where GFNet is most confident (a policy that could afford to try every place), and each
     image's own best place (an oracle that reads the label).
     """
     model.eval()
-    places = grid_locations(grid).to(world.device)
+    if (scales is not None) != (model.config.action_dims == 3):
+        raise ValueError("give scales (a number of scale fractions) for a model with a learned patch scale, and only then")
+    places = grid_locations(grid, scales).to(world.device)
     glance, right, confidence, true_prob = [], [], [], []
     for images, targets in loader:
         images, targets = images.to(world.device, non_blocking=True), targets.to(world.device)
         out, state = model.step(images, 0, None)
         glance.append(out.logits.argmax(1) == targets)
         # one batched step per place: the loop is over places, never over images
-        probs = torch.stack([model.step(images, 1, state, locations=where.expand(len(images), 2))[0].logits.float().softmax(1)
+        probs = torch.stack([model.step(images, 1, state, locations=where.expand(len(images), -1))[0].logits.float().softmax(1)
                              for where in places])
         top, label = probs.max(2)
         right.append(label == targets)
@@ -136,7 +151,7 @@ def first_focus_grid(model: GFNet, loader: DataLoader, world: World, *, grid: in
 
 
 def grid_bound(heldout_right: torch.Tensor, glance: torch.Tensor, right: torch.Tensor, confidence: torch.Tensor,
-               grid: int) -> dict[str, Any]:
+               grid: int, scales: int | None = None) -> dict[str, Any]:
     """Step 2's accuracy (%) over the places of :func:`first_focus_grid`: their mean (uniformly
     random places), the best single place (chosen on the held-out images), the place where
     GFNet is most confident, each image's best place (any right: the bound of every policy),
@@ -146,12 +161,13 @@ def grid_bound(heldout_right: torch.Tensor, glance: torch.Tensor, right: torch.T
     confident = right.gather(0, confidence.argmax(0, keepdim=True))
     return {
         "grid": grid,
+        "scales": scales,
         "mean_place": float(per_place.mean()),
-        "best_place": {"location": grid_locations(grid)[best].tolist(), "accuracy": float(per_place[best])},
+        "best_place": {"location": grid_locations(grid, scales)[best].tolist(), "accuracy": float(per_place[best])},
         "most_confident_place": float(confident.double().mean() * 100),
         "best_place_per_image": float(right.any(0).double().mean() * 100),
         "oracle_exit_within_2": float((glance | right.any(0)).double().mean() * 100),
-        "accuracy_by_place": per_place.view(grid, grid).tolist(),
+        "accuracy_by_place": per_place.view(grid, grid, *([scales] if scales else [])).tolist(),
     }
 
 

@@ -81,6 +81,7 @@ def export_gfnet(
             "format": FORMAT, "format_version": FORMAT_VERSION, "files": files, "opset": OPSET, **_versions(),
             "backbone": cfg.backbone, "classes": list(classes), "class_descriptions": imagenet_descriptions(classes),
             "T": cfg.T, "patch_size": cfg.patch_size, "image_size": cfg.image_size, "crop_pct": cfg.crop_pct,
+            "patch_scale": cfg.patch_scale, "scale_range": list(cfg.scale_range) if cfg.scale_range else None, "crop": cfg.crop,
             "interpolation": cfg.interpolation, "resize_interpolation": cfg.resize_interpolation,
             "mean": list(cfg.mean), "std": list(cfg.std),
             "madds": list(madds or model.madds()), "anytime_accuracy": anytime_accuracy,

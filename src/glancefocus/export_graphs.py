@@ -91,7 +91,8 @@ class FocusStep(nn.Module):
     def forward(self, images, feature_map, classifier_state, policy_state, *cascade_layer) -> tuple[torch.Tensor, ...]:
         m, cfg = self.model, self.model.config
         location, _, policy_state = m.policy(feature_map, policy_state)
-        patch = gather_patches(images, location, cfg.patch_size, cfg.image_size)
+        # the window crop as gathers; the resampling crop exports as it is (ONNX GridSample)
+        patch = gather_patches(images, location, cfg.patch_size, cfg.image_size) if cfg.crop == "window" else m.view(images, location)
         feature_map, pooled = m.local_encoder(patch)
         if cascade_layer:
             weight, bias = cascade_layer

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import GFNet
-from .patches import patch_corners
+from .patches import patch_corners, region_boxes
 
 
 def _pyplot():
@@ -65,17 +65,30 @@ def plot_results(results: dict[str, Any], path: str | Path, *, title: str = "GFN
             ax.plot([m / 1e6 for m in series["madds"]], series["accuracy"], "s:", label=label)
 
 
-def _draw_patches(ax, corners: list[list[int]], patch_size: int) -> None:
-    """The patches read so far on one panel: the newest solid red, earlier ones dashed."""
+def _draw_patches(ax, boxes: list[list[float]], sized: bool) -> None:
+    """The regions read so far on one panel, each (top, left, side) in pixels: the newest
+    solid red, earlier ones dashed; with ``sized`` (a learned scale) each labelled with its side."""
     import matplotlib.patches as mpatches
 
-    for s, (r, c) in enumerate(corners, start=2):
-        newest = s == len(corners) + 1
+    for s, (r, c, side) in enumerate(boxes, start=2):
+        newest = s == len(boxes) + 1
         ax.add_patch(mpatches.Rectangle(
-            (c - 0.5, r - 0.5), patch_size, patch_size, fill=False, edgecolor="red" if newest else "orange",
+            (c - 0.5, r - 0.5), side, side, fill=False, edgecolor="red" if newest else "orange",
             linewidth=2 if newest else 1, linestyle="-" if newest else "--",
         ))
-        ax.text(c + 1, r + 1, str(s), color="yellow", fontsize=8, va="top", ha="left", weight="bold")
+        ax.text(c + 1, r + 1, f"{s}: {side:.0f} px" if sized else str(s), color="yellow", fontsize=8, va="top", ha="left",
+                weight="bold")
+
+
+def region_pixels(model: GFNet, locations: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(…, 3) (top, left, side) in pixels of the regions ``model`` reads at ``locations``:
+    the integer window of the paper's crop, or the resampled region."""
+    cfg = model.config
+    if cfg.crop == "window":
+        corners = patch_corners(locations.reshape(-1, 2), height, width, cfg.patch_size).to(locations.dtype)
+        sides = corners.new_full((len(corners), 1), float(cfg.patch_size))
+        return torch.cat([corners, sides], dim=1).view(*locations.shape[:-1], 3)
+    return region_boxes(locations, height, width, cfg.patch_size, cfg.scale_range)
 
 
 def _heading(step: int, exit_step: int | None) -> tuple[str, bool]:
@@ -110,7 +123,7 @@ def visualize(
     probs = F.softmax(result.logits.float(), dim=2).cpu()  # (T, B, C)
     top_p, top_k = probs.topk(min(top, probs.shape[2]), dim=2)
     H, W = images.shape[2:]
-    corners = torch.stack([patch_corners(loc, H, W, cfg.patch_size).cpu() for loc in result.locations]).tolist() if model.T > 1 else []
+    boxes = region_pixels(model, result.locations.float(), H, W).cpu().tolist()
     mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
     shown = (images.cpu().float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     B, T = images.shape[0], model.T
@@ -122,7 +135,7 @@ def visualize(
             ax.imshow(shown[b])
             ax.set_xticks([])
             ax.set_yticks([])
-            _draw_patches(ax, [corners[s][b] for s in range(t)], cfg.patch_size)
+            _draw_patches(ax, [boxes[s][b] for s in range(t)], sized=cfg.patch_scale == "learned")
             names = [classes[j] if classes else j for j in top_k[t, b].tolist()]
             ax.set_xlabel("\n".join(f"{n}: {v:.2f}" for n, v in zip(names, top_p[t, b].tolist())), fontsize=7)
             heading, after = _heading(t + 1, exits[b])
