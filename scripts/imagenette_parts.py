@@ -26,6 +26,8 @@ from glancefocus.trainer import Run, Trainer
 from glancefocus.training import Setup, fine_tune
 from glancefocus.weights import create_backbone, restrict_head
 
+from imagenette_variants import mean_budgeted, with_variants
+
 BACKBONE = "tf_efficientnet_lite0"
 
 
@@ -182,17 +184,13 @@ def static_models(args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int],
     return StaticModels(args, gfnet, splits, run, rows, Setup(gfnet, splits, config, Trainer(run, config), {"data": str(args.data)}), parts)
 
 
-def _mean_budgeted(results: dict) -> float:
-    return sum(p["accuracy"] for p in results["budgeted"]) / len(results["budgeted"])
-
-
 def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict) -> dict:
     """results.json from the parts: the headline model is the one whose budgeted curve is the
     higher on average (with Stage III if that one), the other reported beside it.  The
     figures show the headline model where its weights are on this machine, else ``model``
     (the weights of stage ``last``); ``figures_from`` says which."""
     evals = {s: parts.load(f"gfnet_{s}") for s in ("stage2", "stage3", "end2end") if parts.has(f"gfnet_{s}")}
-    headline = max(evals, key=lambda s: _mean_budgeted(evals[s]))
+    headline = max(evals, key=lambda s: mean_budgeted(evals[s]))
     if run.checkpoint(headline).exists():
         model.load_state_dict(load_checkpoint(run.checkpoint(headline), device=run.world.device)[0])
         last = headline
@@ -224,7 +222,7 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
     if len(evals) > 1:
         keys = ("anytime_accuracy", "oracle", "budgeted", "anytime_accuracy_by_policy", "policy_locations", "encoder_heads")
         report["stage3_ablation"] = {f"after {s}": {k: evals[s][k] for k in keys} for s in evals}
-    return report
+    return with_variants(report, args.out / "variants")
 
 
 def seconds(timings: dict[str, int], sizes: list[int]) -> dict[str, int]:

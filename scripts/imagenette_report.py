@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from imagenette_variants import against_static
+
 
 def _m(value: float) -> str:
     return f"{value / 1e6:.1f}"
@@ -147,15 +149,40 @@ def _stage2_runs(report: dict) -> list[str]:
     return [""] + lines
 
 
+def _variants(report: dict) -> list[str]:
+    """Each way of training π and sizing its regions, on the same data, epochs chosen on the
+    held-out images: anytime per step, oracle, learned − random at step 2, the budgeted
+    curve against the static backbone, training minutes."""
+    variants = report.get("variants")
+    if not variants:
+        return []
+    T = report["T"]
+    lines = ["| variant | policy training | region side (px) | " + " | ".join(f"step {t}" for t in range(1, T + 1))
+             + " | oracle exit | step 2: learned − random | curve − static at 128 / 160 / 224 px MAdds | reaches 224 px (±1 SE) at | training after the glance (min) |",
+             "|---|---|---|" + "---:|" * (T + 5)]
+    for name, v in variants.items():
+        r = v.get("recipe", {})
+        side = f"{r['scale_range'][0]}–{r['scale_range'][1]}" if r.get("patch_scale") == "learned" else str(v["patch_size"])
+        by = v["anytime_accuracy_by_policy"]
+        target = against_static(v, report["static"])
+        gaps = " / ".join("–" if (g := target["gap_by_size"].get(size)) is None else f"{g:+.2f}" for size in (128, 160, 224))
+        reach = target["reaches_largest_at_fraction"]
+        minutes = sum(v.get("seconds", {}).get(k, 0) for k in ("stage1", "stage2", "stage3", "end2end")) / 60
+        lines.append(f"| {name} | {r.get('policy_training', 'ppo')} | {side} | " + " | ".join(f"{a:.2f}" for a in v["anytime_accuracy"])
+                     + f" | {v['oracle']['accuracy']:.2f} | {by['learned'][1] - by['random'][1]:+.2f} | {gaps} | "
+                     + ("not reached" if reach is None else f"{reach:.2f}× its MAdds") + f" | {minutes:.0f} |")
+    return [""] + lines
+
+
 def markdown_table(report: dict) -> str:
     """The models, the patch policies (with and without Stage III when both ran), each part
     alone, step 2 over a grid of places (and π refitted to it), the Stage I learning curve, the lever runs (and their
     Stage II where they ran one), where π looks, and the budgeted curve."""
     lines = _models(report) + [""] + _policies(report) + _components(report) + _grid(report) + _bound(report) + _curve(report)
-    lines += _levers(report) + _stage2_runs(report)
-    lines += ["", "| focus step | mean location (row, col) | std across images (row, col) |", "|---:|---|---|"]
+    lines += _levers(report) + _stage2_runs(report) + _variants(report)
+    lines += ["", "| focus step | mean location (row, col[, scale fraction]) | std across images |", "|---:|---|---|"]
     for t, s in enumerate(report["policy_locations"], 2):
-        lines.append(f"| {t} | ({s['mean'][0]:.2f}, {s['mean'][1]:.2f}) | ({s['std'][0]:.3f}, {s['std'][1]:.3f}) |")
+        lines.append(f"| {t} | ({', '.join(f'{m:.2f}' for m in s['mean'])}) | ({', '.join(f'{d:.3f}' for d in s['std'])}) |")
     lines += ["", "| q | MMAdds / image | top-1 (%) |", "|---:|---:|---:|"]
     for p in report["budgeted"][::4] + ([report["budgeted"][-1]] if len(report["budgeted"]) % 4 != 1 else []):
         lines.append(f"| {p['q']:.2f} | {_m(p['madds'])} | {p['accuracy']:.2f} |")

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import get_args
 
 from glancefocus import GFNet
-from glancefocus.checkpoint import atomic_write, load_checkpoint, read_meta
+from glancefocus.checkpoint import atomic_write, atomic_write_text, load_checkpoint, read_meta
 from glancefocus.config import DataConfig, PatchScale, PolicyTraining, PPOBaseline, Stage2Images, TrainConfig
 from glancefocus.distributed import init_world
 from glancefocus.recipes import IMAGENETTE_LITE0
@@ -111,6 +111,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="mixed precision of training")
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
     p.add_argument("--table", action="store_true", help="only print RESULTS.md's tables from --out/results.json")
+    p.add_argument("--gather", action="store_true",
+                   help="only reassemble --out/results.json from --out/parts and the variant runs under --out/variants (no data read)")
     p.add_argument("--workers", type=int, default=0, help="in-memory data: loader processes would only compete with compute")
     args = p.parse_args()
     if args.policy_bound < 0:
@@ -228,6 +230,12 @@ def main() -> None:
     # resume=True: a rerun continues each stage from its last checkpoint (finished ones are kept).
     run = Run(args.work, world, resume=True, log=RunLog(args.work, world))
     tc, parts = train_config(args), Parts(args.out / "parts")
+    if args.gather:
+        model = GFNet(IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T))
+        report = assemble(args, model, "stage3", run, parts, parts.load("recipe"))
+        atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
+        print(markdown_table(report))
+        return
     crop = "resample" if args.policy_training == "differentiable" or args.patch_scale == "learned" else None
     config = IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T, patch_scale=args.patch_scale,
                                            scale_range=tuple(args.scale_range) if args.scale_range else None, crop=crop)

@@ -138,3 +138,24 @@ def test_a_learned_scale_model_exports_with_the_same_regions_and_exits(learned_e
     np.testing.assert_array_equal(got.exit_step, predicted.exit_step.numpy())
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["patch_scale"], manifest["scale_range"], manifest["crop"]) == ("learned", [32, 64], "resample")
+
+
+def test_a_trained_learned_scale_run_exports_predicts_and_draws_as_a_user_runs_it(colour_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "run"
+    assert main(["train", "--stage", "all", "--data", str(colour_data), *MODEL_ARGS, *E2E, "--epochs", "1", *RUN_ARGS,
+                 "--out", str(out)]) == 0
+    checkpoint = out / "end2end.safetensors"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "onnx")]) == 0
+    photos = colour_data / "val"
+    rows = {}
+    for name, source in (("torch", ["--checkpoint", str(checkpoint)]), ("onnx", ["--onnx", str(tmp_path / "onnx")])):
+        assert main(["predict", *source, str(photos), "--json", str(tmp_path / f"{name}.json")]) == 0
+        rows[name] = json.loads((tmp_path / f"{name}.json").read_text())["predictions"]
+    for a, b in zip(rows["torch"], rows["onnx"]):
+        assert (a["label"], a["exit_step"]) == (b["label"], b["exit_step"])
+        assert all(len(region) == 3 for region in a["locations"])  # row, col and scale fraction
+        np.testing.assert_allclose(b["locations"], a["locations"], atol=1e-5)
+    picture = tmp_path / "patches.png"
+    assert main(["visualize", "--checkpoint", str(checkpoint), "--out", str(picture), str(next(photos.rglob("*.png")))]) == 0
+    assert picture.stat().st_size > 0

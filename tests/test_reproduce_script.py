@@ -50,6 +50,10 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert read_meta(weights)["stage"] == "stage3"
     _run(*common, "--work", str(tmp_path / "work3"), "--static-only")
     assert not (tmp_path / "work3" / "glance.safetensors").exists() and (out / "parts" / "static_128.json").exists()
+    # a variant of its own under --out/variants/: regions that zoom, π trained end to end
+    _run(*common, "--work", str(tmp_path / "work6"), "--out", str(out / "variants" / "zoom"), "--skip-static",
+         "--policy-training", "differentiable", "--patch-scale", "learned", "--end2end-epochs", "1")
+    assert not (tmp_path / "work6" / "stage1.safetensors").exists() and (tmp_path / "work6" / "end2end.safetensors").exists()
     _run(*common, "--work", str(tmp_path / "work4"), "--from-weights", str(weights))  # trains nothing: reports
 
     results = json.loads((out / "results.json").read_text())
@@ -107,3 +111,15 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert "| recipe, after Stage III |" in table and "| t3, after Stage III |" in table
     assert "| lever run |" in table and "| t3 | 96 | 3 |" in table and "| after stage3, 7×7 places |" in table
     assert "| π refitted at step 2 |" in table and "| after stage3, 12 images | accuracy |" in table
+    # the variants beside the recipe's own model, with the same keys; the best is the headline
+    variants = results["variants"]
+    assert set(variants) == {"recipe", "zoom"} and variants["recipe"]["recipe"]["policy_training"] == "ppo"
+    zoom = variants["zoom"]
+    assert zoom["recipe"]["policy_training"] == "differentiable" and zoom["recipe"]["scale_range"] == [96, 224]
+    assert len(zoom["policy_locations"][0]["mean"]) == 3 and len(zoom["budgeted"]) == 39
+    grid = zoom["location_grid"]["after end2end"]
+    assert grid["scales"] == 3 and len(grid["accuracy_by_place"][0][0]) == 3
+    best = max(variants, key=lambda name: sum(p["accuracy"] for p in variants[name]["budgeted"]))
+    assert results["budgeted"] == variants[best]["budgeted"]
+    assert (results["headline"] == "variant zoom") == (best == "zoom")
+    assert "| variant |" in table and "| zoom | differentiable | 96–224 |" in table

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from typing import get_args
 from pathlib import Path
 
-from .config import DataConfig, GFNetConfig, PPOConfig, TrainConfig
+from .config import DataConfig, GFNetConfig, PatchScale, PolicyTraining, PPOConfig, TrainConfig
 from .distributed import init_world, pick_device
 from .flags import add_fields, given_fields
 from .recipes import RECIPES, Recipe, recipe
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backbone", default=None, help="timm CNN (default efficientnet_lite0)")
     d.add_argument("--pretrained", default=None, help="false, true, lite0/lite1/lite2 or a weights file (default lite0)")
     d.add_argument("--device", default=None)
+    d.add_argument("--policy-training", choices=get_args(PolicyTraining), default="ppo",
+                   help="ppo: the paper's Stages I-III; differentiable: one end-to-end stage (beyond the paper)")
+    d.add_argument("--patch-scale", choices=get_args(PatchScale), help="fixed (the paper) or learned region sides")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)
 
@@ -258,6 +262,10 @@ def _demo(args: argparse.Namespace) -> None:
     demo: Recipe = RECIPES["demo"]
     if args.pretrained is not None:
         demo = replace(demo, pretrained=_pretrained(args.pretrained))
+    if args.policy_training == "differentiable":  # the differentiable crop, as `train` implies it
+        demo = replace(demo, model=replace(demo.model, crop="resample"), train=replace(demo.train, policy_training="differentiable"))
+    if args.patch_scale is not None:
+        demo = replace(demo, model=replace(demo.model, patch_scale=args.patch_scale))
     run_demo(demo, args.data, args.out, world=init_world(args.device), backbone=args.backbone, quiet=args.quiet)
 
 

@@ -23,7 +23,7 @@ from .recipes import Recipe
 from .report import examples, policy_report, write_figures
 from .runlog import RunLog
 from .trainer import Run
-from .training import train
+from .training import PIPELINES, train
 
 
 def run_demo(recipe: Recipe, root: str, out: Path, *, world: World, backbone: str | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def run_demo(recipe: Recipe, root: str, out: Path, *, world: World, backbone: st
     tc = recipe.train
     out.mkdir(parents=True, exist_ok=True)
     run = Run(out, world, log=RunLog(out, world), quiet=quiet)
-    final, model = train(config, ["glance", "stage1", "stage2", "stage3"], config=tc, data=data, run=run, pretrained=recipe.pretrained)
+    final, model = train(config, PIPELINES[tc.policy_training], config=tc, data=data, run=run, pretrained=recipe.pretrained)
     run.log.close()
     splits = load_data(data, model.config, seed=tc.seed)
     print("evaluating ...", flush=True)
