@@ -1,7 +1,7 @@
 """glancefocus: GFNet (Glance and Focus Networks, NeurIPS 2020) in PyTorch.
 
-Names are imported on first use, so ``glancefocus.deploy`` (ONNX Runtime inference) runs
-where only onnxruntime and numpy are installed.
+Names are imported on first use, so ``glancefocus.runtime`` (ONNX Runtime inference, the
+serving engine and server) runs where torch is not installed.
 """
 
 from __future__ import annotations

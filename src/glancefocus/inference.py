@@ -1,8 +1,9 @@
 """Early-exit inference on image files with PyTorch: thresholds by budget, batching, rows
-(the same rows as the ONNX Runtime predictor, :mod:`glancefocus.deploy`)."""
+(the same rows as the ONNX Runtime predictor, :mod:`glancefocus.runtime.deploy`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,8 @@ import torch
 from .data import Transform, image_transform, load_rgb
 from .evaluate import thresholds_tensor
 from .model import GFNet
-from .predictions import choose_budget_point, imagenet_descriptions, predict_in_batches
-from .preprocess import EvalTransform
+from .runtime.predictions import choose_budget_point, predict_in_batches
+from .runtime.preprocess import EvalTransform
 
 
 def select_thresholds(meta: dict[str, Any], budget: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -24,6 +25,18 @@ def select_thresholds(meta: dict[str, Any], budget: float | None = None) -> tupl
         raise ValueError("this checkpoint has no thresholds: run `glancefocus evaluate --checkpoint CK` first")
     index = choose_budget_point(results["budgeted"], budget)
     return thresholds_tensor(results["thresholds"])[index], results["budgeted"][index]
+
+
+def imagenet_descriptions(classes: Sequence[str]) -> list[str] | None:
+    """Human-readable names when every class is an ImageNet wnid (Imagenette, Imagewoof,
+    ImageNet), from the synset descriptions timm ships; None otherwise."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    known = set(info.label_names())
+    if not classes or not all(c in known for c in classes):
+        return None
+    return [info.label_name_to_description(c) for c in classes]
 
 
 def load_images(files: list[Path], model: GFNet) -> torch.Tensor:
@@ -54,3 +67,4 @@ def predict_files(
 
     return predict_in_batches(files, transform, run, madds=model.madds(), classes=classes,
                               descriptions=imagenet_descriptions(classes), batch_size=batch_size, skip_bad=skip_bad)
+

@@ -1,0 +1,31 @@
+"""The serving side of glancefocus, torch-free: ONNX Runtime early exit and the image
+reading and result rows it shares with the PyTorch path.
+
+It needs numpy, Pillow and onnxruntime; nothing here imports
+torch, timm or torchvision.  Names are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EvalTransform": "preprocess",
+    "OnnxGFNet": "deploy",
+    "OnnxPrediction": "deploy",
+    "image_files": "preprocess",
+    "prediction_rows": "predictions",
+    "read_manifest": "deploy",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
