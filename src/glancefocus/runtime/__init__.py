@@ -1,7 +1,8 @@
-"""The serving side of glancefocus, torch-free: ONNX Runtime early exit and the image
-reading and result rows it shares with the PyTorch path.
+"""The serving side of glancefocus, torch-free: ONNX Runtime early exit, the early-exit
+engine that batches across requests and steps, and the HTTP server.
 
-It needs numpy, Pillow and onnxruntime; nothing here imports
+It needs numpy, Pillow and onnxruntime (``pip install "glancefocus[runtime]"``, which adds
+FastAPI, uvicorn and prometheus-client for ``glancefocus serve``); nothing here imports
 torch, timm or torchvision.  Names are imported on first use.
 """
 
@@ -11,9 +12,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "Engine": "engine",
+    "EngineConfig": "engine",
     "EvalTransform": "preprocess",
     "OnnxGFNet": "deploy",
     "OnnxPrediction": "deploy",
+    "OnnxSteps": "deploy",
+    "QueueFull": "engine",
+    "ServeConfig": "server",
+    "Steps": "engine",
+    "create_app": "server",
     "image_files": "preprocess",
     "prediction_rows": "predictions",
     "read_manifest": "deploy",

@@ -194,3 +194,24 @@ class OnnxGFNet:
             descriptions=self.manifest.get("class_descriptions"), batch_size=batch_size, skip_bad=skip_bad,
         )
 
+
+class OnnxSteps:
+    """:class:`OnnxGFNet`'s steps as the serving engine runs them (numpy arrays throughout)."""
+
+    def __init__(self, model: OnnxGFNet) -> None:
+        self.model, self.T, self.num_classes = model, model.T, len(model.classes)
+
+    def put(self, images: np.ndarray) -> np.ndarray:
+        return images
+
+    def step(self, t: int, images: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, list]:
+        probs, *rest = self.model.step(t, images, state)
+        return (probs, None, rest) if t == 0 else (probs, rest[0], rest[1:])
+
+    @staticmethod
+    def take(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+        return x[index]
+
+    @staticmethod
+    def cat(xs: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(xs)
