@@ -16,30 +16,16 @@ from hypothesis import strategies as st
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from glancefocus import GFNet, GFNetConfig  # noqa: E402
 from glancefocus.export import export_gfnet  # noqa: E402
 from glancefocus.inference import TorchSteps  # noqa: E402
 from glancefocus.runtime import Engine, EngineConfig, OnnxGFNet, OnnxSteps, QueueFull  # noqa: E402
 from glancefocus.runtime.engine import POLICIES  # noqa: E402
 
-T, SIZE, PATCH, CLASSES, POOL = 3, 64, 32, 5, 16
-POINTS = [{"q": 1.0, "madds": 1.0, "accuracy": 50.0, "thresholds": [0.5, 0.5, "-inf"]}]
-
-
-def tiny_gfnet() -> GFNet:
-    """A random cascade-fC GFNet whose confidences spread out (sharpened heads)."""
-    torch.manual_seed(0)
-    model = GFNet(GFNetConfig(backbone="mobilenetv3_small_050", num_classes=CLASSES, patch_size=PATCH, T=T,
-                              image_size=SIZE)).eval()
-    with torch.no_grad():
-        for p in model.classifier.parameters():
-            p.mul_(20)
-        model.global_encoder.head.weight.mul_(20)
-    return model
+from serving import POINTS, POOL, SIZE, T, tiny_gfnet  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> tuple[GFNet, OnnxGFNet]:
+def models(tmp_path_factory):
     model = tiny_gfnet()
     out = export_gfnet(model, tmp_path_factory.mktemp("engine") / "onnx", classes=list("abcde"), budget_points=POINTS)
     return model, OnnxGFNet(out, threads=1)

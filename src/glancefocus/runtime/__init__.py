@@ -19,7 +19,7 @@ _EXPORTS = {
     "OnnxPrediction": "deploy",
     "OnnxSteps": "deploy",
     "QueueFull": "engine",
-    "ServeConfig": "server",
+    "ServeConfig": "config",
     "Steps": "engine",
     "create_app": "server",
     "image_files": "preprocess",

@@ -8,11 +8,12 @@ model needs only ``onnxruntime`` and ``numpy``.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,13 +23,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def load_rgb(path: str) -> Image.Image:
     """Open any image as RGB (grayscale, RGBA, CMYK and palette images are converted)."""
+    with open(path, "rb") as f:
+        return decode_rgb(f, path)
+
+
+def decode_rgb(data: BinaryIO | bytes, name: str) -> Image.Image:
+    """An image file's bytes (or an open binary file) as an RGB image; a ValueError naming
+    ``name`` if it is not a readable image."""
     try:
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(
-            f"cannot read image {path}: {e}. The file is corrupt or truncated: replace or delete it."
+            f"cannot read image {name}: {e}. The file is corrupt or truncated: replace or delete it."
         ) from e
     return image.convert("RGB")
 
