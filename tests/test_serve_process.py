@@ -32,8 +32,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export: Path, port: int, *extra: str, python: str = sys.executable) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+def start_server(export: Path, port: int, *extra: str, python: str = sys.executable, env: dict | None = None) -> subprocess.Popen:
+    """``glancefocus serve`` run by ``python`` (this tree's source unless ``env`` says otherwise)."""
+    env = env or {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([python, "-m", "glancefocus.cli", "serve", "--onnx", str(export), "--port", str(port),
                              "--threads", "1", "--log-level", "warning", *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 
 from .config import ServeConfig
@@ -71,5 +73,7 @@ def serve(args: argparse.Namespace) -> None:
     model = OnnxGFNet(config.model, threads=1)  # fail here, with a clear message, not in a worker
     model.thresholds(config.budget)
     os.environ[CONFIG_ENV] = json.dumps(config.to_dict())
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done: that is a normal end.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run("glancefocus.runtime.serve_cli:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
