@@ -17,9 +17,11 @@ Scheduling: a step's queue is *ready* when it holds ``max_batch`` images, when i
 image has waited ``max_wait_ms``, or (for a focus step) when every earlier queue is empty,
 since only earlier steps can add to it.  Among ready queues the ``policy`` picks:
 ``"deepest"`` (default: the latest step first, which finishes images already mid-way and
-frees their slots; it had the better p99 at equal throughput in ``benchmarks/bench_serve.py``,
-see benchmarks/README.md), ``"oldest"`` (the queue holding the earliest-arrived request) or
-``"fullest"`` (the most images).
+frees their slots), ``"oldest"`` (the queue holding the earliest-arrived request) or
+``"fullest"`` (the most images).  In ``benchmarks/bench_serve.py`` (one run on a loaded 2-core
+CPU, benchmarks/README.md) "deepest" saturated at 77.7 img/s against 53.6 for "oldest"; the
+runs did not reach equal throughput at any load, so the p99 comparison the default should rest
+on is still to be made on a quiet machine.
 
 Memory is bounded: at most ``max_queued`` images are admitted and unanswered at once; a
 request that does not fit is refused with :class:`QueueFull`, never buffered.
