@@ -1,13 +1,12 @@
 """glancefocus: GFNet (Glance and Focus Networks, NeurIPS 2020) in PyTorch.
 
-Names are imported on first use, so ``glancefocus.deploy`` (ONNX Runtime inference) runs
-where only onnxruntime and numpy are installed.
+Names are imported on first use, so ``glancefocus.runtime`` (ONNX Runtime inference, the
+serving engine and server) runs where torch is not installed.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .runtime.lazy import lazy_exports
 
 _EXPORTS = {
     "DataConfig": "config",
@@ -34,12 +33,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, lambda: list(globals()))

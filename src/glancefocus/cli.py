@@ -1,7 +1,8 @@
-"""Command-line interface: ``glancefocus {train,evaluate,predict,export,visualize,demo,presets,import-release}``.
+"""Command-line interface: ``glancefocus {train,evaluate,predict,export,serve,visualize,demo,presets,import-release}``.
 
 Each subcommand is one function (``set_defaults(func=...)``); the model, training and data
-flags are made from the config fields (:mod:`glancefocus.flags`).
+flags are made from the config fields (:mod:`glancefocus.flags`).  Torch is imported by the
+subcommands that need it, not here: ``predict --onnx`` and ``serve`` run without it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ from typing import get_args
 from pathlib import Path
 
 from .config import DataConfig, GFNetConfig, PatchScale, PolicyTraining, PPOConfig, TrainConfig
-from .distributed import init_world, pick_device
 from .flags import add_fields, given_fields
-from .recipes import RECIPES, Recipe, recipe
-from .trainer import AMP_DTYPES, NonFiniteLoss
-from .weights import Weights
+from .runtime.serve_cli import add_serve_parser
 
 STAGE_NAMES = {"glance": ["glance"], "1": ["stage1"], "2": ["stage2"], "3": ["stage3"], "end2end": ["end2end"],
                "all": []}  # all: the pipeline of --policy-training (training.PIPELINES)
@@ -49,7 +47,7 @@ def _train_parser(sub) -> None:
     t.add_argument("--init", type=Path, help="checkpoint to start from (default: the previous stage's in --out)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
     g = t.add_argument_group("model")
-    g.add_argument("--preset", help=f"a named recipe: {', '.join(RECIPES)}")
+    g.add_argument("--preset", help="a named recipe (`glancefocus presets` lists them)")
     add_fields(g, GFNetConfig, "model", only=("backbone", "patch_size", "T", "image_size", "classifier", "policy_trunk",
                                               "drop_rate", "drop_path_rate", "resize_interpolation", "patch_scale",
                                               "scale_range", "crop"))
@@ -98,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, required=True, help="directory to write (must be new or empty)")
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
     x.set_defaults(func=_export)
+    add_serve_parser(sub)
 
     v = sub.add_parser("visualize", help="PNG of the glance and the focus patches, with probabilities")
     v.add_argument("images", nargs="+", help="image files or folders")
@@ -131,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_config(args: argparse.Namespace, source, num_classes: int, tc: TrainConfig) -> tuple[GFNetConfig, bool | str]:
     """The recipe's model with the flags given; ``--pretrained liteN`` alone picks that network,
     and differentiable policy training the differentiable crop."""
+    from .recipes import RECIPES, recipe
+    from .weights import Weights
+
     recipe_weights = RECIPES[args.preset].pretrained if args.preset else False
     pretrained = _pretrained(args.pretrained) if args.pretrained is not None else recipe_weights
     fields = {**given_fields(args, "model"), "num_classes": num_classes}
@@ -155,6 +157,8 @@ def _train_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
 
 def _train(args: argparse.Namespace) -> None:
     from .data import data_source
+    from .distributed import init_world
+    from .recipes import RECIPES
     from .runlog import RunLog
     from .trainer import Run
     from .training import PIPELINES, train
@@ -189,6 +193,8 @@ def _evaluate_into(checkpoint: Path, world, root: str | None, *, json_out: Path 
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .distributed import init_world
+
     data = given_fields(args, "data")
     _evaluate_into(
         args.checkpoint, init_world(args.device), data.get("root"), json_out=args.json, plot=args.plot, patches=args.patches,
@@ -198,6 +204,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _load(checkpoint: Path, device: str | None, *, channels_last: bool = True):
+    from .distributed import pick_device
     from .model import GFNet
 
     model, meta = GFNet.from_checkpoint(checkpoint, device=pick_device(device), channels_last=channels_last)
@@ -205,8 +212,8 @@ def _load(checkpoint: Path, device: str | None, *, channels_last: bool = True):
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .predictions import report
-    from .preprocess import image_files
+    from .runtime.predictions import report
+    from .runtime.preprocess import image_files
 
     files = image_files(args.images)
     rows, skipped, point = (_predict_onnx if args.onnx else _predict_torch)(args, files)
@@ -215,6 +222,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _predict_torch(args: argparse.Namespace, files: list[Path]) -> tuple[list, list, dict]:
     from .inference import predict_files, select_thresholds
+    from .trainer import AMP_DTYPES
 
     model, meta = _load(args.checkpoint, args.device, channels_last=args.channels_last)
     thresholds, point = select_thresholds(meta, args.budget)
@@ -224,7 +232,7 @@ def _predict_torch(args: argparse.Namespace, files: list[Path]) -> tuple[list, l
 
 
 def _predict_onnx(args: argparse.Namespace, files: list[Path]) -> tuple[list, list, dict]:
-    from .deploy import OnnxGFNet
+    from .runtime.deploy import OnnxGFNet
 
     model = OnnxGFNet(args.onnx, threads=args.threads)
     thresholds, point = model.thresholds(args.budget)
@@ -233,7 +241,7 @@ def _predict_onnx(args: argparse.Namespace, files: list[Path]) -> tuple[list, li
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .deploy import MANIFEST
+    from .runtime.deploy import MANIFEST
     from .export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, force=args.force)
@@ -244,7 +252,7 @@ def _export(args: argparse.Namespace) -> None:
 def _visualize(args: argparse.Namespace) -> None:
     from .inference import load_images, select_thresholds
     from .plots import visualize
-    from .preprocess import image_files
+    from .runtime.preprocess import image_files
 
     model, meta = _load(args.checkpoint, args.device)
     files = image_files(args.images)
@@ -258,8 +266,10 @@ def _visualize(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
+    from .distributed import init_world
+    from .recipes import RECIPES
 
-    demo: Recipe = RECIPES["demo"]
+    demo = RECIPES["demo"]
     if args.pretrained is not None:
         demo = replace(demo, pretrained=_pretrained(args.pretrained))
     if args.policy_training == "differentiable":  # the differentiable crop, as `train` implies it
@@ -270,6 +280,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _presets(args: argparse.Namespace) -> None:
+    from .recipes import RECIPES
+
     for name, r in RECIPES.items():
         cfg = r.model
         image = f"{cfg.image_size} (or the data's own size)" if r.sized_by_data else cfg.image_size
@@ -290,10 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, NonFiniteLoss) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"glancefocus: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors reported as a message, not a traceback; NonFiniteLoss only where training ran
+    (importing the trainer would import torch)."""
+    trainer = sys.modules.get(f"{__package__}.trainer")
+    return (ValueError, FileNotFoundError, ImportError, *((trainer.NonFiniteLoss,) if trainer else ()))
 
 
 if __name__ == "__main__":

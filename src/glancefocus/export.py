@@ -2,7 +2,7 @@
 
 Writes ``glance.onnx`` (step 1), ``focus.onnx`` (one focus step, run for t = 2..T with the
 recurrent state as inputs and outputs, batch axis dynamic), ``cascade.npz`` (a cascade fC's
-per-step layers) and ``manifest.json`` (see :mod:`glancefocus.deploy`).  Every graph passes ``onnx.checker``, and before the directory
+per-step layers) and ``manifest.json`` (see :mod:`glancefocus.runtime.deploy`).  Every graph passes ``onnx.checker``, and before the directory
 appears the export is run by ONNX Runtime and compared with :meth:`GFNet.predict`.  The
 files are written to a temporary folder beside ``out`` and renamed into place, so a failed
 export leaves nothing behind.
@@ -24,10 +24,10 @@ import torch
 
 from . import __version__
 from .checkpoint import read_meta
-from .deploy import CASCADE, FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, OnnxGFNet, sha256
 from .export_graphs import FocusStep, GlanceStep, cascade_layers
+from .inference import imagenet_descriptions
 from .model import GFNet
-from .predictions import imagenet_descriptions
+from .runtime.deploy import CASCADE, FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, OnnxGFNet, sha256
 
 OPSET = 18  # the first opset whose Resize can antialias (the glance)
 TOLERANCE = 1e-4  # largest difference of probabilities (and locations) allowed against PyTorch

@@ -1,0 +1,166 @@
+"""Pieces of bench_serve.py: the exports it serves, today's one-request-at-a-time server, and
+starting / reading a server.
+
+    python benchmarks/_serve_parts.py direct EXPORT_DIR --port P --threads N   # today's path
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def export_imagenette(checkpoint: Path, results: dict, out: Path) -> Path:
+    """The committed Imagenette GFNet with the budget points of its results.json (thresholds
+    chosen on held-out training images)."""
+    from glancefocus.checkpoint import read_meta
+    from glancefocus.export import export_gfnet
+    from glancefocus.model import GFNet
+
+    model, _ = GFNet.from_checkpoint(checkpoint, device="cpu", channels_last=False)
+    points = [{**p, "thresholds": row} for p, row in zip(results["budgeted"], results["thresholds"])]
+    return export_gfnet(model, out, classes=read_meta(checkpoint)["classes"], budget_points=points,
+                        madds=results["madds"], anytime_accuracy=results["anytime_accuracy"], force=True)
+
+
+def no_exit_copy(export: Path, out: Path) -> Path:
+    """The same graphs with one budget point that runs every image through all T steps."""
+    shutil.copytree(export, out, dirs_exist_ok=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    T = manifest["T"]
+    manifest["budget_points"] = [{"q": 0, "madds": manifest["madds"][-1], "accuracy": manifest["anytime_accuracy"][-1],
+                                  "thresholds": ["inf"] * (T - 1) + ["-inf"]}]
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def export_static(size: int, accuracy: float, madds: float, like: Path, out: Path) -> Path:
+    """A static EfficientNet-Lite0 (the `lite0` package weights, a 10-class head) at ``size``
+    px as a one-step glancefocus export, so `glancefocus serve` batches it the same way."""
+    import torch
+
+    from glancefocus.runtime.deploy import sha256
+    from glancefocus.weights import Weights, create_backbone
+
+    class Static(torch.nn.Module):  # the glance interface: probs and (dummy) state
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = create_backbone("tf_efficientnet_lite0", pretrained=Weights.LITE0, num_classes=10).eval()
+
+        def forward(self, images):
+            probs = self.net(images).softmax(dim=1)
+            dummy = probs[:, :1] * 0
+            return probs, dummy, dummy, dummy
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["probs", "feature_map", "classifier_state", "policy_state"]
+    with torch.no_grad():
+        torch.onnx.export(Static().eval(), (torch.zeros(1, 3, size, size),), str(out / "glance.onnx"), dynamo=False,
+                          opset_version=18, input_names=["images"], output_names=names,
+                          dynamic_axes={n: {0: "batch"} for n in ["images", *names]})
+    manifest = json.loads((like / "manifest.json").read_text())
+    manifest.update(T=1, image_size=size, madds=[madds], anytime_accuracy=[accuracy], backbone="tf_efficientnet_lite0",
+                    files={"glance": {"file": "glance.onnx", "sha256": sha256(out / "glance.onnx")}},
+                    budget_points=[{"q": 0, "madds": madds, "accuracy": accuracy, "thresholds": ["-inf"]}])
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command: list[str], port: int, threads: int) -> subprocess.Popen:
+    """A server process; returns once /healthz answers 200."""
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if process.poll() is not None:
+            raise RuntimeError(f"{' '.join(command)} ended: {process.stderr.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise TimeoutError(f"{' '.join(command)} not ready")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux /proc)."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024
+
+
+def metric_sums(text: str) -> dict[str, float]:
+    """{'batch_sum{step="1"}': x, 'batch_count{...}': n, 'exits{step="1"}': k} of a /metrics page."""
+    out = {}
+    for name, key in (("glancefocus_batch_size_sum", "batch_sum"), ("glancefocus_batch_size_count", "batch_count"),
+                      ("glancefocus_exits_total", "exits")):
+        for labels, value in re.findall(rf"^{name}(\{{[^}}]*\}}) (\S+)$", text, flags=re.M):
+            out[key + labels] = float(value)
+    return out
+
+
+def direct_app(export: Path, threads: int):
+    """Today's path: each request runs OnnxGFNet.predict alone, one request at a time."""
+    from glancefocus.runtime.deploy import OnnxGFNet
+    from glancefocus.runtime.predictions import prediction_rows
+    from glancefocus.runtime.preprocess import decode_rgb
+
+    model = OnnxGFNet(export, threads=threads)
+    thresholds, point = model.thresholds()
+    lock = threading.Lock()
+    app = FastAPI()
+
+    def predict(body: bytes) -> dict:
+        images = model.transform(decode_rgb(body, "body"))[None]
+        with lock:
+            out = model.predict(images, thresholds)
+        rows = prediction_rows(["body"], out.probs, out.exit_step, out.locations, model.manifest["madds"], model.classes)
+        return {"budget_point": point, "predictions": rows}
+
+    @app.post("/v1/predict")
+    async def endpoint(request: Request):
+        try:
+            return await run_in_threadpool(predict, await request.body())
+        except ValueError as e:
+            return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    return app
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["direct"])
+    p.add_argument("export", type=Path)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    import uvicorn
+
+    sys.exit(uvicorn.run(direct_app(a.export, a.threads), host="127.0.0.1", port=a.port, log_level="warning"))

@@ -1,0 +1,264 @@
+"""Early-exit serving engine: one worker thread batches images across requests *and* steps.
+
+Every image waits in the queue of the step it needs next (0 = glance).  Each iteration
+runs one batched call of one step on up to ``max_batch`` images of that step's queue; the
+images that are confident enough leave, the others move on to the next step's queue with
+their state, and a request is answered once all its images have left.  New requests join
+the glance queue while others are mid-way, and each request carries its own thresholds
+(its budget), applied per image inside a shared batch.
+
+The engine runs any step function (:class:`Steps`): ONNX Runtime's
+(:class:`glancefocus.runtime.deploy.OnnxSteps`) or the PyTorch model's
+(:class:`glancefocus.inference.TorchSteps`, for CUDA serving).  Its answers are those of
+``OnnxGFNet.predict`` / ``GFNet.predict`` on the same images, whatever the arrival order
+and batch composition: per-image results depend only on the image and its thresholds.
+
+Scheduling: a step's queue is *ready* when it holds ``max_batch`` images, when its oldest
+image has waited ``max_wait_ms``, or (for a focus step) when every earlier queue is empty,
+since only earlier steps can add to it.  Among ready queues the ``policy`` picks:
+``"deepest"`` (default: the latest step first, which finishes images already mid-way and
+frees their slots), ``"oldest"`` (the queue holding the earliest-arrived request) or
+``"fullest"`` (the most images).  In ``benchmarks/bench_serve.py`` (one run on a loaded 2-core
+CPU, benchmarks/README.md) "deepest" saturated at 77.7 img/s against 53.6 for "oldest"; the
+runs did not reach equal throughput at any load, so the p99 comparison the default should rest
+on is still to be made on a quiet machine.
+
+Memory is bounded: at most ``max_queued`` images are admitted and unanswered at once; a
+request that does not fit is refused with :class:`QueueFull`, never buffered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .deploy import OnnxPrediction
+from .engine_tables import SlotTable
+
+POLICIES = ("deepest", "oldest", "fullest")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine batches: the largest batch of one step, how long a queue may wait to
+    fill, the most images in flight, and which ready step runs next."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    max_queued: int = 1024
+    policy: str = "deepest"
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queued < 1 or self.max_wait_ms < 0:
+            raise ValueError(f"max_batch and max_queued must be >= 1 and max_wait_ms >= 0: {self}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
+
+
+class QueueFull(RuntimeError):
+    """The engine holds ``max_queued`` images already (or is stopping): retry later."""
+
+
+class Steps(Protocol):
+    """A model as the engine runs it, one step at a time on any array type."""
+
+    T: int
+    num_classes: int
+    action_dims: int  # numbers per focus region: (row, col[, scale fraction])
+
+    def put(self, images: np.ndarray) -> Any:
+        """Normalised float32 images (B, 3, H, W) → the step function's own array type."""
+
+    def step(self, t: int, images: Any, state: list[Any]) -> tuple[np.ndarray, np.ndarray | None, list[Any]]:
+        """Step ``t`` (0 = glance): (probabilities (B, C), focus region (B, action_dims) or None, next state)."""
+
+    def take(self, x: Any, index: np.ndarray) -> Any:
+        """The rows ``index`` of ``x`` (an image batch or a state tensor)."""
+
+    def cat(self, xs: list[Any]) -> Any:
+        """Concatenate along the batch axis."""
+
+
+@dataclass
+class _Chunk:
+    """Images that entered one step's queue together, with their state."""
+
+    slots: np.ndarray
+    images: Any
+    state: list[Any]
+    entered: float  # time.monotonic() when they joined this queue
+    arrival: float  # earliest arrival of their requests
+
+
+class Engine:
+    """The scheduler.  ``observe(t, batch_size, exits)`` is called after every batch (metrics).
+
+    Use ``submit`` from any thread; ``start`` / ``stop`` run and drain the worker thread.
+    """
+
+    def __init__(self, steps: Steps, config: EngineConfig = EngineConfig(), *,
+                 observe: Callable[[int, int, int], None] | None = None) -> None:
+        self.steps, self.config, self.observe = steps, config, observe
+        self.T = steps.T
+        self._slots = SlotTable(config.max_queued, steps.T, steps.num_classes, steps.action_dims)
+        self._queues: list[deque[_Chunk]] = [deque() for _ in range(self.T)]
+        self._sizes = np.zeros(self.T, dtype=np.int64)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------------- clients
+    def submit(self, images: np.ndarray, thresholds: np.ndarray) -> Future[OnnxPrediction]:
+        """Queue normalised images (B, 3, H, W) with their thresholds η_1..η_T; the future
+        gives their :class:`OnnxPrediction`.  Raises :class:`QueueFull` if they do not fit."""
+        thresholds = np.asarray(thresholds, dtype=np.float32).ravel()
+        if thresholds.size != self.T:
+            raise ValueError(f"expected {self.T} thresholds (one per step, T={self.T}), got {thresholds.size}")
+        if len(images) == 0:
+            raise ValueError("no images to predict")
+        if len(images) > self.config.max_queued:
+            raise ValueError(f"{len(images)} images is more than the engine holds at once ({self.config.max_queued})")
+        future: Future[OnnxPrediction] = Future()
+        now = time.monotonic()
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the engine is shutting down")
+            slots = self._slots.admit(len(images), thresholds, future, now)
+            if slots is None:
+                raise QueueFull(f"{self._slots.in_flight} images are in flight, the most this engine holds is "
+                                f"{self.config.max_queued}: retry later")
+            self._push(0, _Chunk(slots, self.steps.put(np.ascontiguousarray(images, dtype=np.float32)), [], now, now))
+            self._cond.notify_all()
+        return future
+
+    def predict(self, images: np.ndarray, thresholds: np.ndarray) -> OnnxPrediction:
+        """``submit`` and wait."""
+        return self.submit(images, thresholds).result()
+
+    def queued(self) -> int:
+        """Images admitted and not yet answered."""
+        return self._slots.in_flight
+
+    def queue_sizes(self) -> list[int]:
+        """Images waiting for each step now."""
+        return self._sizes.tolist()
+
+    # ----------------------------------------------------------------------- lifecycle
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._run, name="glancefocus-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish every image already admitted, then end the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------------- worker
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            t, chunk = batch
+            try:
+                probs, location, state = self.steps.step(t, chunk.images, chunk.state)
+            except Exception as e:  # a failing step fails its requests, not the engine
+                with self._cond:
+                    finished = self._slots.fail(chunk.slots, e)
+                self._slots.resolve(finished)
+                continue
+            self._record(t, chunk, probs, location, state)
+
+    def _next_batch(self) -> tuple[int, _Chunk] | None:
+        with self._cond:
+            while True:
+                t, wait = self._choose(time.monotonic())
+                if t is not None:
+                    return t, self._pop(t)
+                if self._stopping and not self._sizes.any():
+                    return None
+                self._cond.wait(wait)
+
+    def _choose(self, now: float) -> tuple[int | None, float | None]:
+        """The ready step the policy picks, or (None, seconds until one is ready)."""
+        waiting = np.flatnonzero(self._sizes)
+        if waiting.size == 0:
+            return None, None
+        max_wait = self.config.max_wait_ms / 1000
+        heads = [self._queues[t][0] for t in waiting]
+        waited = np.array([now - h.entered for h in heads])
+        upstream_empty = np.cumsum(self._sizes)[waiting] == self._sizes[waiting]
+        ready = (self._sizes[waiting] >= self.config.max_batch) | (waited >= max_wait) | (upstream_empty & (waiting > 0))
+        if self._stopping:
+            ready[:] = True  # draining: nothing new will come
+        if not ready.any():
+            return None, float(max_wait - waited.max())
+        candidates = np.flatnonzero(ready)
+        if self.config.policy == "deepest":
+            pick = candidates[-1]
+        elif self.config.policy == "oldest":
+            pick = candidates[np.argmin([heads[i].arrival for i in candidates])]
+        else:
+            pick = candidates[np.argmax(self._sizes[waiting][candidates])]
+        return int(waiting[pick]), None
+
+    def _push(self, t: int, chunk: _Chunk) -> None:
+        self._queues[t].append(chunk)
+        self._sizes[t] += len(chunk.slots)
+
+    def _pop(self, t: int) -> _Chunk:
+        """Up to ``max_batch`` images from the front of step ``t``'s queue, as one chunk."""
+        queue, room, parts = self._queues[t], self.config.max_batch, []
+        while queue and room > 0:
+            head = queue.popleft()
+            n = len(head.slots)
+            if n > room:  # split: the rest stays at the front
+                rest = np.arange(room, n)
+                queue.appendleft(self._take(head, rest, head.entered))
+                head = self._take(head, np.arange(room), head.entered)
+            parts.append(head)
+            room -= len(head.slots)
+        self._sizes[t] -= self.config.max_batch - room
+        if len(parts) == 1:
+            return parts[0]
+        cat = self.steps.cat
+        state = [cat([p.state[i] for p in parts]) for i in range(len(parts[0].state))]
+        return _Chunk(np.concatenate([p.slots for p in parts]), cat([p.images for p in parts]), state,
+                      parts[0].entered, min(p.arrival for p in parts))
+
+    def _take(self, chunk: _Chunk, index: np.ndarray, entered: float) -> _Chunk:
+        take = self.steps.take
+        return _Chunk(chunk.slots[index], take(chunk.images, index), [take(s, index) for s in chunk.state],
+                      entered, chunk.arrival)
+
+    def _record(self, t: int, chunk: _Chunk, probs: np.ndarray, location: np.ndarray | None, state: list[Any]) -> None:
+        """Write the exits of one batch, move the others to step t+1, answer finished requests."""
+        if t == self.T - 1:
+            done = np.ones(len(chunk.slots), dtype=bool)
+        else:
+            done = probs.max(axis=1) >= self._slots.thresholds[chunk.slots, t]
+        with self._cond:
+            self._slots.write(t, chunk.slots, done, probs, location)
+            stay = np.flatnonzero(~done)
+            if stay.size:
+                moved = _Chunk(chunk.slots, chunk.images, state, time.monotonic(), chunk.arrival)
+                self._push(t + 1, self._take(moved, stay, moved.entered))
+            finished = self._slots.finish(chunk.slots[done])
+            self._cond.notify_all()
+        self._slots.resolve(finished)
+        if self.observe is not None:
+            self.observe(t, len(chunk.slots), len(chunk.slots) - stay.size)
