@@ -174,8 +174,8 @@ def test_train_with_a_recipe_takes_its_batch_size_and_weights_unless_told_otherw
 
     def resolved(*flags: str):
         args = build_parser().parse_args(["train", "--stage", "1", *flags])
-        base = RECIPES[args.preset].train if args.preset else TrainConfig()
-        return _train_config(args, base).batch_size, _model_config(args, data_source("builtin"), 10)[1]
+        tc = _train_config(args, RECIPES[args.preset].train if args.preset else TrainConfig())
+        return tc.batch_size, _model_config(args, data_source("builtin"), 10, tc)[1]
 
     assert resolved("--preset", "imagenette-lite0") == (64, Weights.LITE0)
     assert resolved("--preset", "imagenette-lite0", "--batch-size", "32", "--pretrained", "false") == (32, False)
