@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .cluttered_digits import ClutteredDigits, ClutteredDigitsConfig
 from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, GFNetConfig
 from .distributed import World
-from .preprocess import load_rgb
+from .images import load_rgb
 from .sampling import ResumableSampler, SeededAugmentation, holdout_split
 
 BUILTIN = "builtin"

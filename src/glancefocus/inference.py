@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from .data import Transform, image_transform, load_rgb
+from .data import Transform, image_transform
 from .evaluate import thresholds_tensor
+from .images import load_rgb
 from .model import GFNet
 from .predictions import choose_budget_point, imagenet_descriptions, predict_in_batches
 from .preprocess import EvalTransform

@@ -3,7 +3,8 @@ model needs only ``onnxruntime`` and ``numpy``.
 
 :class:`EvalTransform` is the evaluation transform of :func:`glancefocus.data.image_transform`
 (resize the shorter side to floor(size / crop_pct) with PIL's bicubic or bilinear, centre crop, scale to
-[0, 1], normalise) written in numpy; it gives the same array as torchvision's.
+[0, 1], normalise) written in numpy; it gives the same array as torchvision's.  Files are
+read by :func:`glancefocus.images.load_rgb`, as by every other reader.
 """
 
 from __future__ import annotations
@@ -15,22 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .images import load_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open any image as RGB (grayscale, RGBA, CMYK and palette images are converted)."""
-    try:
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise ValueError(
-            f"cannot read image {path}: {e}. The file is corrupt or truncated: replace or delete it."
-        ) from e
-    return image.convert("RGB")
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
