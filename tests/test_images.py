@@ -169,3 +169,16 @@ def test_a_phone_jpeg_is_read_upright_by_training_and_prediction_alike(tmp_path:
     index = {Path(p).name: i for i, (p, _) in enumerate(dataset.samples)}
     phone, plain = dataset[index["phone.jpg"]][0], dataset[index["upright.jpg"]][0]
     assert (phone - plain).abs().mean() < 0.05  # normalised units; sideways it would be ~1
+
+
+def test_a_bomb_met_by_a_loader_process_is_still_one_line(tmp_path: Path, capsys) -> None:
+    """A DataLoader worker wraps its error in its traceback: the CLI prints the message alone."""
+    data = make_image_folder(tmp_path / "data", per_class=2)
+    write_png(data / "train" / "class0" / "bomb.png", np.zeros((1, 8), np.uint8), declared=(40000, 40000))
+    args = ["train", "--stage", "1", "--data", str(data), "--out", str(tmp_path / "run"), "--backbone", "resnet18",
+            "--patch-size", "32", "--T", "2", "--image-size", "64", "--batch-size", "4", "--workers", "1",
+            "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glancefocus: error: image ") and "bomb.png has 1600000000 pixels" in err
+    assert "\n" not in err and "Traceback" not in err

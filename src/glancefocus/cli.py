@@ -7,6 +7,7 @@ flags are made from the config fields (:mod:`glancefocus.flags`).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -278,9 +279,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, ImportError, NonFiniteLoss) as e:
-        print(f"glancefocus: error: {e}", file=sys.stderr)
+        print(f"glancefocus: error: {_message(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _message(error: Exception) -> str:
+    """The error's own message; a DataLoader worker's error arrives wrapped with the worker's
+    traceback ("Caught ValueError in DataLoader worker ..."), whose last line is the message."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]  # "module.ErrorClass: message"
+        return re.sub(r"^[\w.]+: ", "", last, count=1)
+    return text
 
 
 if __name__ == "__main__":
