@@ -81,7 +81,7 @@ def test_visualize_writes_a_png(trained, tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+@pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16])
 def test_predict_agrees_with_all_steps_under_options(amp) -> None:
     torch.manual_seed(0)
     model = tiny_model(T=3, num_classes=5).eval()

@@ -152,3 +152,26 @@ def test_cosine_schedule_at_known_steps_with_the_batch_scaling() -> None:
     assert rates[5] == pytest.approx(0.0125)
     assert rates[8] == pytest.approx(0.0023873, abs=1e-7)
     assert rates[10] == rates[11] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fp16_steps_go_through_a_grad_scaler_that_resume_restores(tmp_path: Path) -> None:
+    """Under ``--amp fp16`` a step whose scaled gradients overflow fp16 is skipped and the
+    scale halved (GradScaler's start 65536, backoff 0.5); the scale is saved with the training
+    state and restored by a resume: after a second overflow it is 16384, not 32768 again."""
+    model = nn.Linear(3, 1)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def overflowing(images, targets):  # d(loss)/d(output) = 1e5, times the scale: beyond fp16's 65504
+        return (model(images).float() * 1e5).sum(), {}
+
+    options = {"name": "stage1", "n": 4, "batch": 4}  # one step per epoch
+    trainer = Trainer(Run(tmp_path, World(), quiet=True), TrainConfig(amp="fp16"))
+    trainer._finish = lambda plan, progress: {}  # leave the resume files, as an interrupted run does
+    trainer.fit(_plan(model, overflowing, lambda: {}, epochs=1, **options))
+    last = tmp_path / "stage1.last.safetensors"
+    assert torch.load(state_path(last), weights_only=False)["scaler"]["scale"] == 32768.0
+    assert all(torch.equal(v, initial[k]) for k, v in model.state_dict().items())  # the step was skipped
+    resumed = Trainer(Run(tmp_path, World(), quiet=True, resume=True), TrainConfig(amp="fp16"))
+    resumed._finish = lambda plan, progress: {}
+    resumed.fit(_plan(model, overflowing, lambda: {}, epochs=2, **options))
+    assert torch.load(state_path(last), weights_only=False)["scaler"]["scale"] == 16384.0
