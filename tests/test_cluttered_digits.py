@@ -49,13 +49,16 @@ def test_load_digit_images_matches_sklearn() -> None:
     assert images.min() == 0 and images.max() == 1
 
 
-def test_source_digits_ship_inside_the_scikit_learn_wheel() -> None:
-    # the wheel's RECORD lists every file it installed: the digits came with the package,
-    # not from a download or a cache (load_digits itself would fetch nothing either)
-    from importlib.metadata import files
+def test_source_digits_are_scikit_learns_read_without_importing_it() -> None:
+    """Our reader of the wheel's file gives scikit-learn's own digits: 1,797 images of 17 grey
+    levels (0..16, scaled to 0..1) with labels 0..9, pixel for pixel as ``load_digits``."""
+    from glancefocus.cluttered_digits import load_digit_images
 
-    record = {str(f).replace("\\", "/") for f in files("scikit-learn")}
-    assert "sklearn/datasets/data/digits.csv.gz" in record
+    images, labels = load_digit_images()
+    reference = pytest.importorskip("sklearn.datasets").load_digits()
+    assert images.shape == (1797, 8, 8) and labels.tolist() == reference.target.tolist()
+    assert torch.equal(images * 16, torch.from_numpy(reference.images).float())
+    assert sorted(set((images * 16).flatten().tolist())) == list(range(17))
 
 
 def test_deterministic_and_independent_of_global_rng() -> None:

@@ -4,6 +4,7 @@ locations as PyTorch, for every backbone family, and clear errors for broken exp
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,25 @@ def test_a_model_configured_as_the_release_exports_faithfully(tmp_path: Path) ->
     with torch.no_grad():
         head = model.global_encoder.head(model.global_encoder(model.view(images))[1]).softmax(dim=1)
     np.testing.assert_allclose(first.probs, head.numpy(), atol=1e-4, rtol=0)
+
+
+def test_verification_refuses_graphs_that_disagree_with_pytorch(tmp_path: Path) -> None:
+    """``_verify`` compares the written graphs with ``GFNet.predict``: a model changed after the
+    graphs were written (as if the export had dropped a weight) is refused, naming what differs."""
+    from glancefocus.export import TOLERANCE, _verify
+
+    model = _model("mobilenetv3_small_050")
+    out = export_gfnet(model, tmp_path / "onnx", classes=list("abcde"), budget_points=POINTS)
+    _verify(model, out)  # the faithful export passes
+    for name in ("probabilities", "locations"):
+        changed = _model("mobilenetv3_small_050")
+        with torch.no_grad():
+            if name == "probabilities":  # every step's class scores, one class pushed up
+                for layer in (m for m in changed.classifier.modules() if isinstance(m, torch.nn.Linear)):
+                    layer.bias[0] += 5.0
+            else:  # π's mean moved by 0.3 before its sigmoid
+                changed.policy.actor.bias += 0.3
+        with pytest.raises(RuntimeError, match="the exported graphs disagree with PyTorch") as e:
+            _verify(changed, out)
+        differences = dict(re.findall(r"'(\w+)': ([0-9.e-]+)", str(e.value)))
+        assert float(differences[name]) > TOLERANCE, (name, str(e.value))

@@ -1,6 +1,7 @@
 """``glancefocus export`` and ``glancefocus predict`` on photo folders, for both runtimes:
-the same rows, unreadable files skipped by name, budgets outside the curve refused, ImageNet
-class names shown, and the evaluation transform without torch equal to torchvision's."""
+the same rows, unreadable files skipped by name, budgets below the curve refused (above it,
+the most accurate point), ImageNet class names shown, and the evaluation transform without
+torch equal to torchvision's."""
 
 from __future__ import annotations
 
@@ -90,16 +91,19 @@ def test_unreadable_images_are_skipped_by_name_or_stop_the_run(setup, runtime: s
 
 
 @pytest.mark.parametrize("runtime", ["--checkpoint", "--onnx"])
-def test_a_budget_outside_the_curve_names_the_range(setup, runtime: str, capsys) -> None:
+def test_a_budget_below_the_curve_names_the_cheapest_point(setup, runtime: str, tmp_path: Path, capsys) -> None:
     checkpoint, onnx_dir, photos, results = setup
     source = [runtime, str(checkpoint if runtime == "--checkpoint" else onnx_dir)]
     low = min(p["madds"] for p in results["budgeted"])
-    high = max(p["madds"] for p in results["budgeted"])
-    for budget in (-5, low * 0.99, high * 1.01):
+    for budget in (-5, low * 0.99):
         assert main(["predict", *source, str(photos), "--budget", str(budget)]) == 2
         err = capsys.readouterr().err
-        assert "outside this model's budgeted curve" in err and f"{low:.4g} to {high:.4g}" in err
-    assert main(["predict", *source, str(photos), "--budget", str(high)]) == 0
+        assert "below this model's cheapest budget point" in err and f"at least {low:.4g}" in err
+    # a budget is a ceiling: far above the dearest point it takes the most accurate point
+    out = tmp_path / "pred.json"
+    assert main(["predict", *source, str(photos), "--budget", "1e15", "--json", str(out)]) == 0
+    best = max(results["budgeted"], key=lambda p: p["accuracy"])
+    assert json.loads(out.read_text())["budget_point"] == best
 
 
 def test_export_refuses_what_is_not_an_evaluated_gfnet(setup, tmp_path: Path, capsys) -> None:

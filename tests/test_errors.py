@@ -52,14 +52,32 @@ def _index_of(data: Path, file: Path) -> int:
     return [p for p, _ in dataset.samples].index(str(file))
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16"])
-def test_other_colour_modes_are_converted(tmp_path: Path, mode: str) -> None:
+# One colour per image, so the resize keeps it: (mode, stored pixel value, RGB the model reads)
+COLOUR_MODES = [
+    ("L", 77, (77, 77, 77)),                        # grey: the same level in each channel
+    ("RGBA", (200, 30, 90, 10), (200, 30, 90)),     # alpha dropped, colour kept
+    ("CMYK", (255, 0, 0, 0), (0, 255, 255)),        # pure cyan
+    ("CMYK", (0, 0, 0, 255), (0, 0, 0)),            # pure black
+    ("P", 1, (10, 220, 130)),                       # palette entry 1
+    ("I;16", 100 * 257, (100, 100, 100)),           # 16-bit grey: value / 257
+]
+
+
+@pytest.mark.parametrize("mode, stored, rgb", COLOUR_MODES)
+def test_other_colour_modes_are_converted(tmp_path: Path, mode: str, stored, rgb) -> None:
     data = make_image_folder(tmp_path / "data", per_class=2)
-    odd = data / "train" / "class1" / f"odd.{'jpg' if mode == 'CMYK' else 'png'}"
-    Image.new(mode, (70, 50)).save(odd)
-    dataset = ImageFolderSource(data).split("train", Transform(64, 1.0), train=False)
-    image, _ = dataset[[p for p, _ in dataset.samples].index(str(odd))]
-    assert image.shape == (3, 64, 64)
+    odd = data / "train" / "class1" / f"odd.{'tiff' if mode == 'CMYK' else 'png'}"
+    image = Image.new(mode, (70, 50), stored)
+    if mode == "P":
+        image.putpalette([0, 0, 0, 10, 220, 130] + [0] * 762)
+    image.save(odd)
+    transform = Transform(64, 1.0)
+    dataset = ImageFolderSource(data).split("train", transform, train=False)
+    tensor, _ = dataset[[p for p, _ in dataset.samples].index(str(odd))]
+    assert tensor.shape == (3, 64, 64)
+    pixels = tensor * torch.tensor(transform.std).view(3, 1, 1) + torch.tensor(transform.mean).view(3, 1, 1)
+    expected = torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1) / 255
+    torch.testing.assert_close(pixels, expected.expand(3, 64, 64), atol=1 / 255, rtol=0)
 
 
 def test_image_smaller_than_patch_is_named(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from glancefocus import exit_steps
 from glancefocus.checkpoint import read_meta
 from glancefocus.cli import main
 from glancefocus.inference import select_thresholds
+from glancefocus.predictions import choose_budget_point
 
 from conftest import tiny_model
 
@@ -21,18 +22,46 @@ def trained(trained_run: Path, colour_data: Path) -> tuple[Path, Path]:
     return trained_run / "stage3.safetensors", colour_data
 
 
+# A curve where the cheapest point within a budget, the dearest point within it and the most
+# accurate one within it are three different points (as a real curve's can be).
+POINTS = [{"q": 0.05, "madds": 100.0, "accuracy": 70.0}, {"q": 0.1, "madds": 150.0, "accuracy": 80.0},
+          {"q": 0.15, "madds": 200.0, "accuracy": 78.0}, {"q": 0.2, "madds": 300.0, "accuracy": 75.0}]
+
+
+@pytest.mark.parametrize("budget, chosen", [
+    (100, 0),    # exactly the cheapest point's cost: it fits (a ceiling, not a strict bound)
+    (160, 1),    # 100 and 150 fit: 80 % beats 70 %
+    (250, 1),    # 100, 150, 200 fit: the 80 % point, not the dearest that fits (78 %)
+    (300, 1),    # all fit
+    (1e12, 1),   # far above the dearest point: the most accurate point, not an error
+    (None, 1),   # no budget: the most accurate overall, not the dearest (75 %)
+])
+def test_the_most_accurate_point_within_the_budget_is_chosen(budget, chosen) -> None:
+    assert choose_budget_point(POINTS, budget) == chosen
+    assert choose_budget_point(POINTS[:3] + [{**POINTS[3], "accuracy": 90.0}], budget) == (3 if budget is None or budget >= 300 else chosen)
+
+
+def test_a_budget_below_the_cheapest_point_is_an_error_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"--budget 99.5 is below this model's cheapest budget point, 100 .*at least 100$"):
+        choose_budget_point(POINTS, 99.5)
+    with pytest.raises(ValueError, match="no budgeted curve"):
+        choose_budget_point([], 100)
+
+
 def test_predict_cli_follows_the_budget(trained, tmp_path: Path, capsys) -> None:
     checkpoint, data = trained
     meta = read_meta(checkpoint)
     cheapest = min(p["madds"] for p in meta["results"]["budgeted"])
     dearest = max(p["madds"] for p in meta["results"]["budgeted"])
-    for budget in (cheapest, dearest):
+    for budget in (cheapest, (cheapest + dearest) / 2, dearest, 1e15):
         out = tmp_path / f"pred{budget:.0f}.json"
         assert main(["predict", "--checkpoint", str(checkpoint), str(data / "val"), "--budget", str(budget), "--json", str(out)]) == 0
         result = json.loads(out.read_text())
         rows = result["predictions"]
         assert len(rows) == 3 * 4
         assert result["budget_point"]["madds"] <= budget
+        within = [p for p in meta["results"]["budgeted"] if p["madds"] <= budget]
+        assert result["budget_point"]["accuracy"] == max(p["accuracy"] for p in within)
         thresholds, _ = select_thresholds(meta, budget)
         for row in rows:
             assert row["class"] in meta["classes"] and 1 <= row["exit_step"] <= 3
@@ -52,7 +81,7 @@ def test_visualize_writes_a_png(trained, tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+@pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16])
 def test_predict_agrees_with_all_steps_under_options(amp) -> None:
     torch.manual_seed(0)
     model = tiny_model(T=3, num_classes=5).eval()

@@ -154,10 +154,16 @@ def test_T7_both_classifier_kinds(backbone):
 
 def test_T1_is_the_glance_alone():
     model = tiny(T=1).eval()
+    images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 64, 64))
+        out = model(images)
+        # fC on fG's pooled features of the glance: the image resized to the 32 px patch size
+        # (bicubic for ResNets, anti-aliased), with no state before it
+        glance = F.interpolate(images, size=(32, 32), mode="bicubic", antialias=True, align_corners=False)
+        expected, _ = model.classifier(model.global_encoder(glance)[1], None)
     assert out.logits.shape == (1, 2, 10)
     assert out.locations.shape == (0, 2, 2)
+    torch.testing.assert_close(out.logits[0], expected, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- config errors
@@ -305,6 +311,12 @@ def test_forward_location_modes():
         assert torch.equal(out.logits, out2.logits)
         rnd = model(images, locations="random")
         assert ((rnd.locations >= 0) & (rnd.locations <= 1)).all()
+        # uniform on [0, 1]: mean 1/2, standard deviation 1/sqrt(12) = 0.289, over 128 images
+        many = torch.randn(128, 3, 64, 64)
+        uniform, again, mean = (model(many, locations=m).locations for m in ("random", "random", "mean"))
+        assert uniform.mean().item() == pytest.approx(0.5, abs=0.03)
+        assert uniform.std().item() == pytest.approx(0.289, abs=0.02)
+        assert (uniform - again).abs().min() > 0 and (uniform[0] - mean[0]).abs().mean() > 0.15
         sampled = model(images, locations="sample")
         assert sampled.log_probs.shape == sampled.values.shape == (3, 4)
         assert len(sampled.policy_inputs) == 3
@@ -325,8 +337,15 @@ def test_eval_policy_is_deterministic():
     assert torch.equal(a.logits, b.logits)
     assert torch.equal(a.locations, b.locations)
     assert not torch.equal(s1.locations, s2.locations)  # training-time sampling is random
-    # "mean" is the Gaussian mean that "sample" draws around
-    assert (s1.locations - a.locations).abs().mean() < 0.3
+    # "sample" draws l ~ N(mean, 0.1²) clipped to [0, 1]: around the first focus step's mean
+    # (later means depend on the patches read), entries away from the clipped edges spread by
+    # 0.1 (a uniform draw would spread by ~0.29)
+    many = torch.randn(128, 3, 64, 64)
+    with torch.no_grad():
+        mean, sampled = model(many, locations="mean").locations[0], model(many, locations="sample").locations[0]
+    inside = (mean > 0.3) & (mean < 0.7)
+    noise = (sampled - mean)[inside]
+    assert inside.sum() > 100 and noise.std().item() == pytest.approx(0.1, rel=0.2) and noise.mean().abs() < 0.03
 
 
 

@@ -5,6 +5,7 @@ were measured with."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from glancefocus.data import Transform, load_data
 from glancefocus.distributed import World
 from glancefocus.recipes import DEMO, IMAGENETTE_LITE0
 from glancefocus.trainer import Run, Trainer
-from glancefocus.losses import distillation_loss
+from glancefocus.losses import deep_supervision_loss, distillation_loss
+from glancefocus.model import GFNetOutput
 from glancefocus.training import Setup, stage1, stage3
 
 TINY = {"backbone": "resnet18", "num_classes": 3, "patch_size": 32, "T": 3, "image_size": 64}
@@ -132,6 +134,22 @@ def test_demo_recipe_pins_what_its_numbers_were_measured_with() -> None:
     assert (lite0.drop_rate, lite0.drop_path_rate, lite0.resize_interpolation) == (0.3, 0.2, "bicubic")
     assert IMAGENETTE_LITE0.train.lr_scale == 0.25 and IMAGENETTE_LITE0.train.glance_patience > 0
     assert IMAGENETTE_LITE0.train.stage1_epochs == 30
+
+
+def test_deep_supervision_loss_on_a_hand_worked_example() -> None:
+    """T = 2 steps, B = 2 images, C = 2 classes; image 1 is class 0, image 2 class 1."""
+    ln3 = math.log(3)
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[ln3, 0.0], [ln3, 0.0]]])  # (T, B, C)
+    aux = torch.tensor([[[0.0, ln3], [0.0, ln3]], [[0.0, 0.0], [0.0, 0.0]]])
+    out = GFNetOutput(logits=logits, aux_logits=aux, locations=torch.zeros(1, 2, 2))
+    # CE of p_t:  image 1: step 1 ln 2, step 2 -ln(3/4) = ln(4/3);  image 2: ln 2, -ln(1/4) = ln 4
+    # CE of aux:  image 1: -ln(1/4) = ln 4, ln 2;                    image 2: ln(4/3), ln 2
+    # sum of p_t's = 2 ln 2 + ln(4/3) + ln 4 = 3.0602708, the aux sum the same;
+    # with λ = 5: (3.0602708 + 5 * 3.0602708) / (T * B = 4) = 4.5904062
+    targets = torch.tensor([0, 1])
+    assert deep_supervision_loss(out, targets, 5.0).item() == pytest.approx(4.5904062, abs=1e-6)
+    assert deep_supervision_loss(out, targets, 1.0).item() == pytest.approx(1.5301354, abs=1e-6)  # 2 * 3.0602708 / 4
+    assert deep_supervision_loss(out, targets, 0.0).item() == pytest.approx(0.7650677, abs=1e-6)  # 3.0602708 / 4
 
 
 def test_distillation_loss_is_the_tempered_kl_to_the_teacher() -> None:

@@ -4,12 +4,20 @@ within a tolerance, and the frozen glance builds no autograd graph without being
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+import glancefocus.training as training_module
 from glancefocus import GFNet, GFNetConfig
-from glancefocus.trainer import autocast
+from glancefocus.config import DataConfig, TrainConfig
+from glancefocus.data import load_data
+from glancefocus.distributed import World
+from glancefocus.trainer import Run, autocast
+from glancefocus.training import fit
+
+from conftest import make_image_folder
 
 CPU = torch.device("cpu")
 
@@ -47,20 +55,35 @@ def test_bf16_autocast_agrees_with_fp32() -> None:
         with autocast("bf16", CPU):
             bf16 = F.softmax(model(images, locations=where).logits.float(), -1)
     torch.testing.assert_close(bf16, fp32, atol=2e-2, rtol=0)
+    # and autocast did run the encoders in bf16 (agreeing by doing nothing would pass above)
+    seen = []
+    hook = model.local_encoder.register_forward_hook(lambda module, args, out: seen.append(out[1].dtype))
+    with torch.inference_mode(), autocast("bf16", CPU):
+        model(images, locations=where)
+    with torch.inference_mode():
+        model(images, locations=where)
+    hook.remove()
+    assert seen == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]  # two focus steps each
     reference, low = _gradients(model, images, where, targets), _gradients(model, images, where, targets, "bf16")
     cosine = F.cosine_similarity(torch.cat([g.flatten() for g in low]), torch.cat([g.flatten() for g in reference]), dim=0)
     assert cosine > 0.98
 
 
-def test_compiled_encoders_agree_with_eager() -> None:
+def test_compiled_encoders_agree_with_eager(tmp_path: Path, monkeypatch) -> None:
+    """``TrainConfig(compile=True)`` compiles both encoders in ``fit`` (in place), and the
+    compiled model computes what the eager one does."""
     model, (images, where, targets) = _model(), _inputs()
-    compiled = copy.deepcopy(model)
-    for encoder in (compiled.global_encoder, compiled.local_encoder):
-        encoder.model.compile()  # as training.fit does with TrainConfig.compile
+    eager = copy.deepcopy(model)
+    data = DataConfig(str(make_image_folder(tmp_path / "data", classes=3, per_class=4)), holdout=0.25)
+    monkeypatch.setattr(training_module.Trainer, "fit", lambda self, plan: None)  # compiling is all we need of fit
+    fit(model, load_data(data, model.config, seed=0), ["stage1"], config=TrainConfig(compile=True, batch_size=4),
+        run=Run(tmp_path / "run", World(), quiet=True), data=data)
+    assert all(e.model._compiled_call_impl is not None for e in (model.global_encoder, model.local_encoder))
+    assert eager.global_encoder.model._compiled_call_impl is None
     with torch.no_grad():
-        torch.testing.assert_close(compiled.eval()(images, locations=where).logits, model.eval()(images, locations=where).logits,
+        torch.testing.assert_close(model.eval()(images, locations=where).logits, eager.eval()(images, locations=where).logits,
                                    atol=1e-4, rtol=1e-4)
-    for a, b in zip(_gradients(compiled, images, where, targets), _gradients(model, images, where, targets)):
+    for a, b in zip(_gradients(model, images, where, targets), _gradients(eager, images, where, targets)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 

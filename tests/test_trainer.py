@@ -17,7 +17,7 @@ from glancefocus.checkpoint import read_meta, state_path
 from glancefocus.config import TrainConfig
 from glancefocus.distributed import World
 from glancefocus.sampling import ResumableSampler, SeededAugmentation
-from glancefocus.trainer import NonFiniteLoss, Run, StagePlan, Trainer
+from glancefocus.trainer import NonFiniteLoss, Run, StagePlan, Trainer, cosine_schedule
 
 
 def _plan(model: nn.Module, step, evaluate, *, name: str = "tiny", epochs: int = 1, select: str | None = None,
@@ -129,3 +129,49 @@ def test_keep_epochs_saves_the_weights_of_those_epochs(tmp_path: Path) -> None:
         saved = load_file(str(tmp_path / f"stage1.epoch{epoch}.safetensors"))
         assert all(torch.equal(saved[k], v) for k, v in snapshots[epoch].items())
         assert read_meta(tmp_path / f"stage1.epoch{epoch}.safetensors")["epoch"] == epoch
+
+
+def test_cosine_schedule_at_known_steps_with_the_batch_scaling() -> None:
+    """Appendix A.3's rate 0.1 is for batch 256; at batch 64 it starts at 0.025 and decays
+    to 0 over the stage's steps, with no warm-up: the scaling holds at every step."""
+    from glancefocus.training import Setup
+
+    setup = Setup(None, None, TrainConfig(batch_size=64, weight_decay=0.0), Trainer(Run(Path("unused"), World(), quiet=True),
+                                                                                      TrainConfig()), {})
+    optimizer = setup.sgd([{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.1}])
+    schedule = cosine_schedule(optimizer, total_steps=10)
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    # 0.025 * (1 + cos(pi * s / 10)) / 2: s = 2 -> 0.025 * 0.9045085, s = 5 -> 0.0125,
+    # s = 8 -> 0.025 * 0.0954915; from s = 10 on, 0 (not rising again)
+    assert rates[0] == pytest.approx(0.025)
+    assert rates[2] == pytest.approx(0.0226127, abs=1e-7)
+    assert rates[5] == pytest.approx(0.0125)
+    assert rates[8] == pytest.approx(0.0023873, abs=1e-7)
+    assert rates[10] == rates[11] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fp16_steps_go_through_a_grad_scaler_that_resume_restores(tmp_path: Path) -> None:
+    """Under ``--amp fp16`` a step whose scaled gradients overflow fp16 is skipped and the
+    scale halved (GradScaler's start 65536, backoff 0.5); the scale is saved with the training
+    state and restored by a resume: after a second overflow it is 16384, not 32768 again."""
+    model = nn.Linear(3, 1)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def overflowing(images, targets):  # d(loss)/d(output) = 1e5, times the scale: beyond fp16's 65504
+        return (model(images).float() * 1e5).sum(), {}
+
+    options = {"name": "stage1", "n": 4, "batch": 4}  # one step per epoch
+    trainer = Trainer(Run(tmp_path, World(), quiet=True), TrainConfig(amp="fp16"))
+    trainer._finish = lambda plan, progress: {}  # leave the resume files, as an interrupted run does
+    trainer.fit(_plan(model, overflowing, lambda: {}, epochs=1, **options))
+    last = tmp_path / "stage1.last.safetensors"
+    assert torch.load(state_path(last), weights_only=False)["scaler"]["scale"] == 32768.0
+    assert all(torch.equal(v, initial[k]) for k, v in model.state_dict().items())  # the step was skipped
+    resumed = Trainer(Run(tmp_path, World(), quiet=True, resume=True), TrainConfig(amp="fp16"))
+    resumed._finish = lambda plan, progress: {}
+    resumed.fit(_plan(model, overflowing, lambda: {}, epochs=2, **options))
+    assert torch.load(state_path(last), weights_only=False)["scaler"]["scale"] == 16384.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glancefocus.weights import Weights, create_backbone, package_state_dict
+from glancefocus.weights import Weights, create_backbone, imagenet_indices, package_state_dict
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 # Imagenette's folders are ImageNet wnids; the 1000 classes are indexed in sorted-wnid order.
@@ -101,6 +101,10 @@ def test_imagenet_indices_of_imagenette_classes() -> None:
     synsets = [info.index_to_label_name(i) for i in range(1000)]
     assert synsets == sorted(synsets)
     assert {w: synsets.index(w) for w in IMAGENETTE_TO_IMAGENET} == IMAGENETTE_TO_IMAGENET
+    wnids = sorted(IMAGENETTE_TO_IMAGENET, reverse=True)  # any order: each wnid its own index
+    assert imagenet_indices(wnids) == [IMAGENETTE_TO_IMAGENET[w] for w in wnids]
+    with pytest.raises(ValueError, match="not ImageNet-1k class ids: \\['n99999999'\\]"):
+        imagenet_indices(["n01440764", "n99999999"])
 
 
 def test_wrong_pairing_and_unknown_values_raise() -> None:

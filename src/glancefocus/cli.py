@@ -8,6 +8,7 @@ subcommands that need it, not here: ``predict --onnx`` and ``serve`` run without
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import replace
 from typing import get_args
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not isinstance(e, _user_errors()):
             raise
-        print(f"glancefocus: error: {e}", file=sys.stderr)
+        print(f"glancefocus: error: {_message(e)}", file=sys.stderr)
         return 2
     return 0
 
@@ -315,6 +316,16 @@ def _user_errors() -> tuple[type[Exception], ...]:
     (importing the trainer would import torch)."""
     trainer = sys.modules.get(f"{__package__}.trainer")
     return (ValueError, FileNotFoundError, ImportError, *((trainer.NonFiniteLoss,) if trainer else ()))
+
+
+def _message(error: Exception) -> str:
+    """The error's own message; a DataLoader worker's error arrives wrapped with the worker's
+    traceback ("Caught ValueError in DataLoader worker ..."), whose last line is the message."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]  # "module.ErrorClass: message"
+        return re.sub(r"^[\w.]+: ", "", last, count=1)
+    return text
 
 
 if __name__ == "__main__":

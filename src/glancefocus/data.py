@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .cluttered_digits import ClutteredDigits, ClutteredDigitsConfig
 from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, GFNetConfig
 from .distributed import World
-from .runtime.preprocess import load_rgb
+from .runtime.images import load_rgb
 from .sampling import ResumableSampler, SeededAugmentation, holdout_split
 
 BUILTIN = "builtin"
@@ -199,7 +199,7 @@ def load_data(data: DataConfig, model: GFNetConfig, *, seed: int) -> Splits:
         raise ValueError(f"{data.root} has {len(classes)} classes but the model was built for {model.num_classes}")
     train_idx, held_idx = holdout_split(len(train_full), data.holdout, seed)
     evaluated = evaluation_view(train_full, transform)
-    heldout = Subset(evaluated, held_idx or train_idx)
+    heldout = Subset(evaluated, held_idx)  # never train_idx: DataConfig refuses --holdout 0
     redraw = train_full.set_epoch if source.fresh_each_epoch else None
     train = SeededAugmentation(Subset(train_full, train_idx), seed, redraw=redraw)
     # Only folder data is augmented; the built-in set's fresh canvases are its training data.

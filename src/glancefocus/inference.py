@@ -11,17 +11,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Transform, image_transform, load_rgb
+from .data import Transform, image_transform
 from .evaluate import thresholds_tensor
 from .model import GFNet, StepState
+from .runtime.images import load_rgb
 from .runtime.predictions import choose_budget_point, predict_in_batches
 from .runtime.preprocess import EvalTransform
 
 
 def select_thresholds(meta: dict[str, Any], budget: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Thresholds stored in a checkpoint: those of the most accurate budget point whose mean
-    MAdds is within ``budget`` (an error outside the curve's range); without a budget, of the
-    most accurate point overall.  Returns (thresholds (T,), the chosen {"q", "madds", "accuracy"})."""
+    MAdds is within ``budget`` (an error below the cheapest point); without a budget, or with
+    one above the dearest point, of the most accurate point overall.  Returns (thresholds (T,), the chosen {"q", "madds", "accuracy"})."""
     results = meta.get("results")
     if not results or "thresholds" not in results:
         raise ValueError("this checkpoint has no thresholds: run `glancefocus evaluate --checkpoint CK` first")

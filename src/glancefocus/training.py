@@ -106,8 +106,6 @@ def fine_tune(
             images, targets = images.to(s.world.device), targets.to(s.world.device)
             with autocast(s.config.amp, s.world.device):
                 hits.append((classifier(images).argmax(1) == targets).float())
-        if not hits:  # no held-out images (--holdout 0), on every process alike
-            return {"heldout_accuracy": 0.0}
         return {"heldout_accuracy": 100.0 * float(gather_in_order(torch.cat(hits), heldout, s.world).mean())}
 
     return StagePlan(name, saved, optimizer, loader, epochs, s.meta, step, evaluate, scheduler=s.cosine(optimizer, loader, epochs),

@@ -20,20 +20,19 @@ def choose_budget_point(points: Sequence[dict[str, Any]], budget: float | None =
     """Index of the stored budget point to use: the most accurate one whose mean MAdds is
     within ``budget``, or the most accurate overall without a budget (SPEC "Evaluation").
 
-    A budget outside the curve's MAdds range is an error naming the range: below it no point
-    fits, above it the budget says nothing the curve can honour.
+    A budget is a ceiling: one above the dearest point takes the most accurate point.  One
+    below the cheapest point is an error naming the cheapest (no point fits).
     """
     if not points:
         raise ValueError("this model has no budgeted curve: run `glancefocus evaluate --checkpoint CK` first")
-    if budget is None:
-        return max(range(len(points)), key=lambda i: points[i]["accuracy"])
-    low, high = min(p["madds"] for p in points), max(p["madds"] for p in points)
-    if not low <= budget <= high:
+    within = [i for i, p in enumerate(points) if budget is None or p["madds"] <= budget]
+    if not within:
+        low, high = min(p["madds"] for p in points), max(p["madds"] for p in points)
         raise ValueError(
-            f"--budget {budget:g} is outside this model's budgeted curve, which spans {low:.4g} to {high:.4g} "
-            f"mean multiply-adds per image ({low / 1e6:.1f} to {high / 1e6:.1f} M): choose a budget in that range"
+            f"--budget {budget:g} is below this model's cheapest budget point, {low:.4g} mean multiply-adds per "
+            f"image ({low / 1e6:.1f} M; its curve spans {low:.4g} to {high:.4g}): choose a budget of at least {low:.4g}"
         )
-    return max((i for i, p in enumerate(points) if p["madds"] <= budget), key=lambda i: points[i]["accuracy"])
+    return max(within, key=lambda i: points[i]["accuracy"])
 
 
 def prediction_rows(

@@ -3,41 +3,24 @@ model needs only ``onnxruntime`` and ``numpy``.
 
 :class:`EvalTransform` is the evaluation transform of :func:`glancefocus.data.image_transform`
 (resize the shorter side to floor(size / crop_pct) with PIL's bicubic or bilinear, centre crop, scale to
-[0, 1], normalise) written in numpy; it gives the same array as torchvision's.
+[0, 1], normalise) written in numpy; it gives the same array as torchvision's.  Files are
+read by :func:`glancefocus.runtime.images.load_rgb`, as by every other reader.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .images import load_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open any image as RGB (grayscale, RGBA, CMYK and palette images are converted)."""
-    with open(path, "rb") as f:
-        return decode_rgb(f, path)
-
-
-def decode_rgb(data: BinaryIO | bytes, name: str) -> Image.Image:
-    """An image file's bytes (or an open binary file) as an RGB image; a ValueError naming
-    ``name`` if it is not a readable image."""
-    try:
-        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-        image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(
-            f"cannot read image {name}: {e}. The file is corrupt or truncated: replace or delete it."
-        ) from e
-    return image.convert("RGB")
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:

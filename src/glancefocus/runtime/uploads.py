@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .preprocess import EvalTransform, decode_rgb
+from .images import decode_rgb
+from .preprocess import EvalTransform
 
 
 class UploadError(ValueError):

@@ -1,0 +1,39 @@
+"""Command-line paths no other test takes: ``presets``, ``evaluate --patches random --plot
+--no-channels-last`` and ``train --init``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from glancefocus.checkpoint import read_meta
+from glancefocus.cli import main
+from glancefocus.recipes import PRESETS
+
+from conftest import MODEL_ARGS, RUN_ARGS
+
+
+def test_presets_lists_every_table2_preset(capsys) -> None:
+    assert main(["presets"]) == 0
+    printed = capsys.readouterr().out
+    assert len(PRESETS) == 14 and all(name in printed for name in PRESETS)
+    assert "resnet50-96-t5" in printed and "demo" in printed and "imagenette-lite0" in printed
+
+
+def test_evaluate_random_patches_writes_a_plot_and_keeps_the_learned_results(trained_run: Path, tmp_path: Path) -> None:
+    checkpoint = trained_run / "stage3.safetensors"
+    stored = read_meta(checkpoint)["results"]
+    out, plot = tmp_path / "random.json", tmp_path / "random.png"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--patches", "random", "--json", str(out),
+                 "--plot", str(plot), "--no-channels-last", "--quiet"]) == 0
+    assert json.loads(out.read_text())["patches"] == "random"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_meta(checkpoint)["results"] == stored  # only the learned policy's results are stored
+
+
+def test_train_init_starts_from_the_given_checkpoint(trained_run: Path, colour_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "from_stage3"
+    assert main(["train", "--stage", "3", "--init", str(trained_run / "stage3.safetensors"), "--data", str(colour_data),
+                 *MODEL_ARGS, "--epochs", "1", *RUN_ARGS, "--out", str(out)]) == 0
+    assert f"initialised from {trained_run / 'stage3.safetensors'}" in capsys.readouterr().out
+    assert (out / "stage3.safetensors").exists() and not (out / "stage2.safetensors").exists()
