@@ -88,6 +88,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--end2end-epochs", type=int, default=15, help="epochs of the end-to-end stage")
     p.add_argument("--end2end-random", type=float, default=IMAGENETTE_LITE0.train.end2end_random,
                    help="end-to-end stage: fraction of images reading random regions")
+    p.add_argument("--end2end-after", choices=["glance", "stage1"], default="glance",
+                   help="what the end-to-end stage starts from: the glance fine-tune (AdaFocusV2's one stage), or a Stage I "
+                        "on random regions first (fL and fC have read every place and scale before π chooses)")
     p.add_argument("--lr-policy", type=float, default=IMAGENETTE_LITE0.train.lr_policy, help="end-to-end stage: π's SGD LR (at batch 256)")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                    help="measure step 2 over a 7×7 grid of places after Stages II and III (lever runs may skip it)")
@@ -142,7 +145,7 @@ def levers(args: argparse.Namespace, model: GFNet, tc: TrainConfig) -> dict:
             "stage2_images": c.stage2_images, "ppo_lr": c.ppo.lr, "ppo_baseline": c.ppo.baseline,
             "policy_training": c.policy_training, "patch_scale": cfg.patch_scale, "scale_range": cfg.scale_range, "crop": cfg.crop,
             "end2end_epochs": c.end2end_epochs if c.policy_training == "differentiable" else 0, "end2end_random": c.end2end_random,
-            "lr_policy": c.lr_policy}
+            "lr_policy": c.lr_policy, "end2end_after": args.end2end_after if c.policy_training == "differentiable" else None}
 
 
 def import_weights(path: Path | None, run: Run) -> str | None:
@@ -194,8 +197,10 @@ def glance_epochs(run: Run) -> dict:
 def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Parts, teacher) -> str | None:
     """The stages not yet done, each followed by what is measured of it; returns the last
     stage trained or imported (None: stopped before any)."""
-    order = (["glance", "end2end"] if args.policy_training == "differentiable"
-             else [s for s in STAGES[:4] if s != "stage3" or args.stage3])
+    if args.policy_training == "differentiable":
+        order = ["glance", "stage1", "end2end"] if args.end2end_after == "stage1" else ["glance", "end2end"]
+    else:
+        order = [s for s in STAGES[:4] if s != "stage3" or args.stage3]
     done = import_weights(args.from_weights, run)
     if done is not None and done not in order:
         raise SystemExit(f"{args.from_weights} holds {done} weights: pass --stage3 to continue from them")
@@ -205,7 +210,8 @@ def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Pa
         kept = {"stage1": [e for e in args.curve_epochs if e < tc.stage1_epochs], "stage2": args.stage2_curve_epochs}.get(stage, [])
         config = replace(tc, keep_epochs=tuple(kept))
         finished, started = run.checkpoint(stage).exists(), time.time()
-        fit(model, splits, [stage], config=config, run=run, data=data, teacher=teacher)  # loads a finished stage
+        init = run.checkpoint(order[order.index(stage) - 1]) if stage == "end2end" and args.end2end_after == "stage1" else None
+        fit(model, splits, [stage], config=config, run=run, data=data, teacher=teacher, init=init)  # loads a finished stage
         if not finished:
             parts.timing(stage, time.time() - started)
         last = stage
