@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train_step.py [--quick] [--device cpu|cuda] [--batch N]
 
-The step is the library's own (``training.stage1``'s step under the Trainer's autocast,
+The step is the library's own (``stages.stage1``'s step under the Trainer's autocast,
 backward, SGD): ``tf_efficientnet_lite0`` with the offline Lite0 weights, 224 px images,
 96 px patches, T = 4, batch 64, fG frozen as for EfficientNet, dropout and drop-path as the
 release.  Against the default (fp32, eager, the device's crop) it times:
@@ -40,7 +40,7 @@ from glancefocus.patches import crop_patches  # noqa: E402
 from glancefocus.recipes import IMAGENETTE_LITE0  # noqa: E402
 from glancefocus.sampling import SeededAugmentation  # noqa: E402
 from glancefocus.trainer import Run, Trainer, autocast  # noqa: E402
-from glancefocus.training import Setup, stage1  # noqa: E402
+from glancefocus.stages import Setup, stage1  # noqa: E402
 
 
 def build(args, device: torch.device) -> GFNet:

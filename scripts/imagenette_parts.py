@@ -23,7 +23,7 @@ from glancefocus.plots import plot_results
 from glancefocus.recipes import IMAGENETTE_LITE0
 from glancefocus.report import examples, policy_report, write_figures
 from glancefocus.trainer import Run, Trainer
-from glancefocus.training import Setup, fine_tune
+from glancefocus.stages import Setup, fine_tune
 from glancefocus.weights import create_backbone, restrict_head
 
 from imagenette_variants import mean_budgeted, with_variants

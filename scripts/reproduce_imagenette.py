@@ -47,7 +47,7 @@ from glancefocus.distributed import init_world
 from glancefocus.recipes import IMAGENETTE_LITE0
 from glancefocus.runlog import RunLog
 from glancefocus.trainer import Run
-from glancefocus.training import fit, new_model
+from glancefocus.pipeline import fit, new_model
 from glancefocus.weights import imagenet_indices
 
 from imagenette_data import load_imagenette

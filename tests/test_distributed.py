@@ -16,7 +16,7 @@ from glancefocus import DataConfig, GFNet, GFNetConfig, TrainConfig
 from glancefocus.distributed import World
 from glancefocus.evaluate import evaluate_checkpoint
 from glancefocus.trainer import Run
-from glancefocus.training import train
+from glancefocus.pipeline import train
 
 from conftest import make_image_folder
 

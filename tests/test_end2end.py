@@ -18,7 +18,7 @@ from glancefocus.checkpoint import read_meta
 from glancefocus.cli import main
 from glancefocus.distributed import World
 from glancefocus.trainer import Run
-from glancefocus.training import new_model, train
+from glancefocus.pipeline import new_model, train
 
 from conftest import MODEL_ARGS, RUN_ARGS, make_image_folder, write_folder
 

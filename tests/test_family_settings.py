@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import glancefocus.training as training_module
+import glancefocus.pipeline as pipeline
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.config import DataConfig, PPOConfig, TrainConfig
 from glancefocus.distributed import World
 from glancefocus.trainer import Run
 from glancefocus.data import load_data
-from glancefocus.training import fit
+from glancefocus.pipeline import fit
 
 from conftest import make_image_folder
 
@@ -84,7 +84,7 @@ def test_a_frozen_global_encoder_keeps_weights_and_batchnorm_statistics(backbone
 def test_efficientnet_skips_stage3_and_mobilenet_does_not(tmp_path: Path, monkeypatch, capsys) -> None:
     data = make_image_folder(tmp_path / "data", per_class=4)
     fitted = []
-    monkeypatch.setattr(training_module.Trainer, "fit", lambda self, plan: fitted.append(plan.name))
+    monkeypatch.setattr(pipeline.Trainer, "fit", lambda self, plan: fitted.append(plan.name))
     for backbone in ("efficientnet_b0", "mobilenetv3_small_050"):
         fitted.clear()
         model = GFNet(GFNetConfig(backbone=backbone, num_classes=2, patch_size=32, T=2, image_size=64))

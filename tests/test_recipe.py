@@ -20,7 +20,7 @@ from glancefocus.recipes import DEMO, IMAGENETTE_LITE0
 from glancefocus.trainer import Run, Trainer
 from glancefocus.losses import deep_supervision_loss, distillation_loss
 from glancefocus.model import GFNetOutput
-from glancefocus.training import Setup, stage1, stage3
+from glancefocus.stages import Setup, stage1, stage3
 
 TINY = {"backbone": "resnet18", "num_classes": 3, "patch_size": 32, "T": 3, "image_size": 64}
 
@@ -209,7 +209,7 @@ def test_stage2_rolls_out_on_the_chosen_view_with_the_chosen_lr(images: str, tin
     from dataclasses import replace
 
     from glancefocus.config import PPOConfig
-    from glancefocus.training import stage2
+    from glancefocus.stages import stage2
 
     model = GFNet(GFNetConfig(**{**TINY, "num_classes": 2}))
     config = TrainConfig(batch_size=8, stage2_images=images, ppo=replace(PPOConfig(), lr=1e-3))

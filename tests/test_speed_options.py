@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import glancefocus.training as training_module
+import glancefocus.pipeline as pipeline
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.config import DataConfig, TrainConfig
 from glancefocus.data import load_data
 from glancefocus.distributed import World
 from glancefocus.trainer import Run, autocast
-from glancefocus.training import fit
+from glancefocus.pipeline import fit
 
 from conftest import make_image_folder
 
@@ -75,7 +75,7 @@ def test_compiled_encoders_agree_with_eager(tmp_path: Path, monkeypatch) -> None
     model, (images, where, targets) = _model(), _inputs()
     eager = copy.deepcopy(model)
     data = DataConfig(str(make_image_folder(tmp_path / "data", classes=3, per_class=4)), holdout=0.25)
-    monkeypatch.setattr(training_module.Trainer, "fit", lambda self, plan: None)  # compiling is all we need of fit
+    monkeypatch.setattr(pipeline.Trainer, "fit", lambda self, plan: None)  # compiling is all we need of fit
     fit(model, load_data(data, model.config, seed=0), ["stage1"], config=TrainConfig(compile=True, batch_size=4),
         run=Run(tmp_path / "run", World(), quiet=True), data=data)
     assert all(e.model._compiled_call_impl is not None for e in (model.global_encoder, model.local_encoder))

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Subset
 
 import glancefocus.evaluate as evaluate_module
-import glancefocus.training as training_module
+import glancefocus.stages as stages
 from glancefocus import DataConfig
 from glancefocus.cli import main
 from glancefocus.distributed import World
@@ -83,7 +83,7 @@ def _record_loaders(monkeypatch, module, root: Path) -> list[tuple[bool, list[st
 
 def test_training_and_evaluation_use_each_split_for_its_job(colour_data: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "run"
-    trained = _record_loaders(monkeypatch, training_module, colour_data)
+    trained = _record_loaders(monkeypatch, stages, colour_data)
     assert main(["train", "--stage", "glance", "--glance-epochs", "1", "--data", str(colour_data), *MODEL_ARGS,
                  *RUN_ARGS, "--out", str(out), "--holdout", "0.25", "--seed", "3"]) == 0
     train_files = {f for shuffled, files in trained if shuffled for f in files}

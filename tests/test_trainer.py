@@ -134,7 +134,7 @@ def test_keep_epochs_saves_the_weights_of_those_epochs(tmp_path: Path) -> None:
 def test_cosine_schedule_at_known_steps_with_the_batch_scaling() -> None:
     """Appendix A.3's rate 0.1 is for batch 256; at batch 64 it starts at 0.025 and decays
     to 0 over the stage's steps, with no warm-up: the scaling holds at every step."""
-    from glancefocus.training import Setup
+    from glancefocus.stages import Setup
 
     setup = Setup(None, None, TrainConfig(batch_size=64, weight_decay=0.0), Trainer(Run(Path("unused"), World(), quiet=True),
                                                                                       TrainConfig()), {})

@@ -152,7 +152,7 @@ def test_region_pixels_are_what_each_crop_reads() -> None:
 
 
 def test_differentiable_training_needs_the_differentiable_crop() -> None:
-    from glancefocus.training import STAGES
+    from glancefocus.stages import STAGES
 
     class Setup:  # the stage refuses before it reads anything else
         model = _model()

@@ -19,7 +19,7 @@ from .flags import add_fields, given_fields
 from .runtime.serve_cli import add_serve_parser
 
 STAGE_NAMES = {"glance": ["glance"], "1": ["stage1"], "2": ["stage2"], "3": ["stage3"], "end2end": ["end2end"],
-               "all": []}  # all: the pipeline of --policy-training (training.PIPELINES)
+               "all": []}  # all: the pipeline of --policy-training (stages.PIPELINES)
 
 
 def _pretrained(value: str) -> bool | str:
@@ -162,7 +162,8 @@ def _train(args: argparse.Namespace) -> None:
     from .recipes import RECIPES
     from .runlog import RunLog
     from .trainer import Run
-    from .training import PIPELINES, train
+    from .pipeline import train
+    from .stages import PIPELINES
 
     world = init_world(args.device)
     data = DataConfig(**given_fields(args, "data"))

@@ -23,7 +23,8 @@ from .recipes import Recipe
 from .report import examples, policy_report, write_figures
 from .runlog import RunLog
 from .trainer import Run
-from .training import PIPELINES, train
+from .pipeline import train
+from .stages import PIPELINES
 
 
 def run_demo(recipe: Recipe, root: str, out: Path, *, world: World, backbone: str | None = None, quiet: bool = False) -> dict[str, Any]:

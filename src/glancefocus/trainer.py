@@ -3,7 +3,7 @@ precision, a stop on a non-finite loss, and best-epoch selection.
 
 A stage is a :class:`StagePlan`: what to train, on what, its ``step(images, targets) ->
 (loss, metrics)`` and ``evaluate() -> metrics``.  :class:`Trainer` owns everything else, so
-the stages (:mod:`glancefocus.training`) read as the algorithm of the paper.
+the stages (:mod:`glancefocus.stages`) read as the algorithm of the paper.
 """
 
 from __future__ import annotations

@@ -1,0 +1,140 @@
+"""Training a GFNet through a list of stages (:mod:`glancefocus.stages`): :func:`train` makes
+the model and the splits, :func:`fit` initialises the model, runs each stage's plan with the
+:class:`~glancefocus.trainer.Trainer` and returns the last checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import check_compatible, load_checkpoint
+from .config import DataConfig, GFNetConfig, TrainConfig
+from .data import Splits, data_source, default_workers, load_data
+from .distributed import barrier
+from .model import GFNet
+from .stages import STAGES, Setup
+from .trainer import Run, Trainer
+from .weights import Pretrained
+
+
+def new_model(config, *, pretrained=False, seed: int = 0) -> GFNet:
+    """A GFNet whose random initial weights depend on ``seed`` alone (the same in every process)."""
+    torch.manual_seed(seed)
+    return GFNet(config, pretrained=pretrained)
+
+
+def train(
+    model_config: GFNetConfig,
+    stages: list[str],
+    *,
+    config: TrainConfig,
+    data: DataConfig,
+    run: Run,
+    pretrained: Pretrained = False,
+    init: Path | None = None,
+) -> tuple[Path, GFNet]:
+    """A new model trained on ``data`` through ``stages`` (see :func:`fit`); returns the last
+    checkpoint and the model."""
+    model = new_model(model_config, pretrained=pretrained, seed=config.seed)
+    splits = load_data(data, model.config, seed=config.seed)
+    return fit(model, splits, stages, config=config, run=run, data=data, init=init), model
+
+
+def fit(
+    model: GFNet,
+    splits: Splits,
+    stages: list[str],
+    *,
+    config: TrainConfig,
+    run: Run,
+    data: DataConfig = DataConfig(),
+    init: Path | None = None,
+    meta: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
+) -> Path:
+    """Train ``model`` through ``stages`` in order; returns the last stage's checkpoint.
+    ``teacher`` (images -> logits, kept in eval mode) gives the soft targets of
+    ``config.distill_weight``.
+
+    The first stage starts from ``init``, else from the checkpoint of the stage it follows in
+    ``run.out_dir``.  With ``run.resume`` finished stages are loaded, not rerun, and an
+    interrupted one continues from its last checkpoint.
+    """
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    config = config.for_model(model.config)
+    start = init or _start_checkpoint(run, stages[0])
+    _initialise(model, start)
+    if start is not None and run.world.is_main:
+        print(f"initialised from {start}")
+    model.to(run.world.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.compile:
+        for encoder in (model.global_encoder, model.local_encoder):
+            encoder.model.compile()  # in place: parameter names, and so checkpoints, are unchanged
+    meta = {**_meta(model, splits.classes, config, data), **(meta or {})}
+    workers = data.workers if data.workers is not None else default_workers(data_source(data.root), run.world.device)
+    setup = Setup(model, splits, config, Trainer(run, config), meta, workers, teacher.eval() if teacher is not None else None)
+    last = run.checkpoint(stages[-1])
+    for name in stages:
+        if name == "stage3" and not config.run_stage3 and len(stages) > 1:
+            print("skipping Stage III: appendix A.3 does not run it for this family (pass --stage 3 to force)")
+            continue
+        last = run.checkpoint(name)
+        if run.resume and last.exists():
+            _initialise(model, last)
+            if run.world.is_main:
+                print(f"[{name}] already finished: loaded {last}")
+        else:
+            started = time.time()
+            setup.trainer.fit(STAGES[name].build(setup))
+            if run.world.is_main:
+                print(f"[{name}] done in {time.time() - started:.0f} s -> {last}")
+        barrier(run.world)
+    return last
+
+
+def _start_checkpoint(run: Run, first: str) -> Path | None:
+    previous = STAGES[first].starts_from
+    if previous is None:
+        return None
+    candidate = run.checkpoint(previous)
+    if candidate.exists():
+        return candidate
+    if first not in ("stage1", "end2end"):
+        raise FileNotFoundError(
+            f"{first} starts from the {previous} checkpoint: none at {candidate}. "
+            f"Run --stage {previous.removeprefix('stage')} first or pass --init CHECKPOINT"
+        )
+    if run.world.is_main:
+        print(f"note: no glance checkpoint; {first} starts fG from the backbone's initial weights")
+    return None
+
+
+def _initialise(model: GFNet, init: Path | None) -> None:
+    """Load ``init`` into ``model``: only fG from a glance checkpoint (so one glance fine-tune
+    serves any T, classifier or policy), everything otherwise."""
+    if init is None:
+        return
+    weights, meta = load_checkpoint(init, device="cpu")
+    glance = meta.get("stage") == "glance"
+    check_compatible(meta, model.config, path=init, glance_only=glance)
+    if glance:
+        prefix = "global_encoder."
+        model.global_encoder.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    else:
+        model.load_state_dict(weights)
+
+
+def _meta(model: GFNet, classes: list[str], config: TrainConfig, data: DataConfig) -> dict[str, Any]:
+    cfg = model.config
+    return {
+        "config": cfg.to_dict(), "classes": classes, "train_config": config.to_dict(), "data_config": dataclasses.asdict(data),
+        "data": data.root, "madds": model.madds(), "backbone": cfg.backbone, "patch_size": cfg.patch_size,
+        "T": cfg.T, "image_size": cfg.image_size,
+    }
