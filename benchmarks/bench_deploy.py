@@ -250,7 +250,7 @@ def equal_accuracy(pair: dict, times: dict, exits: dict, madds: list[float]) -> 
 
 
 def tables(figures: list[dict]) -> str:
-    """The README's two markdown tables: latencies, then savings against MAdds savings."""
+    """The two markdown tables of benchmarks/README.md "Latency at batch 1": latencies, then savings against MAdds savings."""
     qs = [b["q"] for b in figures[0]["budgets"]]
     ms = lambda s: f"{s['median_ms']:.1f} / {s['p90_ms']:.1f}"  # noqa: E731
     head = ["model", "runtime", "threads", "static, full image", "glance", "focus steps", "all steps", *(f"q={q:g}" for q in qs)]
