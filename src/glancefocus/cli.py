@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import get_args
 from pathlib import Path
 
-from .config import DataConfig, GFNetConfig, PatchScale, PolicyTraining, PPOConfig, TrainConfig
+from .config import Amp, DataConfig, GFNetConfig, Patches, PatchScale, PolicyTraining, PPOConfig, TrainConfig
 from .flags import add_fields, given_fields
 from .runtime.serve_cli import add_serve_parser
 
@@ -28,7 +28,7 @@ def _pretrained(value: str) -> bool | str:
 
 def _run_options(p: argparse.ArgumentParser, *, batch_size: int | None) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
+    p.add_argument("--amp", choices=get_args(Amp), default="none", help="mixed precision")
     p.add_argument("--batch-size", type=int, default=batch_size,
                    help=f"batch size (default {batch_size if batch_size else 'the recipe' + chr(39) + 's'})")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", type=Path, required=True)
     e.add_argument("--json", type=Path, help="write the results here")
     e.add_argument("--plot", type=Path, help="accuracy-vs-MAdds PNG (default: next to --json)")
-    e.add_argument("--patches", choices=["learned", "random", "fixed"], default="learned",
+    e.add_argument("--patches", choices=get_args(Patches), default="learned",
                    help="focus patches: π's (learned), uniformly random, or centre then corners (fixed)")
     _data_options(e, default_root=None)
     _run_options(e, batch_size=256)

@@ -28,6 +28,7 @@ PPOBaseline = Literal["critic", "greedy"]
 PatchScale = Literal["fixed", "learned"]
 Crop = Literal["window", "resample"]
 PolicyTraining = Literal["ppo", "differentiable"]
+Patches = Literal["learned", "random", "fixed"]  # where evaluation reads: π's places, uniform ones, centre-then-corners
 
 # Name prefixes of timm models, in the order they are tested.
 _FAMILY_PREFIXES: tuple[tuple[str, Family], ...] = (

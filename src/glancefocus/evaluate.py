@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -13,14 +13,14 @@ from torch.utils.data import DataLoader
 
 from .budget import PAPER_QS, budgeted_curve
 from .checkpoint import atomic_write_text, update_meta
-from .config import DataConfig
+from .config import DataConfig, Patches
 from .data import data_source, default_workers, load_data, make_loader
 from .distributed import World, gather_in_order
 from .model import GFNet
 from .trainer import autocast
 
 #: How the focus patches are chosen: π's mean (the model), or the paper's two ablations.
-PATCHES = ("learned", "random", "fixed")
+PATCHES: tuple[str, ...] = get_args(Patches)
 #: Whose answer is read at each step: fC's (GFNet's own), or the step's encoder's head on its
 #: input alone (fG's on the glance, fL's on that one patch: the deep-supervision heads).
 HEADS = ("classifier", "encoder")

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from .config import GFNetConfig, TrainConfig
-from .data import DataSource
 from .weights import Pretrained, Weights
+
+
+class SizedSource(Protocol):
+    """What a recipe reads of a data source: its images' own side, if they have one."""
+
+    native_size: int | None
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class Recipe:
     sized_by_data: bool = False
     description: str = ""
 
-    def model_config(self, source: DataSource | None = None, **fields: Any) -> GFNetConfig:
+    def model_config(self, source: SizedSource | None = None, **fields: Any) -> GFNetConfig:
         """The recipe's model for ``source`` with ``fields`` (None: keep the recipe's) applied,
         made for the recipe's package weights if it has them."""
         given = {k: v for k, v in fields.items() if v is not None}
