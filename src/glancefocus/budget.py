@@ -173,3 +173,10 @@ def budgeted_curve(
         {"q": q, "madds": float(c), "accuracy": float(a)} for q, a, c in zip(qs, accuracy.tolist(), cost.tolist())
     ]
     return thresholds, curve
+
+
+def threshold_json(v: float | str) -> float | str:
+    """A threshold as JSON holds it: ±inf as the strings "inf" / "-inf" (JSON has no
+    infinities), which ``float`` reads back; every writer of thresholds uses this."""
+    v = float(v)
+    return v if abs(v) != math.inf else ("inf" if v > 0 else "-inf")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .budget import PAPER_QS, budgeted_curve
+from .budget import PAPER_QS, budgeted_curve, threshold_json
 from .checkpoint import atomic_write_text, update_meta
 from .config import DataConfig, Patches
 from .data import data_source, default_workers, load_data, make_loader
@@ -200,15 +200,10 @@ def evaluate_results(
     return {
         "madds": madds,
         "anytime_accuracy": anytime_accuracy(test_probs, test_targets),
-        "thresholds": [[_finite(v) for v in row] for row in thresholds.tolist()],
+        "thresholds": [[threshold_json(v) for v in row] for row in thresholds.tolist()],
         "budgeted": curve,
         "oracle": oracle_accuracy(test_probs, test_targets, madds),
     }
-
-
-def _finite(v: float) -> float | str:
-    # JSON has no infinities: keep them readable and loadable.
-    return v if v not in (float("inf"), float("-inf")) else ("inf" if v > 0 else "-inf")
 
 
 def thresholds_tensor(rows: list[list[float | str]]) -> torch.Tensor:

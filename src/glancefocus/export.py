@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .budget import threshold_json
 from .checkpoint import read_meta
 from .export_graphs import FocusStep, GlanceStep, cascade_layers
 from .inference import imagenet_descriptions
@@ -85,7 +86,7 @@ def export_gfnet(
             "interpolation": cfg.interpolation, "resize_interpolation": cfg.resize_interpolation,
             "mean": list(cfg.mean), "std": list(cfg.std),
             "madds": list(madds or model.madds()), "anytime_accuracy": anytime_accuracy,
-            "budget_points": [{**p, "thresholds": [_json_float(v) for v in p["thresholds"]]} for p in budget_points],
+            "budget_points": [{**p, "thresholds": [threshold_json(v) for v in p["thresholds"]]} for p in budget_points],
             "source": source or {},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -193,9 +194,3 @@ def _versions() -> dict[str, str]:
 
     return {"onnx_version": onnx.__version__, "onnxruntime_version": onnxruntime.__version__,
             "torch_version": torch.__version__, "glancefocus_version": __version__}
-
-
-def _json_float(v: float | str) -> float | str:
-    # JSON has no infinities; the checkpoint writes them as "inf" / "-inf" strings, and so do we.
-    v = float(v)
-    return v if abs(v) != float("inf") else ("inf" if v > 0 else "-inf")

@@ -17,6 +17,7 @@ Files are read with ``torch.load(weights_only=True)``: tensors, containers and n
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch.serialization import safe_globals
 
-from .budget import PAPER_QS
+from .budget import PAPER_QS, threshold_json
 from .checkpoint import save_checkpoint
 from .config import GFNetConfig
 from .model import GFNet
@@ -200,9 +201,9 @@ def _floats(values: Any) -> list:
     return float(values)
 
 
-def _json_threshold(v: float) -> float | str:
+def _threshold(v: float) -> float:
     # The release writes ±1e8 for "nobody exits" / "everybody exits": our ±inf.
-    return "inf" if v >= 1e8 else "-inf" if v <= -1e8 else v
+    return math.inf if v >= 1e8 else -math.inf if v <= -1e8 else v
 
 
 def release_meta(ckpt: dict[str, Any], model: GFNet, source: Path) -> dict[str, Any]:
@@ -240,7 +241,7 @@ def _release_results(published: dict[str, Any]) -> dict[str, Any]:
         "patches": "learned",
         "madds": published["flops"],
         "anytime_accuracy": published["anytime_classification"],
-        "thresholds": [[_json_threshold(v) for v in row] for row in published["dynamic_threshold"]],
+        "thresholds": [[threshold_json(_threshold(v)) for v in row] for row in published["dynamic_threshold"]],
         "budgeted": [{"q": q, "madds": m, "accuracy": a} for q, m, a in zip(PAPER_QS, flops, accuracy)],
     }
 
