@@ -33,7 +33,12 @@ def test_demo_on_a_folder_writes_its_report(tiny_data: Path, tmp_path: Path, cap
     )
     report = run_demo(demo, str(tiny_data), tmp_path / "demo", world=init_world("cpu"), backbone="resnet18", quiet=True)
 
-    assert "demo done" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "demo done" in printed
+    # the conclusion, one table: a row per way of choosing regions with its accuracy at each step
+    for key, label in (("learned", "learned (π)"), ("random", "random"), ("fixed", "centre-then-corners")):
+        row = next(line for line in printed.splitlines() if line.startswith(label))
+        assert [float(v) for v in row[len(label):].split()] == [round(a, 1) for a in report["anytime_accuracy"][key]]
     for name in ("report.json", "results.json", "budgeted.png", "anytime.png", "patches.png", "stage3.safetensors"):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
     assert not list((tmp_path / "demo").glob("*.last.*"))  # finished stages keep no resume files

@@ -52,9 +52,16 @@ def run_demo(recipe: Recipe, root: str, out: Path, *, world: World, backbone: st
     shown = examples(splits.val, list(range(min(6, len(splits.val)))), splits.classes, world.device)
     write_figures(out, model, results, by_patches, shown, classes=splits.classes,
                   thresholds=select_thresholds(read_meta(final))[0], title="Anytime prediction: accuracy after each step")
-    learned, rand = (" ".join(f"{a:.1f}" for a in by_patches[k]) for k in ("learned", "random"))
-    print(
-        f"demo done in {report['seconds']:.0f} s. val top-1 per step: learned {learned} | random patches {rand}; "
-        f"oracle {report['oracle']['accuracy']:.1f}%.\nreport: {out}/report.json, budgeted.png, anytime.png, patches.png"
-    )
+    print(f"demo done in {report['seconds']:.0f} s.\n{comparison(by_patches, report['oracle']['accuracy'])}\n"
+          f"report: {out}/report.json, budgeted.png, anytime.png, patches.png")
     return report
+
+
+def comparison(by_patches: dict[str, list[float]], oracle: float) -> str:
+    """The demo's conclusion as one table: val top-1 after each step for π's regions, uniformly
+    random ones and centre-then-corners, and the oracle exit."""
+    steps = len(by_patches["learned"])
+    names = {"learned": "learned (π)", "random": "random", "fixed": "centre-then-corners"}
+    lines = [f"{'val top-1 (%)':<20}" + "".join(f"{f'step {t + 1}':>9}" for t in range(steps))]
+    lines += [f"{label:<20}" + "".join(f"{a:>9.1f}" for a in by_patches[key]) for key, label in names.items()]
+    return "\n".join([*lines, f"{'oracle exit':<20}{oracle:>9.1f}"])
