@@ -53,8 +53,15 @@ def test_exit_fractions_shape_of_budget():
 
 @pytest.mark.parametrize("T", [0, -1])
 def test_exit_fractions_rejects_T_below_one(T):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"^T must be >= 1 \(got {T}\)$"):
         exit_fractions(0.5, T)
+
+
+@pytest.mark.parametrize("q", [0, 0.0, -0.5])
+def test_exit_fractions_rejects_q_not_above_zero(q):
+    # q = 0 would make every q^t zero and the fractions 0/0 = nan: an error, not a nan curve.
+    with pytest.raises(ValueError, match=rf"^q must be > 0 \(got {q}\)$"):
+        exit_fractions(q, 3)
 
 
 def test_paper_budgets():
@@ -134,8 +141,21 @@ def test_exits_follow_fractions_without_ties(q):
 
 def test_find_thresholds_wrong_fraction_count():
     probs = torch.rand(3, 5, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^fractions has 4 entries but probs has T=3 steps$"):
         find_thresholds(probs, exit_fractions(0.5, 4))
+
+
+def test_find_thresholds_counts_in_float64_whatever_the_fractions_type():
+    # N = 10, fractions (0.7, 0.3): floor(10 * 0.7) = 7 exit at step 1 (10 * 0.7 is 7.0 in
+    # float64).  Read as float32, 0.7 is 0.699999988 and floor(6.99999988) would give 6: a list
+    # of Python floats must count like the float64 fractions.
+    conf = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5]
+    probs = torch.zeros(2, 10, 2, dtype=torch.float64)
+    probs[0, :, 0] = torch.tensor(conf, dtype=torch.float64)
+    probs[1, :, 0] = 0.5
+    want = [0.65, -math.inf]  # the 7th most confident sets eta_1
+    assert find_thresholds(probs, torch.tensor([0.7, 0.3], dtype=torch.float64)).tolist() == want
+    assert find_thresholds(probs, [0.7, 0.3]).tolist() == want
 
 
 # ------------------------------------------------------------------- exits and budget
@@ -156,10 +176,45 @@ def test_wrong_threshold_length_raises(bad):
     probs = torch.softmax(torch.randn(T, 6, 4), dim=2)
     targets = torch.randint(0, 4, (6,))
     thresholds = torch.zeros(bad)
-    with pytest.raises(ValueError):
+    message = rf"^expected 3 thresholds \(one per step\), got {bad}$"
+    with pytest.raises(ValueError, match=message):
         exit_steps(probs.max(2).values, thresholds)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         budgeted_accuracy(probs, targets, [1.0, 2.0, 3.0], thresholds)
+
+
+def test_thresholds_compare_at_the_confidences_precision():
+    # As the serving engine does (float32 thresholds against float32 probabilities): a float64
+    # threshold is rounded to the confidences' dtype first.  0.69999999 rounds to float32(0.7)
+    # = 0.699999988..., so a float32 confidence of 0.7 reaches it and exits at step 1; compared
+    # in float64 it would fall 2e-9 short and exit at step 2.
+    conf = torch.tensor([[0.7, 0.5], [0.0, 0.0]], dtype=torch.float32)
+    thresholds = torch.tensor([0.69999999, -math.inf], dtype=torch.float64)
+    assert exit_steps(conf, thresholds).tolist() == [1, 2]
+    assert exit_steps(conf, thresholds).tolist() == exit_steps(conf, thresholds.float()).tolist()
+    probs = torch.stack([conf, 1 - conf], dim=2)  # (T, N, 2): class 0 is the max where conf >= 0.5
+    madds = [1.0, 3.0]
+    # sample 0 exits at step 1 predicting class 0 (right), sample 1 at step 2 predicting class 1
+    # (wrong): 50 % at (1 + 3) / 2 = 2 multiply-adds
+    assert budgeted_accuracy(probs, torch.tensor([0, 0]), madds, thresholds) == (50.0, 2.0)
+
+
+def test_budgeted_accuracy_of_step_scores_equals_that_of_the_outputs():
+    from glancefocus.budget import StepScores
+
+    g = torch.Generator().manual_seed(11)
+    probs = random_probs(3, 40, 5, g)
+    targets = torch.randint(0, 5, (40,), generator=g)
+    madds = [1.0, 2.0, 4.0]
+    thresholds = torch.stack([find_thresholds(probs, exit_fractions(q, 3)) for q in (0.3, 1.5)])
+    scores = StepScores.of(probs)
+    assert scores.prediction.tolist() == probs.argmax(dim=2).tolist()
+    for th in (thresholds, thresholds[0]):
+        got, want = budgeted_accuracy(scores, targets, madds, th), budgeted_accuracy(probs, targets, madds, th)
+        if th.dim() == 1:
+            assert got == want
+        else:
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
 
 
 @pytest.mark.parametrize("seed", range(4))

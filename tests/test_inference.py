@@ -44,8 +44,17 @@ def test_the_most_accurate_point_within_the_budget_is_chosen(budget, chosen) -> 
 def test_a_budget_below_the_cheapest_point_is_an_error_naming_it() -> None:
     with pytest.raises(ValueError, match=r"--budget 99.5 is below this model's cheapest budget point, 100 .*at least 100$"):
         choose_budget_point(POINTS, 99.5)
-    with pytest.raises(ValueError, match="no budgeted curve"):
+    with pytest.raises(ValueError) as empty:
         choose_budget_point([], 100)
+    assert str(empty.value) == "this model has no budgeted curve: run `glancefocus evaluate --checkpoint CK` first"
+    # The message in full, at a real model's scale: 1 000 050 100 MAdds is 1000.0501 M, "1000.1 M"
+    curve = [{"q": 0.05, "madds": 1_000_050_100.0, "accuracy": 70.0}, {"q": 1.0, "madds": 2.5e9, "accuracy": 80.0}]
+    with pytest.raises(ValueError) as below:
+        choose_budget_point(curve, 9e8)
+    assert str(below.value) == (
+        "--budget 9e+08 is below this model's cheapest budget point, 1e+09 mean multiply-adds per image "
+        "(1000.1 M; its curve spans 1e+09 to 2.5e+09): choose a budget of at least 1e+09"
+    )
 
 
 def test_predict_cli_follows_the_budget(trained, tmp_path: Path, capsys) -> None:

@@ -120,3 +120,51 @@ def test_glance_resize_is_a_downscale_of_the_whole_image():
     assert out[..., :12].abs().max() < 1e-3
     assert (out[..., 20:] - 1).abs().max() < 1e-3
     assert out.mean().item() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_error_messages_name_the_problem():
+    images = torch.randn(2, 3, 32, 48)
+    with pytest.raises(ValueError, match=r"^images must be \(B, C, H, W\), got shape \(3, 32, 48\)$"):
+        crop_patches(images[0], torch.rand(1, 2), 16)
+    with pytest.raises(ValueError, match=r"^locations must be \(2, 2\) for a batch of 2, got \(3, 2\)$"):
+        crop_patches(images, torch.rand(3, 2), 16)
+    with pytest.raises(ValueError, match=r"^patch_size 33 does not fit in images of size 32x48: choose 1 <= patch_size <= 32$"):
+        crop_patches(images, torch.rand(2, 2), 33)
+    with pytest.raises(ValueError, match=r"^unknown glance resize method 'nearest': use 'antialias' or 'align_corners'$"):
+        glance_resize(images, 16, method="nearest")
+
+
+def test_locations_outside_the_unit_square_are_clamped_to_the_edges():
+    from glancefocus.patches import patch_corners
+
+    # H = 10, W = 12, P = 4: corners floor(l * (6, 8)); -0.5 is the top/left edge, 1.5 the
+    # bottom/right one (0 and 8, as for l = 0 and 1), never a window outside the image.
+    locations = torch.tensor([[-0.5, 1.5], [1.5, -0.5], [0.5, 0.5]])
+    assert patch_corners(locations, 10, 12, 4).tolist() == [[0, 8], [6, 0], [3, 4]]
+    images = torch.arange(2 * 10 * 12, dtype=torch.float32).view(2, 1, 10, 12)
+    out = crop_patches(images, locations[:2], 4)
+    assert torch.equal(out[0], images[0, :, 0:4, 8:12]) and torch.equal(out[1], images[1, :, 6:10, 0:4])
+
+
+def test_glance_resize_antialiases_and_align_corners_keeps_the_corners():
+    # Vertical stripes 1 0 1 0 ... of width 12 resized to 4 (by 3): plain interpolation samples
+    # the centre pixels 1, 4, 7, 10 and keeps full contrast (0 1 0 1, aliasing); the
+    # anti-aliased resize averages over each 3-pixel cell and stays near the mean 0.5.
+    stripes = torch.zeros(1, 1, 12, 12)
+    stripes[..., 0::2] = 1.0
+    smooth = glance_resize(stripes, 4)
+    assert float(smooth.max() - smooth.min()) < 0.5
+    plain = torch.nn.functional.interpolate(stripes, size=(4, 4), mode="bicubic", align_corners=False)
+    assert float(plain.max() - plain.min()) > 0.99
+    # The release's resize (align_corners=True) puts output corners on input corners: a
+    # random image's four corner pixels come through exactly (bicubic weights 1, 0, 0, 0).
+    images = torch.rand(2, 3, 13, 17, generator=torch.Generator().manual_seed(0))
+    out = glance_resize(images, 6, method="align_corners")  # samples 0, 2.4, ..., 12: between pixels
+    assert out.shape == (2, 3, 6, 6)
+    for r, c, R, C in ((0, 0, 0, 0), (0, -1, 0, -1), (-1, 0, -1, 0), (-1, -1, -1, -1)):
+        torch.testing.assert_close(out[..., r, c], images[..., R, C], rtol=0, atol=1e-6)
+    # and it is not the anti-aliased resize
+    assert not torch.allclose(out, glance_resize(images, 6), atol=1e-3)
+    bilinear = glance_resize(images, 6, interpolation="bilinear", method="align_corners")
+    torch.testing.assert_close(bilinear[..., 0, 0], images[..., 0, 0], rtol=0, atol=1e-6)
+    assert not torch.allclose(bilinear, out, atol=1e-3)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from glancefocus.policy import PatchPolicy
-from glancefocus.ppo import PolicyReplay, discounted_returns, ppo_loss, step_rewards
+from glancefocus.config import PPOConfig
+from glancefocus.ppo import PolicyReplay, Rollout, discounted_returns, ppo_loss, step_rewards, update_loss
 
 
 def test_step_rewards_hand_example():
@@ -198,3 +199,40 @@ def test_greedy_baseline_removes_the_images_own_difficulty():
     assert torch.allclose(scaled * (batch.returns.std() + 1e-5), batch.advantages, atol=1e-5)
     mean = discounted_returns(step_rewards(torch.softmax(model(images, locations="mean").logits, 2), targets), 0.7)
     assert torch.allclose(batch.advantages, batch.returns - mean, atol=1e-5) and batch.advantages.abs().max() > 1e-3
+
+
+def test_the_ratio_reads_the_difference_from_the_old_log_probs():
+    # Shifting both log-probabilities by 0.7 leaves every ratio exp(log π − log π_old) as it
+    # was: the hand example's numbers again (an old log-prob added, not subtracted, would
+    # give ratios exp(2 · 0.7 + ...) instead).
+    log_probs, old, values, returns, entropy = _example()
+    base = ppo_loss(log_probs, old, values, returns, entropy)
+    shifted = ppo_loss(log_probs.detach() + 0.7, old + 0.7, values, returns, entropy)
+    assert shifted.loss.item() == pytest.approx(base.loss.item(), abs=1e-12)
+    assert shifted.loss.item() == pytest.approx(0.0836882482, abs=1e-9)
+
+
+@pytest.mark.parametrize("advantages", [False, True])
+def test_update_loss_is_ppo_loss_of_the_replayed_rollout(advantages: bool):
+    """update_loss re-scores the rollout's actions with the current π and hands everything,
+    the configuration's ε, c1, c2 and any given advantage included, to ppo_loss."""
+    torch.manual_seed(0)
+    policy = PatchPolicy((8, 3, 3), trunk="mlp", hidden=16)
+    maps = [torch.randn(4, 8, 3, 3) for _ in range(2)]
+    actions = torch.rand(2, 4, 2)
+    old_log_probs, returns = torch.randn(2, 4) * 0.1 - 1.0, torch.randn(2, 4)
+    given = torch.randn(2, 4) if advantages else None
+    batch = Rollout(maps, actions, old_log_probs, torch.zeros(2, 4), returns, torch.zeros(3), given)
+    # non-default coefficients, so that each must be passed on to change the result
+    config = PPOConfig(clip=0.05, value_coef=2.0, entropy_coef=0.3)
+    replay = PolicyReplay(policy)
+    got = update_loss(replay, batch, config)
+    log_probs, values, entropy = replay(maps, actions)
+    want = ppo_loss(log_probs, old_log_probs, values, returns, entropy, clip=0.05, value_coef=2.0, entropy_coef=0.3,
+                    advantages=given)
+    for field in ("loss", "policy", "value", "entropy"):
+        torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=0, atol=1e-6)
+    # and the configuration's coefficients matter: the defaults give another loss
+    assert not torch.isclose(update_loss(replay, batch, PPOConfig()).loss, got.loss)
+    got.loss.backward()
+    assert all(p.grad is not None for p in policy.parameters())

@@ -157,9 +157,11 @@ def test_distillation_loss_is_the_tempered_kl_to_the_teacher() -> None:
     teacher = torch.randn(4, 3)
     assert distillation_loss(teacher.expand(2, 4, 3), teacher, 2.0).abs() < 1e-6  # the teacher's own answer costs nothing
     student = torch.randn(2, 4, 3)
-    p = torch.softmax(teacher / 2.0, -1)
-    expected = sum((p * (p.log() - torch.log_softmax(s / 2.0, -1))).sum(-1).mean() for s in student) / 2 * 4.0
-    torch.testing.assert_close(distillation_loss(student, teacher, 2.0), expected)
+    for tau in (1.0, 2.0, 3.0):  # τ² is 1, 4, 9 (at τ = 2 alone, 2τ would read the same 4)
+        p = torch.softmax(teacher / tau, -1)
+        kl = sum((p * (p.log() - torch.log_softmax(s / tau, -1))).sum(-1).mean() for s in student) / 2
+        torch.testing.assert_close(distillation_loss(student, teacher, tau), kl * tau**2)
+    torch.testing.assert_close(distillation_loss(student, teacher), distillation_loss(student, teacher, 1.0))
 
 
 def test_stage1_adds_the_distillation_term(tiny_data: Path, tmp_path: Path) -> None:

@@ -79,6 +79,13 @@ def test_augmentation_seeding_leaves_the_cuda_generator_alone(monkeypatch) -> No
     dataset = SeededAugmentation(TensorDataset(torch.arange(4)), seed=0)
     assert [int(dataset[i][0]) for i in range(4)] == [0, 1, 2, 3]
     assert calls == []
+    # Nor is a GPU's generator saved and restored around each sample (that would initialise
+    # CUDA in every loader worker): with a device present, its state is never read.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": calls.append(("get", device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(("set", device)))
+    assert [int(dataset[i][0]) for i in range(4)] == [0, 1, 2, 3]
+    assert calls == []
 
 
 def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path: Path) -> None:

@@ -42,8 +42,14 @@ def test_holdout_split_sizes_and_disjointness(n: int, fraction: float, held: int
 def test_holdout_split_refuses_to_leave_nothing_to_train_on() -> None:
     with pytest.raises(ValueError, match="leaves no training images out of 1"):
         holdout_split(1, 0.1, seed=0)
-    with pytest.raises(ValueError, match="training set is empty"):
+    with pytest.raises(ValueError, match="^the training set is empty$"):
         holdout_split(0, 0.1, seed=0)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1])
+def test_holdout_split_of_no_positive_fraction_holds_nothing_out(fraction: float) -> None:
+    # The one-image minimum is for a positive fraction too small to hold out a whole image.
+    assert holdout_split(10, fraction, seed=0) == (list(range(10)), [])
 
 
 @pytest.mark.parametrize("holdout", [0.0, 1.0, -0.1])

@@ -160,3 +160,36 @@ def test_differentiable_training_needs_the_differentiable_crop() -> None:
 
     with pytest.raises(ValueError, match="crop='resample'"):
         STAGES["end2end"].build(Setup())
+
+
+def test_regions_are_clamped_and_boxed_whatever_the_leading_dimensions() -> None:
+    # H = W = 64, P = 16, scale range (8, 48): sides 8 + σ·40; corners l · (64 − s).
+    # Out-of-range numbers are clamped: l = -0.5 is the edge 0, 1.5 the far edge; σ = -1 is the
+    # smallest side 8, σ = 2 the largest 48.  Step-first (T-1, B, 3) regions box the same.
+    regions = torch.tensor([[[-0.5, 1.5, -1.0], [0.5, 0.25, 2.0]], [[1.5, -0.5, 0.5], [0.0, 1.0, 0.0]]])
+    boxes = region_boxes(regions, SIZE, SIZE, P, (8, 48))
+    assert boxes.tolist() == [[[0.0, 56.0, 8.0], [8.0, 4.0, 48.0]], [[36.0, 0.0, 28.0], [0.0, 56.0, 8.0]]]
+    fixed = region_boxes(regions[..., :2], SIZE, SIZE, P)  # no scale column: every side is P
+    assert fixed.tolist() == [[[0.0, 48.0, 16.0], [24.0, 12.0, 16.0]], [[48.0, 0.0, 16.0], [0.0, 48.0, 16.0]]]
+    with pytest.raises(ValueError, match=r"^regions with a scale column \(B, 3\) need a scale_range \(lo, hi\)$"):
+        region_boxes(regions, SIZE, SIZE, P)
+
+
+def test_zooming_in_at_the_border_repeats_the_edge_pixel() -> None:
+    # A side of 8 < P = 16 at the top-left corner: the outer output pixels sample a quarter
+    # pixel outside the image (x = ((2·0 + 1)/16 − 1)·8/2 + 4 − 0.5 = −0.25).  Border padding
+    # repeats the edge, so a constant image stays constant (zero padding would give 0.75).
+    images = torch.ones(1, 1, SIZE, SIZE)
+    patch = resample_patches(images, torch.tensor([[0.0, 0.0, 0.0]]), P, scale_range=(8, 48))
+    assert torch.equal(patch, torch.ones(1, 1, P, P))
+
+
+def test_resampling_keeps_the_images_dtype_and_checks_their_shape() -> None:
+    images = _images(B=2)
+    regions = torch.tensor([[0.3, 0.6, 0.5], [1.0, 0.0, 0.2]])
+    single = resample_patches(images, regions, P, scale_range=(8, 48))
+    double = resample_patches(images.double(), regions, P, scale_range=(8, 48))
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), single, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^images must be \(B, C, H, W\), got shape \(3, 64, 64\)$"):
+        resample_patches(images[0], regions[:1], P, scale_range=(8, 48))
