@@ -239,6 +239,9 @@ def main() -> None:
     if args.gather:
         model = GFNet(IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T))
         report = assemble(args, model, "stage3", run, parts, parts.load("recipe"))
+        earlier = args.out / "results.json"
+        if earlier.exists():  # --gather trains and draws nothing: the command and figures stay those of the run
+            report.update({k: v for k, v in json.loads(earlier.read_text()).items() if k in ("command", "figures_from")})
         atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
         print(markdown_table(report))
         return
