@@ -85,12 +85,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--patch-scale", choices=get_args(PatchScale), default=IMAGENETTE_LITE0.model.patch_scale,
                    help="focus region side: fixed (the patch size) or learned by π within --scale-range (beyond the paper)")
     p.add_argument("--scale-range", type=int, nargs=2, metavar=("LO", "HI"), help="region sides of a learned scale (default: P, 224)")
-    p.add_argument("--end2end-epochs", type=int, default=15, help="epochs of the end-to-end stage")
+    p.add_argument("--end2end-epochs", type=int, default=IMAGENETTE_LITE0.train.end2end_epochs, help="epochs of the end-to-end stage")
     p.add_argument("--end2end-random", type=float, default=IMAGENETTE_LITE0.train.end2end_random,
                    help="end-to-end stage: fraction of images reading random regions")
-    p.add_argument("--end2end-after", choices=["glance", "stage1"], default="glance",
-                   help="what the end-to-end stage starts from: the glance fine-tune (AdaFocusV2's one stage), or a Stage I "
-                        "on random regions first (fL and fC have read every place and scale before π chooses)")
+    p.add_argument("--end2end-after", choices=["glance", "stage1"], default="stage1",
+                   help="what the end-to-end stage starts from: a Stage I on random regions (the library's pipeline: fL and "
+                        "fC have read every place and scale before π chooses), or the glance fine-tune (AdaFocusV2's one stage)")
     p.add_argument("--lr-policy", type=float, default=IMAGENETTE_LITE0.train.lr_policy, help="end-to-end stage: π's SGD LR (at batch 256)")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                    help="measure step 2 over a 7×7 grid of places after Stages II and III (lever runs may skip it)")
@@ -210,7 +210,7 @@ def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Pa
         kept = {"stage1": [e for e in args.curve_epochs if e < tc.stage1_epochs], "stage2": args.stage2_curve_epochs}.get(stage, [])
         config = replace(tc, keep_epochs=tuple(kept))
         finished, started = run.checkpoint(stage).exists(), time.time()
-        init = run.checkpoint(order[order.index(stage) - 1]) if stage == "end2end" and args.end2end_after == "stage1" else None
+        init = run.checkpoint(order[order.index(stage) - 1]) if stage == "end2end" else None  # glance or stage1
         fit(model, splits, [stage], config=config, run=run, data=data, teacher=teacher, init=init)  # loads a finished stage
         if not finished:
             parts.timing(stage, time.time() - started)

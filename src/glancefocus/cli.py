@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pretrained", default=None, help="false, true, lite0/lite1/lite2 or a weights file (default lite0)")
     d.add_argument("--device", default=None)
     d.add_argument("--policy-training", choices=get_args(PolicyTraining), default="ppo",
-                   help="ppo: the paper's Stages I-III; differentiable: one end-to-end stage (beyond the paper)")
+                   help="ppo: the paper's Stages I-III; differentiable: Stage I, then one end-to-end stage (beyond the paper)")
     d.add_argument("--patch-scale", choices=get_args(PatchScale), help="fixed (the paper) or learned region sides")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)

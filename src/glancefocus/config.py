@@ -295,10 +295,10 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     policy_training: PolicyTraining = field(default="ppo", metadata={
         "help": "how π learns: ppo (the paper: Stage I random patches, Stage II PPO, Stage III) or differentiable (beyond the "
-                "paper, AdaFocusV2: one end-to-end stage after the glance fine-tune, π's regions get gradients from the "
+                "paper, after AdaFocusV2: Stage I, then one end-to-end stage in which π's regions get gradients from the "
                 "classification loss through the resampling crop; needs --crop resample)"})
-    end2end_epochs: int | None = field(default=None, metadata={"help": "epochs of the end-to-end stage (default: the family's Stage I epochs)"})
-    lr_policy: float = field(default=0.002, metadata={"help": "end-to-end stage: SGD LR of π (at lr_reference_batch)"})
+    end2end_epochs: int = field(default=5, metadata={"help": "epochs of the end-to-end stage, after Stage I"})
+    lr_policy: float = field(default=0.001, metadata={"help": "end-to-end stage: SGD LR of π (at lr_reference_batch)"})
     end2end_random: float = field(default=0.5, metadata={
         "help": "end-to-end stage: fraction of each batch's images that read uniformly random regions instead of π's "
                 "(AdaFocusV2's diversity augmentation: fL and fC keep learning from every place)"})
@@ -338,7 +338,6 @@ class TrainConfig:
             "freeze_glance": d.freeze_glance,
             "stage1_epochs": d.stage1_epochs,
             "stage3_epochs": d.stage1_epochs,
-            "end2end_epochs": d.stage1_epochs,
             "run_stage3": d.stage3,
             "glance_lr": d.encoder_lr,
         })

@@ -106,7 +106,7 @@ def _start_checkpoint(run: Run, first: str) -> Path | None:
     candidate = run.checkpoint(previous)
     if candidate.exists():
         return candidate
-    if first not in ("stage1", "end2end"):
+    if first != "stage1":
         raise FileNotFoundError(
             f"{first} starts from the {previous} checkpoint: none at {candidate}. "
             f"Run --stage {previous.removeprefix('stage')} first or pass --init CHECKPOINT"

@@ -177,12 +177,17 @@ def stage3(s: Setup) -> StagePlan:
 
 # ---------------------------------------------------------------- end to end (beyond the paper)
 def end2end(s: Setup) -> StagePlan:
-    """The differentiable alternative to Stages I–III (AdaFocusV2, CVPR 2022; Uni-AdaFocus,
-    T-PAMI 2024): from the glance fine-tune, fL, fC and π (fG too unless frozen) learn
-    together with the deep-supervision loss on π's mean regions, whose location and scale get
-    gradients through the resampling crop.  A fraction ``end2end_random`` of each batch reads
-    uniformly random regions (their diversity augmentation).  π reads detached feature maps,
-    as in the paper (their stop-gradient)."""
+    """The differentiable alternative to Stages II–III (AdaFocusV2, CVPR 2022; Uni-AdaFocus,
+    T-PAMI 2024): fL, fC and π (fG too unless frozen) learn together with the
+    deep-supervision loss on π's mean regions, whose location and scale get gradients through
+    the resampling crop.  A fraction ``end2end_random`` of each batch reads uniformly random
+    regions (their diversity augmentation).  π reads detached feature maps, as in the paper
+    (their stop-gradient).
+
+    It starts from Stage I, not from the glance fine-tune as AdaFocusV2's one stage does: from
+    the glance, π ran into a corner (or zoomed out to the whole image) on Imagenette and on the
+    built-in data, and fL and fC learned to do without its regions; after Stage I on random
+    regions it did not (RESULTS.md, "Views that zoom")."""
     if s.model.config.crop != "resample":
         raise ValueError("differentiable policy training needs the differentiable crop: build the model with "
                          "crop='resample' (--crop resample) or a learned patch scale")
@@ -226,8 +231,8 @@ STAGES: dict[str, Stage] = {
     "stage1": Stage("stage1", "glance", stage1),
     "stage2": Stage("stage2", "stage1", stage2),
     "stage3": Stage("stage3", "stage2", stage3),
-    "end2end": Stage("end2end", "glance", end2end),
+    "end2end": Stage("end2end", "stage1", end2end),
 }
 
 #: The whole pipeline of each way of training π (``TrainConfig.policy_training``).
-PIPELINES: dict[str, list[str]] = {"ppo": ["glance", "stage1", "stage2", "stage3"], "differentiable": ["glance", "end2end"]}
+PIPELINES: dict[str, list[str]] = {"ppo": ["glance", "stage1", "stage2", "stage3"], "differentiable": ["glance", "stage1", "end2end"]}
