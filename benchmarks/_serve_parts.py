@@ -126,7 +126,7 @@ def direct_app(export: Path, threads: int):
     """Today's path: each request runs OnnxGFNet.predict alone, one request at a time."""
     from glancefocus.runtime.deploy import OnnxGFNet
     from glancefocus.runtime.predictions import prediction_rows
-    from glancefocus.runtime.preprocess import decode_rgb
+    from glancefocus.runtime.images import decode_rgb
 
     model = OnnxGFNet(export, threads=threads)
     thresholds, point = model.thresholds()

@@ -33,7 +33,8 @@ from _serve_parts import (ROOT, export_imagenette, export_static, free_port, met
                           rss_mb, start)
 
 from glancefocus.runtime.deploy import OnnxGFNet  # noqa: E402
-from glancefocus.runtime.preprocess import decode_rgb, image_files  # noqa: E402
+from glancefocus.runtime.images import decode_rgb  # noqa: E402
+from glancefocus.runtime.preprocess import image_files  # noqa: E402
 
 RESULTS = ROOT / "results" / "imagenette"
 LOADS = (0.25, 0.5, 0.75, 0.9)

@@ -21,7 +21,9 @@ _EXPORTS = {
     "ServeConfig": "config",
     "Steps": "engine",
     "create_app": "server",
+    "decode_rgb": "images",
     "image_files": "preprocess",
+    "load_rgb": "images",
     "prediction_rows": "predictions",
     "read_manifest": "deploy",
 }
