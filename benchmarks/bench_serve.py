@@ -117,12 +117,13 @@ async def measure_row(name: str, command: list[str], port: int, load_args: tuple
         await load.closed(args.concurrency, min(2.0, args.seconds))  # warm-up
         saturation = await load.closed(args.concurrency, args.seconds)
         rates = []
-        for k, fraction in enumerate(LOADS):
+        offered = args.rates or [fraction * saturation for fraction in LOADS]  # equal rates for every row, or shares of its own
+        for k, rate in enumerate(offered):
             metrics = lambda: metric_sums(httpx.get(f"{load.url}/metrics").text) if "serve" in command else {}  # noqa: E731
             before, rss0 = metrics(), rss_mb(server.pid)
-            result = await load.open(fraction * saturation, args.seconds, args.max_requests, seed=k)
+            result = await load.open(rate, args.seconds, args.max_requests, seed=k)
             sizes, exits = per_step(before, metrics(), T)
-            rates.append({**result, "load": fraction, "batch_per_step": sizes, "exits_per_step": exits,
+            rates.append({**result, "load": rate / saturation, "batch_per_step": sizes, "exits_per_step": exits,
                           "rss_mb": [rss0, rss_mb(server.pid)]})
             print(line(name, saturation, rates[-1]), flush=True)
         return {"row": name, "saturation": saturation, "rates": rates}
@@ -153,7 +154,7 @@ def rows(work: Path, args: argparse.Namespace) -> dict[str, tuple[list[str], Pat
     static = {s["size"]: s for s in results["static"]}
     serve = [sys.executable, "-m", "glancefocus.cli", "serve", "--threads", str(args.threads), "--log-level", "warning",
              "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queued", "4096"]
-    table = {f"gfnet-engine-{p}": (serve + ["--onnx", str(gfnet), "--policy", p], gfnet) for p in ("deepest", "oldest")}
+    table = {f"gfnet-engine-{p}": (serve + ["--onnx", str(gfnet), "--policy", p], gfnet) for p in ("deepest", "oldest", "fullest")}
     table["gfnet-one-at-a-time"] = ([sys.executable, str(ROOT / "benchmarks" / "_serve_parts.py"), "direct", str(gfnet),
                                      "--threads", str(args.threads)], gfnet)
     no_exit = no_exit_copy(gfnet, work / "gfnet-no-exit")
@@ -174,6 +175,8 @@ async def main() -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--only", nargs="*", help="rows to run (default all)")
+    p.add_argument("--rates", type=float, nargs="*", help="offer these arrival rates (img/s) to every row, for latency at equal "
+                                                          "throughput (default: 25/50/75/90 %% of each row's saturation)")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "imagenette" / "val")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_serve.json")
     args = p.parse_args()
