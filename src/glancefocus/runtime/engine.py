@@ -18,10 +18,11 @@ image has waited ``max_wait_ms``, or (for a focus step) when every earlier queue
 since only earlier steps can add to it.  Among ready queues the ``policy`` picks:
 ``"deepest"`` (default: the latest step first, which finishes images already mid-way and
 frees their slots), ``"oldest"`` (the queue holding the earliest-arrived request) or
-``"fullest"`` (the most images).  In ``benchmarks/bench_serve.py`` (one run on a loaded 2-core
-CPU, benchmarks/README.md) "deepest" saturated at 77.7 img/s against 53.6 for "oldest"; the
-runs did not reach equal throughput at any load, so the p99 comparison the default should rest
-on is still to be made on a quiet machine.
+``"fullest"`` (the most images).  "deepest" is the default for its p99 at equal throughput:
+with the same Poisson arrivals offered to each (``benchmarks/bench_serve.py --rates 80 120 145``,
+one run on a quiet 2-core CPU, benchmarks/README.md) its p99 was 23.5 / 32.2 / 47.7 ms at
+72 / 114 / 145 img/s, against 23.9 / 163.8 / 44.4 for "oldest" and 25.2 / 34.0 / 88.6 for
+"fullest": never far from the best and never the worst.
 
 Memory is bounded: at most ``max_queued`` images are admitted and unanswered at once; a
 request that does not fit is refused with :class:`QueueFull`, never buffered.
