@@ -53,7 +53,7 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     # a variant of its own under --out/variants/: regions that zoom, π trained end to end
     _run(*common, "--work", str(tmp_path / "work6"), "--out", str(out / "variants" / "zoom"), "--skip-static",
          "--policy-training", "differentiable", "--patch-scale", "learned", "--end2end-epochs", "1")
-    assert not (tmp_path / "work6" / "stage1.safetensors").exists() and (tmp_path / "work6" / "end2end.safetensors").exists()
+    assert all((tmp_path / "work6" / f"{s}.safetensors").exists() for s in ("stage1", "end2end"))  # Stage I, then end to end
     _run(*common, "--work", str(tmp_path / "work4"), "--from-weights", str(weights))  # trains nothing: reports
 
     results = json.loads((out / "results.json").read_text())
