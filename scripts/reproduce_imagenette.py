@@ -48,6 +48,7 @@ from glancefocus.recipes import IMAGENETTE_LITE0
 from glancefocus.runlog import RunLog
 from glancefocus.trainer import Run
 from glancefocus.pipeline import fit, new_model
+from glancefocus.stages import PIPELINES, STAGES
 from glancefocus.weights import imagenet_indices
 
 from imagenette_data import load_imagenette
@@ -56,7 +57,6 @@ from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, l
 from imagenette_policy_bound import policy_bound
 from imagenette_report import markdown_table
 
-STAGES = ("glance", "stage1", "stage2", "stage3", "end2end")
 
 
 def parse_args() -> argparse.Namespace:
@@ -197,10 +197,10 @@ def glance_epochs(run: Run) -> dict:
 def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Parts, teacher) -> str | None:
     """The stages not yet done, each followed by what is measured of it; returns the last
     stage trained or imported (None: stopped before any)."""
-    if args.policy_training == "differentiable":
-        order = ["glance", "stage1", "end2end"] if args.end2end_after == "stage1" else ["glance", "end2end"]
-    else:
-        order = [s for s in STAGES[:4] if s != "stage3" or args.stage3]
+    skipped = set() if args.stage3 else {"stage3"}
+    if args.policy_training == "differentiable" and args.end2end_after == "glance":
+        skipped.add("stage1")  # AdaFocusV2's one stage, from the glance fine-tune
+    order = [s for s in PIPELINES[args.policy_training] if s not in skipped]
     done = import_weights(args.from_weights, run)
     if done is not None and done not in order:
         raise SystemExit(f"{args.from_weights} holds {done} weights: pass --stage3 to continue from them")

@@ -22,7 +22,8 @@ frees their slots), ``"oldest"`` (the queue holding the earliest-arrived request
 with the same Poisson arrivals offered to each (``benchmarks/bench_serve.py --rates 80 120 145``,
 one run on a quiet 2-core CPU, benchmarks/README.md) its p99 was 23.5 / 32.2 / 47.7 ms at
 72 / 114 / 145 img/s, against 23.9 / 163.8 / 44.4 for "oldest" and 25.2 / 34.0 / 88.6 for
-"fullest": never far from the best and never the worst.
+"fullest": never far from the best and never the worst.  One run each, and noisy: in the
+full load test at each row's own shares of saturation "oldest" had the lower p99 at 75 %.
 
 Memory is bounded: at most ``max_queued`` images are admitted and unanswered at once; a
 request that does not fit is refused with :class:`QueueFull`, never buffered.

@@ -1,6 +1,7 @@
-"""Reading one image file: the function every reader uses (training's folder loader and its
-``--skip-bad-images`` scan, evaluation, ``predict``, ``visualize`` and the ONNX Runtime
-predictor), so they all see the same pixels.  PIL and numpy only (no torch).
+"""Reading one image: the functions every reader uses (training's folder loader and its
+``--skip-bad-images`` scan, evaluation, ``predict``, ``visualize``, the ONNX Runtime
+predictor and the server's uploads), so they all see the same pixels.  PIL and numpy only
+(no torch).
 
 Beyond PIL's ``Image.open(...).convert("RGB")``, :func:`load_rgb`:
 
