@@ -15,8 +15,8 @@ import torch
 from onnx import TensorProto, helper
 
 from glancefocus.config import GFNetConfig
-from glancefocus.export import OPSET
-from glancefocus.export_graphs import gather_patches
+from glancefocus.export.bundle import OPSET
+from glancefocus.export.graphs import gather_patches
 
 
 def export_static(model: torch.nn.Module, size: int, path: Path) -> Path:

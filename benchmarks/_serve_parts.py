@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def export_imagenette(checkpoint: Path, results: dict, out: Path) -> Path:
     """The committed Imagenette GFNet with the budget points of its results.json (thresholds
     chosen on held-out training images)."""
-    from glancefocus.checkpoint import read_meta
-    from glancefocus.export import export_gfnet
-    from glancefocus.model import GFNet
+    from glancefocus.models.checkpoint import read_meta
+    from glancefocus.export.bundle import export_gfnet
+    from glancefocus.models.gfnet import GFNet
 
     model, _ = GFNet.from_checkpoint(checkpoint, device="cpu", channels_last=False)
     points = [{**p, "thresholds": row} for p, row in zip(results["budgeted"], results["thresholds"])]
@@ -55,7 +55,7 @@ def export_static(size: int, accuracy: float, madds: float, like: Path, out: Pat
     import torch
 
     from glancefocus.runtime.deploy import sha256
-    from glancefocus.weights import Weights, create_backbone
+    from glancefocus.config.weights import Weights, create_backbone
 
     class Static(torch.nn.Module):  # the glance interface: probs and (dummy) state
         def __init__(self) -> None:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import compare, fmt_ms, parser, setup, write  # noqa: E402
 
-from glancefocus.patches import crop_patches  # noqa: E402
+from glancefocus.models.patches import crop_patches  # noqa: E402
 
 
 def main() -> None:

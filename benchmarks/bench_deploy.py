@@ -35,11 +35,11 @@ from bench_static import static_madds  # noqa: E402
 from _deploy_parts import crop_costs, export_static  # noqa: E402
 
 from glancefocus import GFNet, GFNetConfig  # noqa: E402
-from glancefocus.budget import exit_fractions, find_thresholds  # noqa: E402
-from glancefocus.deploy import OnnxGFNet  # noqa: E402
-from glancefocus.export import export_gfnet  # noqa: E402
-from glancefocus.preprocess import EvalTransform, image_files, read_images  # noqa: E402
-from glancefocus.weights import Weights, create_backbone  # noqa: E402
+from glancefocus.models.budget import exit_fractions, find_thresholds  # noqa: E402
+from glancefocus.runtime.deploy import OnnxGFNet  # noqa: E402
+from glancefocus.export.bundle import export_gfnet  # noqa: E402
+from glancefocus.runtime.preprocess import EvalTransform, image_files, read_images  # noqa: E402
+from glancefocus.config.weights import Weights, create_backbone  # noqa: E402
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette" / "val"
 REPRODUCTION = Path(__file__).resolve().parents[1] / "results" / "imagenette" / "results.json"

@@ -23,12 +23,12 @@ import torch  # noqa: E402
 from _common import compare, fmt_ms, parser, setup, write  # noqa: E402
 
 from glancefocus import GFNet  # noqa: E402
-from glancefocus.budget import exit_fractions, exit_steps, find_thresholds  # noqa: E402
+from glancefocus.models.budget import exit_fractions, exit_steps, find_thresholds  # noqa: E402
 from glancefocus.config import GFNetConfig  # noqa: E402
 
 
 def model_args(p) -> None:
-    p.add_argument("--backbone", default=None, help="timm backbone (default regnety_006, the regnety_006-96-t5 preset; test_resnet with --quick)")
+    p.add_argument("--backbone", default=None, help="timm backbone (default regnety_006, the regnety_006-96-t5 recipe; test_resnet with --quick)")
     p.add_argument("--patch-size", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--T", type=int, default=None)

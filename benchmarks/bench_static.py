@@ -21,7 +21,7 @@ from _common import compare, parser, setup, write  # noqa: E402
 from bench_early_exit import build, model_args  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from glancefocus.budget import exit_fractions, find_thresholds  # noqa: E402
+from glancefocus.models.budget import exit_fractions, find_thresholds  # noqa: E402
 
 
 def static_madds(model: torch.nn.Module, size: int, device: torch.device) -> float:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import compare, fmt_ms, parser, setup, write  # noqa: E402
 
-from glancefocus.budget import PAPER_QS, StepScores, budgeted_accuracy, budgeted_curve, exit_fractions, find_thresholds  # noqa: E402
+from glancefocus.models.budget import PAPER_QS, StepScores, budgeted_accuracy, budgeted_curve, exit_fractions, find_thresholds  # noqa: E402
 
 
 def make_probs(N: int, T: int, C: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,15 +32,16 @@ import torch  # noqa: E402
 from _common import compare, parser, setup, write  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
-from glancefocus import GFNet, model as model_module  # noqa: E402
+from glancefocus import GFNet  # noqa: E402
+from glancefocus.models import gfnet as model_module  # noqa: E402
 from glancefocus.config import GFNetConfig, TrainConfig  # noqa: E402
-from glancefocus.data import Splits  # noqa: E402
+from glancefocus.data.sources import Splits  # noqa: E402
 from glancefocus.distributed import World  # noqa: E402
-from glancefocus.patches import crop_patches  # noqa: E402
-from glancefocus.recipes import IMAGENETTE_LITE0  # noqa: E402
-from glancefocus.sampling import SeededAugmentation  # noqa: E402
-from glancefocus.trainer import Run, Trainer, autocast  # noqa: E402
-from glancefocus.stages import Setup, stage1  # noqa: E402
+from glancefocus.models.patches import crop_patches  # noqa: E402
+from glancefocus.config.recipes import resolve  # noqa: E402
+from glancefocus.data.sampling import SeededAugmentation  # noqa: E402
+from glancefocus.training.trainer import Run, Trainer, autocast  # noqa: E402
+from glancefocus.training.stages import Setup, stage1  # noqa: E402
 
 
 def build(args, device: torch.device) -> GFNet:
@@ -49,7 +50,8 @@ def build(args, device: torch.device) -> GFNet:
                           classifier="cascade", policy_trunk="conv", drop_rate=0.3, drop_path_rate=0.2)
         pretrained = False
     else:
-        cfg, pretrained = IMAGENETTE_LITE0.model_config(), IMAGENETTE_LITE0.pretrained
+        resolved = resolve("imagenette-lite0")
+        cfg, pretrained = resolved.model, resolved.pretrained
     torch.manual_seed(0)
     return GFNet(cfg, pretrained=pretrained).to(device, memory_format=torch.channels_last)
 

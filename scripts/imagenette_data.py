@@ -17,10 +17,10 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from glancefocus.checkpoint import atomic_write
+from glancefocus.models.checkpoint import atomic_write
 from glancefocus.config import GFNetConfig
-from glancefocus.data import Splits, Transform, load_rgb
-from glancefocus.sampling import SeededAugmentation, holdout_split
+from glancefocus.data.sources import Splits, Transform, load_rgb
+from glancefocus.data.sampling import SeededAugmentation, holdout_split
 
 CACHE_SIZE = 224
 

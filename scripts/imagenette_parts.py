@@ -14,17 +14,17 @@ from timm.data import ImageNetInfo
 from torch.utils.flop_counter import FlopCounterMode
 
 from glancefocus import GFNet
-from glancefocus.checkpoint import atomic_write_text, load_checkpoint, read_meta
-from glancefocus.data import Splits, make_loader
-from glancefocus.evaluate import (anytime_accuracy, collect_probs, evaluate_results, first_focus_grid, grid_bound, oracle_accuracy,
+from glancefocus.models.checkpoint import atomic_write_text, load_checkpoint, read_meta
+from glancefocus.data.sources import Splits, make_loader
+from glancefocus.evaluation.evaluate import (anytime_accuracy, collect_probs, evaluate_results, first_focus_grid, grid_bound, oracle_accuracy,
                                   thresholds_tensor)
-from glancefocus.patches import glance_resize
-from glancefocus.plots import plot_results
-from glancefocus.recipes import IMAGENETTE_LITE0
-from glancefocus.report import examples, policy_report, write_figures
-from glancefocus.trainer import Run, Trainer
-from glancefocus.stages import Setup, fine_tune
-from glancefocus.weights import create_backbone, restrict_head
+from glancefocus.models.patches import glance_resize
+from glancefocus.evaluation.plots import plot_results
+from glancefocus.config.recipes import resolve
+from glancefocus.evaluation.report import examples, policy_report, write_figures
+from glancefocus.training.trainer import Run, Trainer
+from glancefocus.training.stages import Setup, fine_tune
+from glancefocus.config.weights import create_backbone, restrict_head
 
 from imagenette_variants import mean_budgeted, with_variants
 
@@ -241,7 +241,7 @@ def levers_measured(folder: Path) -> dict[str, dict]:
         p = Parts(sub)
         if p.has("recipe") and p.has("learning_curve"):
             recipe = p.load("recipe")
-            madds = GFNet(IMAGENETTE_LITE0.model_config(patch_size=recipe["patch_size"], T=recipe["T"])).madds()
+            madds = GFNet(resolve("imagenette-lite0", model={"patch_size": recipe["patch_size"], "T": recipe["T"]}).model).madds()
             run = runs[sub.parent.name] = {"recipe": recipe, "madds": madds, "stage1": p.load("learning_curve")[-1],
                                            "seconds": p.load("seconds") if p.has("seconds") else {}}
             for stage in ("stage2", "stage3"):

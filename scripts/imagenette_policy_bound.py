@@ -24,11 +24,11 @@ import torch
 from torch.utils.data import Subset
 
 from glancefocus import GFNet
-from glancefocus.data import Splits, make_loader
+from glancefocus.data.sources import Splits, make_loader
 from glancefocus.distributed import World, all_gather_objects, gather_in_order
-from glancefocus.evaluate import anytime_accuracy, collect_probs, first_focus_grid, grid_locations
-from glancefocus.policy import PatchPolicy
-from glancefocus.trainer import Run
+from glancefocus.evaluation.evaluate import anytime_accuracy, collect_probs, first_focus_grid, grid_locations
+from glancefocus.models.policy import PatchPolicy
+from glancefocus.training.trainer import Run
 
 
 def expected_reward(mean: torch.Tensor, places: torch.Tensor, reward: torch.Tensor, std: float) -> torch.Tensor:

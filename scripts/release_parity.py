@@ -2,7 +2,7 @@
 
 For each configuration the release's own networks (imported from
 ``../shared/reference/gfnet-release``, random weights with randomised BatchNorm statistics)
-are saved as a published ``.pth.tar``, imported with ``glancefocus.release.import_release``,
+are saved as a published ``.pth.tar``, imported with ``glancefocus.models.release.import_release``,
 and both are run on the same random images in eval mode.  Prints two markdown tables:
 
 1. configuration × max relative logit difference (over steps) × max location difference ×
@@ -32,10 +32,10 @@ from release_reference import RELEASE_NAMES, build_gfnet, release, run_gfnet, sa
 from test_release import BATCH, randomize_norms
 
 from glancefocus import GFNet, budgeted_accuracy, exit_fractions, find_thresholds
-from glancefocus.recipes import PRESETS
-from glancefocus.release import import_release, load_release
+from glancefocus.config.recipes import TABLE2
+from glancefocus.models.release import import_release, load_release
 
-# MAdds that the paper / SPEC state: (what is counted, values); none for the other presets.
+# MAdds that the paper / SPEC state: (what is counted, values); none for the other recipes.
 PUBLISHED = {
     # SPEC "Evaluation": ResNet-50 at 96 px costs 0.753 G (4.09 G at 224).
     "resnet50-96-t5": ("encoder", [0.753e9]),
@@ -46,7 +46,7 @@ PUBLISHED = {
 
 def parity_row(name: str, workdir: Path) -> str:
     """One configuration: release vs imported model on the same images."""
-    cfg = PRESETS[name]
+    cfg = TABLE2[name].model
     model_name = RELEASE_NAMES[cfg.backbone]
     size = cfg.patch_size + 32
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def budgets_agree(ref_logits: torch.Tensor, logits: torch.Tensor) -> bool:
 
 
 def release_flops(paths: list[Path]) -> dict[str, list[float]]:
-    """{preset name: the release's flops list} from the authors' published files."""
+    """{recipe name: the release's flops list} from the authors' published files."""
     found = {}
     for path in paths:
         ckpt = load_release(path)
@@ -114,7 +114,8 @@ def _differences(ours: list[float], theirs: list[float]) -> str:
 
 def madds_rows(release: dict[str, list[float]]) -> list[str]:
     rows = []
-    for name, cfg in PRESETS.items():
+    for name, recipe in TABLE2.items():
+        cfg = recipe.model
         torch.manual_seed(0)
         model = GFNet(cfg)
         steps, encoder = model.madds(), encoder_madds(model)
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         print("| configuration | release model_name | max rel. logit diff | max location diff | thresholds & budgeted results equal |")
         print("|---|---|---|---|---|")
         with tempfile.TemporaryDirectory() as workdir:
-            for name in PRESETS:
+            for name in TABLE2:
                 print(parity_row(name, Path(workdir)), flush=True)
         print()
     print("| configuration | our backbone pass (G) | our MAdds per step (G, cumulative) | paper / release (G) | difference |")

@@ -41,15 +41,15 @@ from pathlib import Path
 from typing import get_args
 
 from glancefocus import GFNet
-from glancefocus.checkpoint import atomic_write, atomic_write_text, load_checkpoint, read_meta
+from glancefocus.models.checkpoint import atomic_write, atomic_write_text, load_checkpoint, read_meta
 from glancefocus.config import DataConfig, PatchScale, PolicyTraining, PPOBaseline, Stage2Images, TrainConfig
 from glancefocus.distributed import init_world
-from glancefocus.recipes import IMAGENETTE_LITE0
-from glancefocus.runlog import RunLog
-from glancefocus.trainer import Run
-from glancefocus.pipeline import fit, new_model
-from glancefocus.stages import PIPELINES, STAGES
-from glancefocus.weights import imagenet_indices
+from glancefocus.config.recipes import IMAGENETTE_LITE0, resolve
+from glancefocus.training.runlog import RunLog
+from glancefocus.training.trainer import Run
+from glancefocus.training.pipeline import fit, new_model
+from glancefocus.training.stages import PIPELINES, STAGES
+from glancefocus.config.weights import imagenet_indices
 
 from imagenette_data import load_imagenette
 from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, policy_curve, pretrained_head,
@@ -237,7 +237,7 @@ def main() -> None:
     run = Run(args.work, world, resume=True, log=RunLog(args.work, world))
     tc, parts = train_config(args), Parts(args.out / "parts")
     if args.gather:
-        model = GFNet(IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T))
+        model = GFNet(resolve("imagenette-lite0", model={"patch_size": args.patch_size, "T": args.T}).model)
         report = assemble(args, model, "stage3", run, parts, parts.load("recipe"))
         earlier = args.out / "results.json"
         if earlier.exists():  # --gather trains and draws nothing: the command and figures stay those of the run
@@ -246,8 +246,8 @@ def main() -> None:
         print(markdown_table(report))
         return
     crop = "resample" if args.policy_training == "differentiable" or args.patch_scale == "learned" else None
-    config = IMAGENETTE_LITE0.model_config(patch_size=args.patch_size, T=args.T, patch_scale=args.patch_scale,
-                                           scale_range=tuple(args.scale_range) if args.scale_range else None, crop=crop)
+    config = resolve("imagenette-lite0", model={"patch_size": args.patch_size, "T": args.T, "patch_scale": args.patch_scale,
+                                                "scale_range": tuple(args.scale_range) if args.scale_range else None, "crop": crop}).model
     model = new_model(config, pretrained=IMAGENETTE_LITE0.pretrained, seed=tc.seed)
     splits = load_imagenette(args.data, args.work / "cache", model.config, seed=tc.seed, holdout=DataConfig().holdout, limit=args.limit)
     recipe = levers(args, model, tc)

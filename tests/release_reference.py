@@ -21,7 +21,7 @@ from torch import nn
 
 RELEASE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gfnet-release"
 
-# Our preset name -> the release's model_name.
+# Our recipe name -> the release's model_name.
 RELEASE_NAMES = {
     "resnet50": "resnet50",
     "densenet121": "densenet121",

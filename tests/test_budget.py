@@ -200,7 +200,7 @@ def test_thresholds_compare_at_the_confidences_precision():
 
 
 def test_budgeted_accuracy_of_step_scores_equals_that_of_the_outputs():
-    from glancefocus.budget import StepScores
+    from glancefocus.models.budget import StepScores
 
     g = torch.Generator().manual_seed(11)
     probs = random_probs(3, 40, 5, g)
@@ -269,7 +269,7 @@ def test_budgeted_curve_equals_single_calls():
 
 def test_oracle_exit_by_hand() -> None:
     """Three images, T = 3: right at step 2 only, wrong throughout, right at steps 1 and 3."""
-    from glancefocus.evaluate import oracle_accuracy
+    from glancefocus.evaluation.evaluate import oracle_accuracy
 
     right, wrong = [0.9, 0.1], [0.1, 0.9]
     probs = torch.tensor([[wrong, wrong, right], [right, wrong, wrong], [wrong, wrong, right]])  # (T, N, C)

@@ -1,4 +1,4 @@
-"""Command-line paths no other test takes: ``presets``, ``evaluate --patches random --plot
+"""Command-line paths no other test takes: ``recipes``, ``evaluate --patches random --plot
 --no-channels-last`` and ``train --init``."""
 
 from __future__ import annotations
@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from glancefocus.checkpoint import read_meta
+from glancefocus.models.checkpoint import read_meta
 from glancefocus.cli import main
-from glancefocus.recipes import PRESETS
+from glancefocus.config.recipes import TABLE2
 
 from conftest import MODEL_ARGS, RUN_ARGS
 
 
-def test_presets_lists_every_table2_preset(capsys) -> None:
-    assert main(["presets"]) == 0
+def test_recipes_lists_every_table2_recipe(capsys) -> None:
+    assert main(["recipes"]) == 0
     printed = capsys.readouterr().out
-    assert len(PRESETS) == 14 and all(name in printed for name in PRESETS)
+    assert len(TABLE2) == 14 and all(name in printed for name in TABLE2)
     assert "resnet50-96-t5" in printed and "demo" in printed and "imagenette-lite0" in printed
 
 

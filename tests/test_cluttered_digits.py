@@ -1,4 +1,4 @@
-"""Tests of the built-in cluttered-digits data set (glancefocus.cluttered_digits)."""
+"""Tests of the built-in cluttered-digits data set (glancefocus.data.cluttered_digits)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glancefocus.cluttered_digits import (
+from glancefocus.data.cluttered_digits import (
     ClutteredDigits,
     ClutteredDigitsConfig,
     load_digit_images,
@@ -17,7 +17,7 @@ from glancefocus.cluttered_digits import (
     upscale_digits,
     write_image_folder,
 )
-from glancefocus.data import BUILTIN, Transform, data_source
+from glancefocus.data.sources import BUILTIN, Transform, data_source
 
 SMALL = ClutteredDigitsConfig(train_size=300, val_size=200)
 
@@ -52,7 +52,7 @@ def test_load_digit_images_matches_sklearn() -> None:
 def test_source_digits_are_scikit_learns_read_without_importing_it() -> None:
     """Our reader of the wheel's file gives scikit-learn's own digits: 1,797 images of 17 grey
     levels (0..16, scaled to 0..1) with labels 0..9, pixel for pixel as ``load_digits``."""
-    from glancefocus.cluttered_digits import load_digit_images
+    from glancefocus.data.cluttered_digits import load_digit_images
 
     images, labels = load_digit_images()
     reference = pytest.importorskip("sklearn.datasets").load_digits()
@@ -181,7 +181,7 @@ def test_write_image_folder_round_trips(tmp_path) -> None:
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch) -> None:
-    import glancefocus.cluttered_digits as module
+    import glancefocus.data.cluttered_digits as module
 
     calls = []
 
@@ -222,8 +222,8 @@ def test_bad_split_raises() -> None:
 def test_fresh_canvases_each_epoch_while_heldout_views_stay() -> None:
     from torch.utils.data import Subset
 
-    from glancefocus.data import evaluation_view
-    from glancefocus.sampling import SeededAugmentation
+    from glancefocus.data.sources import evaluation_view
+    from glancefocus.data.sampling import SeededAugmentation
 
     train = ClutteredDigits("train", SMALL, fresh_each_epoch=True)
     first, first_labels = train.images, train.labels
@@ -249,7 +249,7 @@ def test_fresh_canvases_each_epoch_while_heldout_views_stay() -> None:
 
 
 def test_builtin_split_is_served_at_the_model_image_size() -> None:
-    # a preset's 224 px config gets 224 px canvases, so the checkpoint describes what it saw
+    # a recipe's 224 px config gets 224 px canvases, so the checkpoint describes what it saw
     source = data_source(BUILTIN)
     assert source.split("val", Transform(source.native_size, 1.0), train=False)[0][0].shape == (3, 112, 112)
     assert source.split("val", Transform(224, 1.0), train=False)[0][0].shape == (3, 224, 224)

@@ -7,22 +7,22 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from glancefocus.data import data_source
+from glancefocus.data.sources import data_source
 from glancefocus.demo import run_demo
 from glancefocus.distributed import init_world
-from glancefocus.recipes import DEMO, RECIPES
+from glancefocus.config.recipes import DEMO, resolve
 
 
 def test_builtin_config_keeps_the_canvas_size_when_none_is_given() -> None:
     # None means "the data's default": for the built-in set that is the canvas, uncropped,
     # not GFNetConfig's 224 px (which would upscale every canvas twofold).
     builtin = data_source("builtin")
-    config = RECIPES["default"].model_config(builtin, patch_size=48, image_size=None, T=None)
+    config = resolve(source=builtin, model={"patch_size": 48, "image_size": None, "T": None}).model
     assert (config.image_size, config.crop_pct, config.patch_size, config.T) == (builtin.native_size, 1.0, 48, 5)
-    assert RECIPES["default"].model_config(builtin, patch_size=48, image_size=96).image_size == 96
-    assert RECIPES["default"].model_config(data_source("some/folder"), image_size=None).image_size == 224
+    assert resolve(source=builtin, model={"patch_size": 48, "image_size": 96}).model.image_size == 96
+    assert resolve(source=data_source("some/folder"), model={"image_size": None}).model.image_size == 224
     # the demo's package weights fix its architecture and input scaling
-    demo = DEMO.model_config(builtin, num_classes=10)
+    demo = resolve("demo", source=builtin, model={"num_classes": 10}).model
     assert (demo.backbone, demo.image_size, demo.mean) == ("tf_efficientnet_lite0", 112, (127 / 255,) * 3)
 
 
@@ -31,7 +31,9 @@ def test_demo_on_a_folder_writes_its_report(tiny_data: Path, tmp_path: Path, cap
         DEMO, pretrained=False, model=replace(DEMO.model, patch_size=32, T=2, image_size=64),
         train=replace(DEMO.train, batch_size=8, glance_epochs=1, stage1_epochs=1, stage2_epochs=1, stage3_epochs=1),
     )
-    report = run_demo(demo, str(tiny_data), tmp_path / "demo", world=init_world("cpu"), backbone="resnet18", quiet=True)
+    source = data_source(str(tiny_data))
+    run_config = resolve(demo, source=source, model={"backbone": "resnet18", "num_classes": len(source.classes())})
+    report = run_demo(run_config, str(tiny_data), tmp_path / "demo", world=init_world("cpu"), quiet=True)
 
     printed = capsys.readouterr().out
     assert "demo done" in printed

@@ -17,9 +17,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from glancefocus import GFNet, GFNetConfig  # noqa: E402
-from glancefocus.deploy import MANIFEST, OnnxGFNet  # noqa: E402
-from glancefocus.export import export_gfnet  # noqa: E402
-from glancefocus.patches import patch_corners  # noqa: E402
+from glancefocus.runtime.deploy import MANIFEST, OnnxGFNet  # noqa: E402
+from glancefocus.export.bundle import export_gfnet  # noqa: E402
+from glancefocus.models.patches import patch_corners  # noqa: E402
 
 from conftest import make_image_folder  # noqa: E402
 
@@ -110,7 +110,7 @@ def test_deploy_runs_without_torch(small_export: Path, tmp_path: Path) -> None:
     make_image_folder(tmp_path / "images", classes=2, per_class=2, size=80, splits=("val",))
     script = (
         "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\n"  # any import of them fails
-        "from glancefocus.deploy import OnnxGFNet\nfrom glancefocus.preprocess import image_files\n"
+        "from glancefocus.runtime.deploy import OnnxGFNet\nfrom glancefocus.runtime.preprocess import image_files\n"
         f"m = OnnxGFNet({str(small_export)!r}, threads=1)\n"
         f"rows, skipped = m.predict_files(image_files([{str(tmp_path / 'images')!r}]), m.thresholds()[0])\n"
         "assert len(rows) == 4 and not skipped, rows\nassert 'torch' not in [k for k, v in sys.modules.items() if v]\n"
@@ -152,7 +152,7 @@ def test_export_refuses_a_non_empty_directory_and_leaves_nothing_when_it_fails(t
         export_gfnet(model, out, classes=list("abcde"), budget_points=POINTS)
     assert (out / "notes.txt").read_text() == "mine"
 
-    import glancefocus.export as export
+    import glancefocus.export.bundle as export
 
     def broken(*args, **kwargs):
         raise RuntimeError("the exported graphs disagree with PyTorch")
@@ -188,7 +188,7 @@ def test_a_model_configured_as_the_release_exports_faithfully(tmp_path: Path) ->
 def test_verification_refuses_graphs_that_disagree_with_pytorch(tmp_path: Path) -> None:
     """``_verify`` compares the written graphs with ``GFNet.predict``: a model changed after the
     graphs were written (as if the export had dropped a weight) is refused, naming what differs."""
-    from glancefocus.export import TOLERANCE, _verify
+    from glancefocus.export.bundle import TOLERANCE, _verify
 
     model = _model("mobilenetv3_small_050")
     out = export_gfnet(model, tmp_path / "onnx", classes=list("abcde"), budget_points=POINTS)

@@ -18,11 +18,11 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from glancefocus import GFNet, GFNetConfig  # noqa: E402
-from glancefocus.checkpoint import save_checkpoint  # noqa: E402
+from glancefocus.models.checkpoint import save_checkpoint  # noqa: E402
 from glancefocus.cli import main  # noqa: E402
-from glancefocus.data import Transform, image_transform  # noqa: E402
-from glancefocus.evaluate import evaluate_results  # noqa: E402
-from glancefocus.preprocess import EvalTransform  # noqa: E402
+from glancefocus.data.sources import Transform, image_transform  # noqa: E402
+from glancefocus.evaluation.evaluate import evaluate_results  # noqa: E402
+from glancefocus.runtime.preprocess import EvalTransform  # noqa: E402
 
 from conftest import make_image_folder  # noqa: E402
 
@@ -110,7 +110,7 @@ def test_export_refuses_what_is_not_an_evaluated_gfnet(setup, tmp_path: Path, ca
     checkpoint, onnx_dir, _, _ = setup
     from safetensors.torch import load_file, save_file
 
-    from glancefocus.checkpoint import read_meta
+    from glancefocus.models.checkpoint import read_meta
 
     weights, meta = load_file(str(checkpoint)), read_meta(checkpoint)
     cases = {

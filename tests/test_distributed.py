@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from glancefocus import DataConfig, GFNet, GFNetConfig, TrainConfig
 from glancefocus.distributed import World
-from glancefocus.evaluate import evaluate_checkpoint
-from glancefocus.trainer import Run
-from glancefocus.pipeline import train
+from glancefocus.evaluation.evaluate import evaluate_checkpoint
+from glancefocus.training.trainer import Run
+from glancefocus.training.pipeline import train
 
 from conftest import make_image_folder
 

@@ -14,11 +14,11 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from glancefocus import DataConfig, GFNet, GFNetConfig, TrainConfig
-from glancefocus.checkpoint import read_meta
+from glancefocus.models.checkpoint import read_meta
 from glancefocus.cli import main
 from glancefocus.distributed import World
-from glancefocus.trainer import Run
-from glancefocus.pipeline import new_model, train
+from glancefocus.training.trainer import Run
+from glancefocus.training.pipeline import new_model, train
 
 from conftest import MODEL_ARGS, RUN_ARGS, make_image_folder, write_folder
 
@@ -107,7 +107,7 @@ def test_two_processes_train_end_to_end_as_one(tmp_path: Path) -> None:
 def learned_export(tmp_path_factory) -> tuple[GFNet, Path]:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from glancefocus.export import export_gfnet
+    from glancefocus.export.bundle import export_gfnet
 
     torch.manual_seed(0)
     model = GFNet(GFNetConfig(backbone="tf_efficientnet_lite0", num_classes=5, patch_size=32, T=3, image_size=64,
@@ -122,7 +122,7 @@ def learned_export(tmp_path_factory) -> tuple[GFNet, Path]:
 
 
 def test_a_learned_scale_model_exports_with_the_same_regions_and_exits(learned_export) -> None:
-    from glancefocus.deploy import OnnxGFNet
+    from glancefocus.runtime.deploy import OnnxGFNet
 
     model, out = learned_export
     onnx_model = OnnxGFNet(out, threads=1)

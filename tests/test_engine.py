@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from glancefocus.export import export_gfnet  # noqa: E402
+from glancefocus.export.bundle import export_gfnet  # noqa: E402
 from glancefocus.inference import TorchSteps  # noqa: E402
 from glancefocus.runtime import Engine, EngineConfig, OnnxGFNet, OnnxSteps, QueueFull  # noqa: E402
 from glancefocus.runtime.engine import POLICIES  # noqa: E402

@@ -10,8 +10,8 @@ from PIL import Image
 
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.cli import main
-from glancefocus.data import ImageFolderSource, Transform
-from glancefocus.recipes import recipe
+from glancefocus.data.sources import ImageFolderSource, Transform
+from glancefocus.config.recipes import resolve
 
 from conftest import make_image_folder, tiny_model
 
@@ -95,7 +95,7 @@ def test_bad_configurations() -> None:
     with pytest.raises(ValueError, match="T must be >= 1"):
         GFNetConfig(backbone="resnet18", T=0)
     with pytest.raises(ValueError, match="Did you mean resnet50-96-t5"):
-        recipe("resnet50-96-t6")
+        resolve("resnet50-96-t6")
     with pytest.raises(ValueError, match="Unknown backbone 'resnet5O'.*Did you mean.*resnet50"):
         GFNet(GFNetConfig(backbone="resnet5O"))
 
@@ -117,7 +117,7 @@ def test_data_set_problems(tmp_path: Path, capsys) -> None:
 def test_one_glance_fine_tune_serves_any_T(tmp_path: Path, capsys) -> None:
     """A glance checkpoint is checked only on what fG depends on: a rerun with another T finds
     the finished glance and goes on from it (a Stage I checkpoint would be refused, below)."""
-    from glancefocus.checkpoint import read_meta
+    from glancefocus.models.checkpoint import read_meta
 
     data, out = make_image_folder(tmp_path / "data", per_class=4), tmp_path / "run"
     assert _run(capsys, "train", "--stage", "glance", "--data", data, "--out", out, *TINY)[0] == 0

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import glancefocus.pipeline as pipeline
+import glancefocus.training.pipeline as pipeline
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.config import DataConfig, PPOConfig, TrainConfig
 from glancefocus.distributed import World
-from glancefocus.trainer import Run
-from glancefocus.data import load_data
-from glancefocus.pipeline import fit
+from glancefocus.training.trainer import Run
+from glancefocus.data.sources import load_data
+from glancefocus.training.pipeline import fit
 
 from conftest import make_image_folder
 

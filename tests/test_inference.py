@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from glancefocus import exit_steps
-from glancefocus.checkpoint import read_meta
+from glancefocus.models.checkpoint import read_meta
 from glancefocus.cli import main
 from glancefocus.inference import select_thresholds
-from glancefocus.predictions import choose_budget_point
+from glancefocus.runtime.predictions import choose_budget_point
 
 from conftest import tiny_model
 
@@ -117,7 +117,7 @@ def test_policy_locations_match_one_batch_and_spread_is_per_step() -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from glancefocus.distributed import World
-    from glancefocus.evaluate import location_spread, policy_locations
+    from glancefocus.evaluation.evaluate import location_spread, policy_locations
 
     torch.manual_seed(0)
     model = tiny_model(T=3, num_classes=3).eval()
@@ -140,7 +140,7 @@ def test_encoder_head_reads_each_input_alone() -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from glancefocus.distributed import World
-    from glancefocus.evaluate import collect_probs
+    from glancefocus.evaluation.evaluate import collect_probs
 
     torch.manual_seed(0)
     model = tiny_model(T=3, num_classes=3).eval()
@@ -164,7 +164,7 @@ def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from glancefocus.distributed import World
-    from glancefocus.evaluate import first_focus_grid, grid_locations
+    from glancefocus.evaluation.evaluate import first_focus_grid, grid_locations
 
     torch.manual_seed(0)
     model = tiny_model(T=3, num_classes=3).eval()
@@ -183,7 +183,7 @@ def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
 
 
 def test_grid_bound_picks_its_place_on_the_heldout_images() -> None:
-    from glancefocus.evaluate import grid_bound
+    from glancefocus.evaluation.evaluate import grid_bound
 
     heldout = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=torch.bool)  # place 2 is best there
     focus = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)

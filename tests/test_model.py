@@ -1,4 +1,4 @@
-"""GFNet itself (SPEC "The model", "Evaluation"): presets, components per family, MAdds,
+"""GFNet itself (SPEC "The model", "Evaluation"): recipes, components per family, MAdds,
 which parameters each training stage reaches, and early-exit inference."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import glancefocus
-from glancefocus import PRESETS, GFNet, GFNetConfig, exit_steps
-from glancefocus.classifier import CascadeClassifier, GRUClassifier
-from glancefocus.ppo import PolicyReplay, discounted_returns, ppo_loss, step_rewards
+from glancefocus import GFNet, GFNetConfig, exit_steps
+from glancefocus import TABLE2 as TABLE2_RECIPES
+from glancefocus.models.classifier import CascadeClassifier, GRUClassifier
+from glancefocus.training.ppo import PolicyReplay, discounted_returns, ppo_loss, step_rewards
 
 from conftest import tiny_model as tiny
 
@@ -104,11 +105,11 @@ def check_output(model: GFNet, images: torch.Tensor) -> None:
     assert all(b > a for a, b in zip(madds, madds[1:]))
 
 
-# ----------------------------------------------------------------------------- presets
-def test_preset_names_and_sizes():
-    assert set(PRESETS) == set(TABLE2)
+# ----------------------------------------------------------------------------- recipes
+def test_recipe_names_and_sizes():
+    assert set(TABLE2_RECIPES) == set(TABLE2)
     for name, (patch, T, size) in TABLE2.items():
-        cfg = PRESETS[name]
+        cfg = TABLE2_RECIPES[name].model
         assert (cfg.patch_size, cfg.T, cfg.image_size) == (patch, T, size), name
         fc_kind, pi_kind, interp = FAMILY[family(cfg.backbone)]
         r = cfg.resolved()
@@ -126,11 +127,11 @@ def test_widths_follow_the_kind_asked_for_not_the_family():
 
 
 @pytest.mark.parametrize("name", list(TABLE2))
-def test_every_preset_forward_real(name):
-    """Every Table 2 preset: SPEC components, output shapes for 2 random full-size images
+def test_every_recipe_forward_real(name):
+    """Every Table 2 recipe: SPEC components, output shapes for 2 random full-size images
     (eval, learned policy; and training, random patches with deep supervision), MAdds."""
     torch.manual_seed(0)
-    model = GFNet.from_preset(name, num_classes=10).eval()
+    model = GFNet.from_recipe(name, num_classes=10).eval()
     size = TABLE2[name][2]
     check_architecture(model, name)
     with torch.no_grad():
@@ -179,11 +180,11 @@ def test_config_rejects_bad_values():
     GFNetConfig(patch_size=223, image_size=224)  # just fits
 
 
-def test_unknown_preset_suggests_close_names():
+def test_unknown_recipe_suggests_close_names():
     with pytest.raises(ValueError, match="resnet50-96-t5"):
-        GFNet.from_preset("resnet50-96-t6", num_classes=10)
+        GFNet.from_recipe("resnet50-96-t6", num_classes=10)
     with pytest.raises(ValueError, match="(?i)did you mean"):
-        GFNet.from_preset("densenet121-96", num_classes=10)
+        GFNet.from_recipe("densenet121-96", num_classes=10)
 
 
 def test_unknown_backbone_suggests_close_names():
@@ -239,7 +240,7 @@ def policy_madds(model: GFNet) -> int:
 def test_madds_resnet50_96_against_paper():
     C = 1000
     with torch.device("meta"):
-        model = GFNet.from_preset("resnet50-96-t5", num_classes=C)
+        model = GFNet.from_recipe("resnet50-96-t5", num_classes=C)
     madds = model.madds()
     assert len(madds) == 5
     fc = _gru(2048, 1024) + 1024 * C  # fC: GRUCell(2048 -> 1024) + Linear(1024 -> C)
@@ -264,7 +265,7 @@ def test_madds_resnet50_96_against_paper():
 
 def test_madds_densenet121_96_against_paper():
     with torch.device("meta"):
-        model = GFNet.from_preset("densenet121-96-t5", num_classes=1000)
+        model = GFNet.from_recipe("densenet121-96-t5", num_classes=1000)
     madds = model.madds()
     paper = [0.53e9, 1.08e9, 1.64e9, 2.2e9, 2.75e9]
     for got, want in zip(madds, paper):

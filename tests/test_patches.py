@@ -135,7 +135,7 @@ def test_error_messages_name_the_problem():
 
 
 def test_locations_outside_the_unit_square_are_clamped_to_the_edges():
-    from glancefocus.patches import patch_corners
+    from glancefocus.models.patches import patch_corners
 
     # H = 10, W = 12, P = 4: corners floor(l * (6, 8)); -0.5 is the top/left edge, 1.5 the
     # bottom/right one (0 and 8, as for l = 0 and 1), never a window outside the image.

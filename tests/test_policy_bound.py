@@ -12,8 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from imagenette_policy_bound import expected_reward, fit_policy, paired_gain  # noqa: E402
 
-from glancefocus.evaluate import grid_locations  # noqa: E402
-from glancefocus.policy import PatchPolicy  # noqa: E402
+from glancefocus.evaluation.evaluate import grid_locations  # noqa: E402
+from glancefocus.models.policy import PatchPolicy  # noqa: E402
 
 
 def test_expected_reward_is_the_reward_averaged_under_the_gaussian_over_the_grid() -> None:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from glancefocus.policy import PatchPolicy
+from glancefocus.models.policy import PatchPolicy
 from glancefocus.config import PPOConfig
-from glancefocus.ppo import PolicyReplay, Rollout, discounted_returns, ppo_loss, step_rewards, update_loss
+from glancefocus.training.ppo import PolicyReplay, Rollout, discounted_returns, ppo_loss, step_rewards, update_loss
 
 
 def test_step_rewards_hand_example():
@@ -180,7 +180,7 @@ def test_greedy_baseline_removes_the_images_own_difficulty():
 
     from glancefocus import GFNet, GFNetConfig
     from glancefocus.config import PPOConfig
-    from glancefocus.ppo import rollout
+    from glancefocus.training.ppo import rollout
 
     torch.manual_seed(0)
     model = GFNet(GFNetConfig(backbone="resnet18", num_classes=3, patch_size=32, T=3, image_size=64)).eval()

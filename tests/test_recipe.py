@@ -14,13 +14,13 @@ from timm.layers import DropPath
 
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.config import DataConfig, TrainConfig
-from glancefocus.data import Transform, load_data
+from glancefocus.data.sources import Transform, load_data
 from glancefocus.distributed import World
-from glancefocus.recipes import DEMO, IMAGENETTE_LITE0
-from glancefocus.trainer import Run, Trainer
-from glancefocus.losses import deep_supervision_loss, distillation_loss
-from glancefocus.model import GFNetOutput
-from glancefocus.stages import Setup, stage1, stage3
+from glancefocus.config.recipes import DEMO, IMAGENETTE_LITE0
+from glancefocus.training.trainer import Run, Trainer
+from glancefocus.training.losses import deep_supervision_loss, distillation_loss
+from glancefocus.models.gfnet import GFNetOutput
+from glancefocus.training.stages import Setup, stage1, stage3
 
 TINY = {"backbone": "resnet18", "num_classes": 3, "patch_size": 32, "T": 3, "image_size": 64}
 
@@ -187,18 +187,17 @@ def test_stage1_adds_the_distillation_term(tiny_data: Path, tmp_path: Path) -> N
 
 
 def test_train_with_a_recipe_takes_its_batch_size_and_weights_unless_told_otherwise() -> None:
-    from glancefocus.cli import _model_config, _train_config, build_parser
-    from glancefocus.data import data_source
-    from glancefocus.recipes import RECIPES
-    from glancefocus.weights import Weights
+    from glancefocus.cli.commands import _resolve
+    from glancefocus.cli.parser import build_parser
+    from glancefocus.config.weights import Weights
+    from glancefocus.data.sources import data_source
 
     def resolved(*flags: str):
-        args = build_parser().parse_args(["train", "--stage", "1", *flags])
-        tc = _train_config(args, RECIPES[args.preset].train if args.preset else TrainConfig())
-        return tc.batch_size, _model_config(args, data_source("builtin"), 10, tc)[1]
+        run_config = _resolve(build_parser().parse_args(["train", "--stage", "1", *flags]), data_source("builtin"))
+        return run_config.train.batch_size, run_config.pretrained
 
-    assert resolved("--preset", "imagenette-lite0") == (64, Weights.LITE0)
-    assert resolved("--preset", "imagenette-lite0", "--batch-size", "32", "--pretrained", "false") == (32, False)
+    assert resolved("--recipe", "imagenette-lite0") == (64, Weights.LITE0)
+    assert resolved("--recipe", "imagenette-lite0", "--batch-size", "32", "--pretrained", "false") == (32, False)
     assert resolved() == (256, False)
     assert "distill_weight" not in vars(build_parser().parse_args(["train", "--stage", "1"]))  # no teacher on the CLI
 
@@ -211,7 +210,7 @@ def test_stage2_rolls_out_on_the_chosen_view_with_the_chosen_lr(images: str, tin
     from dataclasses import replace
 
     from glancefocus.config import PPOConfig
-    from glancefocus.stages import stage2
+    from glancefocus.training.stages import stage2
 
     model = GFNet(GFNetConfig(**{**TINY, "num_classes": 2}))
     config = TrainConfig(batch_size=8, stage2_images=images, ppo=replace(PPOConfig(), lr=1e-3))
@@ -228,11 +227,13 @@ def test_stage2_rolls_out_on_the_chosen_view_with_the_chosen_lr(images: str, tin
 
 
 def test_ppo_lr_and_stage2_images_are_flags() -> None:
-    from glancefocus.cli import _train_config, build_parser
+    from glancefocus.cli.commands import _resolve
+    from glancefocus.cli.parser import build_parser
+    from glancefocus.data.sources import data_source
 
     args = build_parser().parse_args(["train", "--stage", "2", "--ppo-lr", "0.002", "--stage2-images", "plain",
                                       "--ppo-baseline", "greedy"])
-    config = _train_config(args, TrainConfig())
+    config = _resolve(args, data_source("builtin")).train
     assert (config.ppo.lr, config.stage2_images, config.ppo.baseline, config.ppo.gamma) == (0.002, "plain", "greedy", 0.7)
 
 

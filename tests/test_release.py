@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from conftest import SHARED
 
 from glancefocus import GFNet, budgeted_accuracy, exit_fractions, find_thresholds
-from glancefocus.checkpoint import read_meta
+from glancefocus.models.checkpoint import read_meta
 from glancefocus.cli import main
-from glancefocus.release import import_release
+from glancefocus.models.release import import_release
 
 needs_release = pytest.mark.skipif(
     not (SHARED / "reference" / "gfnet-release").is_dir(), reason="needs ../shared/reference/gfnet-release"

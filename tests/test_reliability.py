@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
-from glancefocus.checkpoint import atomic_write, save_checkpoint, state_path
+from glancefocus.models.checkpoint import atomic_write, save_checkpoint, state_path
 from glancefocus.cli import main
-from glancefocus.sampling import SeededAugmentation
+from glancefocus.data.sampling import SeededAugmentation
 
 from conftest import make_image_folder
 

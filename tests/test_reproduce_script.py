@@ -14,7 +14,7 @@ import pytest
 
 from conftest import IMAGENETTE
 
-from glancefocus.checkpoint import read_meta
+from glancefocus.models.checkpoint import read_meta
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_imagenette.py"
 

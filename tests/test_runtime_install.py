@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 httpx = pytest.importorskip("httpx")
 
-from glancefocus.export import export_gfnet  # noqa: E402
+from glancefocus.export.bundle import export_gfnet  # noqa: E402
 
 from conftest import make_image_folder  # noqa: E402
 from serving import POINTS, tiny_gfnet  # noqa: E402

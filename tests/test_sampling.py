@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from glancefocus.sampling import ResumableSampler, SeededAugmentation
+from glancefocus.data.sampling import ResumableSampler, SeededAugmentation
 
 
 def test_ordered_sampler_pads_and_deals_round_robin() -> None:

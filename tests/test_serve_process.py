@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from glancefocus.export import export_gfnet  # noqa: E402
+from glancefocus.export.bundle import export_gfnet  # noqa: E402
 
 from serving import POINTS, tiny_gfnet  # noqa: E402
 from test_server import png  # noqa: E402

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from glancefocus.export import export_gfnet  # noqa: E402
+from glancefocus.export.bundle import export_gfnet  # noqa: E402
 from glancefocus.runtime import EngineConfig, OnnxGFNet, OnnxSteps, ServeConfig, create_app  # noqa: E402
 from glancefocus.runtime.uploads import UploadLimits  # noqa: E402
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import glancefocus.pipeline as pipeline
+import glancefocus.training.pipeline as pipeline
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.config import DataConfig, TrainConfig
-from glancefocus.data import load_data
+from glancefocus.data.sources import load_data
 from glancefocus.distributed import World
-from glancefocus.trainer import Run, autocast
-from glancefocus.pipeline import fit
+from glancefocus.training.trainer import Run, autocast
+from glancefocus.training.pipeline import fit
 
 from conftest import make_image_folder
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-import glancefocus.evaluate as evaluate_module
-import glancefocus.stages as stages
+import glancefocus.evaluation.evaluate as evaluate_module
+import glancefocus.training.stages as stages
 from glancefocus import DataConfig
 from glancefocus.cli import main
 from glancefocus.distributed import World
-from glancefocus.evaluate import evaluate_checkpoint
-from glancefocus.sampling import SeededAugmentation, holdout_split
+from glancefocus.evaluation.evaluate import evaluate_checkpoint
+from glancefocus.data.sampling import SeededAugmentation, holdout_split
 
 from conftest import MODEL_ARGS, RUN_ARGS
 

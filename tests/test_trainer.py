@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from glancefocus.checkpoint import read_meta, state_path
+from glancefocus.models.checkpoint import read_meta, state_path
 from glancefocus.config import TrainConfig
 from glancefocus.distributed import World
-from glancefocus.sampling import ResumableSampler, SeededAugmentation
-from glancefocus.trainer import NonFiniteLoss, Run, StagePlan, Trainer, cosine_schedule
+from glancefocus.data.sampling import ResumableSampler, SeededAugmentation
+from glancefocus.training.trainer import NonFiniteLoss, Run, StagePlan, Trainer, cosine_schedule
 
 
 def _plan(model: nn.Module, step, evaluate, *, name: str = "tiny", epochs: int = 1, select: str | None = None,
@@ -134,7 +134,7 @@ def test_keep_epochs_saves_the_weights_of_those_epochs(tmp_path: Path) -> None:
 def test_cosine_schedule_at_known_steps_with_the_batch_scaling() -> None:
     """Appendix A.3's rate 0.1 is for batch 256; at batch 64 it starts at 0.025 and decays
     to 0 over the stage's steps, with no warm-up: the scaling holds at every step."""
-    from glancefocus.stages import Setup
+    from glancefocus.training.stages import Setup
 
     setup = Setup(None, None, TrainConfig(batch_size=64, weight_decay=0.0), Trainer(Run(Path("unused"), World(), quiet=True),
                                                                                       TrainConfig()), {})

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from glancefocus.checkpoint import read_meta
+from glancefocus.models.checkpoint import read_meta
 from glancefocus.cli import main
 
 from conftest import MODEL_ARGS, RUN_ARGS, write_folder
@@ -191,9 +191,9 @@ def test_stage2_keeps_best_epoch_via_cli(colour_data, tmp_path):
 
     # the saved π is the kept epoch's: its held-out accuracy is the kept one
     from glancefocus import DataConfig, GFNet
-    from glancefocus.data import load_data
+    from glancefocus.data.sources import load_data
     from glancefocus.distributed import World
-    from glancefocus.evaluate import anytime_accuracy, collect_probs
+    from glancefocus.evaluation.evaluate import anytime_accuracy, collect_probs
 
     model, _ = GFNet.from_checkpoint(out / "stage2.safetensors")
     data = load_data(DataConfig(str(colour_data), holdout=0.25), model.config, seed=0)

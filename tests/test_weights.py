@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glancefocus.weights import Weights, create_backbone, imagenet_indices, package_state_dict
+from glancefocus.config.weights import Weights, create_backbone, imagenet_indices, package_state_dict
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 # Imagenette's folders are ImageNet wnids; the 1000 classes are indexed in sorted-wnid order.

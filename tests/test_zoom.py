@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from glancefocus import GFNet, GFNetConfig, TrainConfig, crop_patches
-from glancefocus.patches import region_boxes, resample_patches
-from glancefocus.plots import region_pixels
+from glancefocus.models.patches import region_boxes, resample_patches
+from glancefocus.evaluation.plots import region_pixels
 
 P, SIZE = 16, 64
 
@@ -111,7 +111,7 @@ def test_multiply_adds_do_not_depend_on_the_region_side() -> None:
 
 
 def test_the_loss_reaches_pi_through_the_resampling_crop_and_not_through_the_window() -> None:
-    from glancefocus.losses import deep_supervision_loss
+    from glancefocus.training.losses import deep_supervision_loss
 
     targets = torch.tensor([0, 1, 2, 3])
     for crop, reaches in (("resample", True), ("window", False)):
@@ -141,7 +141,7 @@ def test_explore_replaces_pi_by_random_regions_for_the_marked_images_only() -> N
 
 
 def test_region_pixels_are_what_each_crop_reads() -> None:
-    from glancefocus.patches import patch_corners
+    from glancefocus.models.patches import patch_corners
 
     locations = torch.tensor([[[0.3, 0.9]], [[1.0, 0.0]]])
     window = region_pixels(_model(), locations, SIZE, SIZE)
@@ -152,7 +152,7 @@ def test_region_pixels_are_what_each_crop_reads() -> None:
 
 
 def test_differentiable_training_needs_the_differentiable_crop() -> None:
-    from glancefocus.stages import STAGES
+    from glancefocus.training.stages import STAGES
 
     class Setup:  # the stage refuses before it reads anything else
         model = _model()

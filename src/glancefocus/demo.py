@@ -13,29 +13,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text, read_meta
+from .models.checkpoint import atomic_write_text, read_meta
 from .config import DataConfig
-from .data import data_source, load_data, make_loader
+from .data.sources import load_data, make_loader
 from .distributed import World
-from .evaluate import evaluate_checkpoint
+from .evaluation.evaluate import evaluate_checkpoint
 from .inference import select_thresholds
-from .recipes import Recipe
-from .report import examples, policy_report, write_figures
-from .runlog import RunLog
-from .trainer import Run
-from .pipeline import train
-from .stages import PIPELINES
+from .config.recipes import Resolved
+from .evaluation.report import examples, policy_report, write_figures
+from .training.runlog import RunLog
+from .training.trainer import Run
+from .training.pipeline import train
+from .training.stages import PIPELINES
 
 
-def run_demo(recipe: Recipe, root: str, out: Path, *, world: World, backbone: str | None = None, quiet: bool = False) -> dict[str, Any]:
+def run_demo(run_config: Resolved, root: str, out: Path, *, world: World, quiet: bool = False) -> dict[str, Any]:
+    """Train ``run_config`` (the ``demo`` recipe, :func:`~glancefocus.config.recipes.resolve`d
+    for ``root``) through its pipeline into ``out``, evaluate and report it."""
     started = time.time()
     data = DataConfig(root=root)
-    source = data_source(root)
-    config = recipe.model_config(source, backbone=backbone, num_classes=len(source.classes()))
-    tc = recipe.train
+    tc = run_config.train
     out.mkdir(parents=True, exist_ok=True)
     run = Run(out, world, log=RunLog(out, world), quiet=quiet)
-    final, model = train(config, PIPELINES[tc.policy_training], config=tc, data=data, run=run, pretrained=recipe.pretrained)
+    final, model = train(run_config, PIPELINES[tc.policy_training], data=data, run=run)
     run.log.close()
     splits = load_data(data, model.config, seed=tc.seed)
     print("evaluating ...", flush=True)

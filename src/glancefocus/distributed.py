@@ -1,4 +1,5 @@
-"""torch.distributed glue: one process per device, launched by ``torchrun``.
+"""Where a run executes: torch.distributed glue (one process per device, launched by
+``torchrun``), and the autocast of an ``--amp`` value on that device.
 
 NCCL on GPUs, gloo on CPUs.  Without torchrun's environment everything degrades to a
 single process and these helpers are no-ops.
@@ -6,6 +7,7 @@ single process and these helpers are no-ops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.nn.parallel import DistributedDataParallel
+
+
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for an ``--amp`` value ("none", "bf16", "fp16") on ``device``."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 @dataclass(frozen=True)

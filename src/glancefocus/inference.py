@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Transform, image_transform
-from .evaluate import thresholds_tensor
-from .model import GFNet, StepState
+from .data.sources import Transform, image_transform
+from .evaluation.evaluate import thresholds_tensor
+from .models.gfnet import GFNet, StepState
 from .runtime.images import load_rgb
 from .runtime.predictions import choose_budget_point, predict_in_batches
 from .runtime.preprocess import EvalTransform

@@ -41,7 +41,7 @@ CASCADE = "cascade.npz"
 
 @dataclass(frozen=True)
 class OnnxPrediction:
-    """Early-exit result for B images, as :class:`glancefocus.model.Prediction` in numpy."""
+    """Early-exit result for B images, as :class:`glancefocus.models.gfnet.Prediction` in numpy."""
 
     labels: np.ndarray  # (B,) predicted class at the exit step
     probs: np.ndarray  # (B, C) softmax at the exit step
@@ -89,7 +89,7 @@ class OnnxGFNet:
     """A GFNet export run by ONNX Runtime with early exit and batch compaction.
 
     Args:
-        directory: an export directory written by :func:`glancefocus.export.export_checkpoint`.
+        directory: an export directory written by :func:`glancefocus.export.bundle.export_checkpoint`.
         threads: ONNX Runtime intra-op threads (default: its own choice).
         providers: ONNX Runtime execution providers, in order of preference.
         options: an ``onnxruntime.SessionOptions`` to start from (e.g. with spinning off on a

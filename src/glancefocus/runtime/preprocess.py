@@ -1,7 +1,7 @@
 """Reading image files for prediction with PIL and numpy alone (no torch), so a deployed
 model needs only ``onnxruntime`` and ``numpy``.
 
-:class:`EvalTransform` is the evaluation transform of :func:`glancefocus.data.image_transform`
+:class:`EvalTransform` is the evaluation transform of :func:`glancefocus.data.sources.image_transform`
 (resize the shorter side to floor(size / crop_pct) with PIL's bicubic or bilinear, centre crop, scale to
 [0, 1], normalise) written in numpy; it gives the same array as torchvision's.  Files are
 read by :func:`glancefocus.runtime.images.load_rgb`, as by every other reader.

@@ -31,7 +31,7 @@ from pathlib import Path
 import timm
 import torch
 
-from .config import GFNetConfig
+from .model import GFNetConfig
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A data source is an object that knows its classes, the image size it serves natively and
 whether it lives in memory: :class:`BuiltinDigits` (the cluttered-digits set made from data
-inside scikit-learn, see :mod:`glancefocus.cluttered_digits`) or :class:`ImageFolderSource`
+inside scikit-learn, see :mod:`glancefocus.data.cluttered_digits`) or :class:`ImageFolderSource`
 (a folder with ``train/`` and ``val/`` in torchvision's ImageFolder layout).
 :func:`data_source` picks one from a ``--data`` value.
 """
@@ -23,9 +23,9 @@ from torchvision.transforms import InterpolationMode
 from tqdm.auto import tqdm
 
 from .cluttered_digits import ClutteredDigits, ClutteredDigitsConfig
-from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, GFNetConfig
-from .distributed import World
-from .runtime.images import load_rgb
+from ..config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, GFNetConfig
+from ..distributed import World
+from ..runtime.images import load_rgb
 from .sampling import ResumableSampler, SeededAugmentation, holdout_split
 
 BUILTIN = "builtin"

@@ -21,11 +21,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from .backbones import create_encoder, probe_encoder
 from .checkpoint import load_checkpoint
 from .classifier import CLASSIFIERS
-from .config import GFNetConfig
+from ..config import GFNetConfig
 from .patches import crop_patches, glance_resize, resample_patches
 from .policy import PatchPolicy
-from .recipes import recipe
-from .weights import Pretrained, Weights
+from ..config.recipes import resolve
+from ..config.weights import Pretrained, Weights
 
 
 @dataclass
@@ -117,9 +117,11 @@ class GFNet(nn.Module):
         )
 
     @classmethod
-    def from_preset(cls, name: str, *, num_classes: int = 1000, pretrained: Pretrained = False, **overrides) -> GFNet:
-        """A Table 2 configuration by name, e.g. ``GFNet.from_preset("resnet50-96-t5", num_classes=10)``."""
-        return cls(recipe(name).model_config(num_classes=num_classes, **overrides), pretrained=pretrained)
+    def from_recipe(cls, name: str, *, num_classes: int = 1000, pretrained: Pretrained | None = None, **overrides) -> GFNet:
+        """A named recipe's model (``glancefocus recipes``), e.g. ``GFNet.from_recipe("resnet50-96-t5",
+        num_classes=10)``; ``pretrained`` replaces the recipe's weights, ``overrides`` its model fields."""
+        run_config = resolve(name, pretrained=pretrained, model={"num_classes": num_classes, **overrides})
+        return cls(run_config.model, pretrained=run_config.pretrained)
 
     @classmethod
     def from_checkpoint(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import PPOConfig
+from ..config import PPOConfig
 
 
 def step_rewards(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

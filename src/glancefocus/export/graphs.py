@@ -1,6 +1,6 @@
 """The two ONNX-exportable steps of a GFNet: the glance and one focus step.
 
-Each wraps :class:`~glancefocus.model.GFNet` modules and computes what :meth:`GFNet.step`
+Each wraps :class:`~glancefocus.models.gfnet.GFNet` modules and computes what :meth:`GFNet.step`
 computes at test time (π's mean location), with the recurrent state as explicit tensors, so
 that a runtime can drop exited images from the batch between steps as :meth:`GFNet.predict`
 does.  Two things change form for the graph, not in value:
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import GFNet
-from .patches import glance_resize, patch_corners
+from ..models.gfnet import GFNet
+from ..models.patches import glance_resize, patch_corners
 
 
 class _AntialiasedResize(torch.autograd.Function):
@@ -49,7 +49,7 @@ class _AntialiasedResize(torch.autograd.Function):
 
 
 def gather_patches(images: torch.Tensor, locations: torch.Tensor, patch_size: int, image_size: int) -> torch.Tensor:
-    """:func:`~glancefocus.patches.crop_patches` as two ``GatherElements`` (rows, then
+    """:func:`~glancefocus.models.patches.crop_patches` as two ``GatherElements`` (rows, then
     columns): exportable with a dynamic batch, and the same pixels."""
     corners = patch_corners(locations, image_size, image_size, patch_size)  # (B, 2) int64
     offsets = torch.arange(patch_size, device=images.device)

@@ -8,8 +8,8 @@
 Beyond the paper, ``end2end`` trains π through the differentiable crop with fL and fC.
 Each stage is a row of :data:`STAGES` (its name, the stage it starts from, its builder);
 :data:`PIPELINES` lists the stages of each way of training π, and
-:func:`glancefocus.pipeline.fit` runs them in order.  The epoch loop, checkpoints and resume
-are the :class:`~glancefocus.trainer.Trainer`'s.
+:func:`glancefocus.training.pipeline.fit` runs them in order.  The epoch loop, checkpoints and resume
+are the :class:`~glancefocus.training.trainer.Trainer`'s.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
-from .data import Splits, make_loader
-from .distributed import gather_in_order, wrap
-from .evaluate import anytime_accuracy, collect_probs
+from ..config import TrainConfig
+from ..data.sources import Splits, make_loader
+from ..distributed import gather_in_order, wrap
+from ..evaluation.evaluate import anytime_accuracy, collect_probs
 from .losses import deep_supervision_loss, distillation_loss
-from .model import GFNet
+from ..models.gfnet import GFNet
 from .ppo import PolicyReplay, rollout, update_loss
 from .trainer import StagePlan, Trainer, autocast, cosine_schedule, steps_per_epoch
 

@@ -15,7 +15,7 @@ from timm.models import register_model
 from timm.models.mobilenetv3 import _gen_mobilenet_v3
 from torch import nn
 
-from .weights import Pretrained, create_backbone
+from ..config.weights import Pretrained, create_backbone
 
 
 if "mobilenetv3_large_125" not in timm.list_models("mobilenetv3_large_125"):

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .model import GFNet
-from .patches import patch_corners, region_boxes
+from ..models.gfnet import GFNet
+from ..models.patches import patch_corners, region_boxes
 
 
 def _pyplot():

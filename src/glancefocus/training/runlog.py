@@ -9,7 +9,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from .distributed import World
+from ..distributed import World
 
 
 class RunLog:

@@ -3,12 +3,11 @@ precision, a stop on a non-finite loss, and best-epoch selection.
 
 A stage is a :class:`StagePlan`: what to train, on what, its ``step(images, targets) ->
 (loss, metrics)`` and ``evaluate() -> metrics``.  :class:`Trainer` owns everything else, so
-the stages (:mod:`glancefocus.stages`) read as the algorithm of the paper.
+the stages (:mod:`glancefocus.training.stages`) read as the algorithm of the paper.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -24,24 +23,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_text, load_checkpoint, load_train_state, save_checkpoint, state_path
-from .config import TrainConfig
-from .distributed import World, all_gather_objects, all_mean, all_sum
+from ..models.checkpoint import atomic_write_text, load_checkpoint, load_train_state, save_checkpoint, state_path
+from ..config import TrainConfig
+from ..distributed import World, all_gather_objects, all_mean, all_sum, autocast
 from .runlog import RunLog
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is untouched."""
-
-
-def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for an ``--amp`` value ("none", "bf16", "fp16") on ``device``."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 @dataclass

@@ -7,17 +7,18 @@
 - ``demo``: the whole pipeline on the built-in data in minutes on a CPU;
 - ``imagenette-lite0``: the measured reproduction on Imagenette (``scripts/reproduce_imagenette.py``).
 
-A recipe whose model is *sized by the data* serves images at the data source's native size
-uncropped (the built-in canvases), unless an image size is given.
+:func:`resolve` is the one place that turns a recipe and its overrides into final configs.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, replace
+from collections.abc import Mapping
 from typing import Any, Protocol
 
-from .config import GFNetConfig, TrainConfig
+from .model import GFNetConfig
+from .training import TrainConfig
 from .weights import Pretrained, Weights
 
 
@@ -35,16 +36,6 @@ class Recipe:
     pretrained: Pretrained = False
     sized_by_data: bool = False
     description: str = ""
-
-    def model_config(self, source: SizedSource | None = None, **fields: Any) -> GFNetConfig:
-        """The recipe's model for ``source`` with ``fields`` (None: keep the recipe's) applied,
-        made for the recipe's package weights if it has them."""
-        given = {k: v for k, v in fields.items() if v is not None}
-        if self.sized_by_data and source is not None and source.native_size and "image_size" not in given:
-            given = {"image_size": source.native_size, "crop_pct": 1.0, **given}
-        config = replace(self.model, **given)
-        weights = Weights.parse(self.pretrained)
-        return weights.configure(config) if weights is not None else config
 
 
 _TABLE2: tuple[tuple[str, int, int], ...] = (
@@ -72,8 +63,8 @@ def _table2(backbone: str, patch: int, T: int) -> Recipe:
     return Recipe(f"{backbone}-{patch}-t{T}", model, description="paper, Table 2")
 
 
-#: The Table 2 configurations by name.
-PRESETS: dict[str, GFNetConfig] = {r.name: r.model for r in (_table2(*row) for row in _TABLE2)}
+#: The 14 recipes of Table 2 by name.
+TABLE2: dict[str, Recipe] = {r.name: r for r in (_table2(*row) for row in _TABLE2)}
 
 DEMO = Recipe(
     "demo",
@@ -103,18 +94,58 @@ IMAGENETTE_LITE0 = Recipe(
 )
 
 RECIPES: dict[str, Recipe] = {
-    **{name: _table2(*row) for name, row in zip(PRESETS, _TABLE2)},
+    **TABLE2,
     "default": Recipe("default", GFNetConfig(), sized_by_data=True, description="ResNet-50, 96 px, T = 5"),
     "demo": DEMO,
     "imagenette-lite0": IMAGENETTE_LITE0,
 }
 
 
-def recipe(name: str, **model_fields: Any) -> Recipe:
-    """The recipe ``name``, its model with ``model_fields`` (None: keep) applied."""
+@dataclass(frozen=True)
+class Resolved:
+    """One run's final configs, every default filled (the family's included): what training,
+    the demo, the reproduction and :meth:`GFNet.from_recipe` build from."""
+
+    recipe: Recipe
+    model: GFNetConfig
+    train: TrainConfig
+    pretrained: Pretrained
+
+
+def resolve(recipe: str | Recipe = "default", *, source: SizedSource | None = None, pretrained: Pretrained | None = None,
+            model: Mapping[str, Any] = {}, train: Mapping[str, Any] = {}, ppo: Mapping[str, Any] = {}) -> Resolved:
+    """A recipe (by name, or a :class:`Recipe` of your own) with overrides (a ``None`` value keeps
+    the recipe's), resolved once.
+
+    ``pretrained`` replaces the recipe's weights; package weights given to the ``default``
+    recipe pick their own network, and any package weights fix the architecture and input
+    normalisation they were trained with (:meth:`Weights.configure`).  A recipe sized by the
+    data serves ``source``'s native canvases uncropped unless an image size is given.
+    Differentiable policy training defaults to the differentiable crop.
+    """
+    found = recipe if isinstance(recipe, Recipe) else _lookup(recipe)
+    pretrained = found.pretrained if pretrained is None else pretrained
+    tc = replace(found.train, **_given(train), ppo=replace(found.train.ppo, **_given(ppo)))
+    fields = _given(model)
+    if tc.policy_training == "differentiable":
+        fields.setdefault("crop", "resample")
+    weights = Weights.parse(pretrained)
+    if weights is not None and found.name == "default":
+        fields.setdefault("backbone", weights.value.arch)
+    if found.sized_by_data and source is not None and source.native_size and "image_size" not in fields:
+        fields = {"image_size": source.native_size, "crop_pct": 1.0, **fields}
+    config = replace(found.model, **fields)
+    config = (weights.configure(config) if weights is not None else config).resolved()
+    return Resolved(found, config, tc.for_model(config), pretrained)
+
+
+def _given(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _lookup(name: str) -> Recipe:
     if name not in RECIPES:
         close = difflib.get_close_matches(name, RECIPES, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown preset {name!r}.{hint} Known presets: {', '.join(RECIPES)}.")
-    found = RECIPES[name]
-    return replace(found, model=replace(found.model, **{k: v for k, v in model_fields.items() if v is not None}))
+        raise ValueError(f"Unknown recipe {name!r}.{hint} Known recipes: {', '.join(RECIPES)} (glancefocus recipes).")
+    return RECIPES[name]

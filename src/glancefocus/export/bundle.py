@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .budget import threshold_json
-from .checkpoint import read_meta
-from .export_graphs import FocusStep, GlanceStep, cascade_layers
-from .inference import imagenet_descriptions
-from .model import GFNet
-from .runtime.deploy import CASCADE, FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, OnnxGFNet, sha256
+from .. import __version__
+from ..models.budget import threshold_json
+from ..models.checkpoint import read_meta
+from .graphs import FocusStep, GlanceStep, cascade_layers
+from ..inference import imagenet_descriptions
+from ..models.gfnet import GFNet
+from ..runtime.deploy import CASCADE, FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, OnnxGFNet, sha256
 
 OPSET = 18  # the first opset whose Resize can antialias (the glance)
 TOLERANCE = 1e-4  # largest difference of probabilities (and locations) allowed against PyTorch

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .budget import PAPER_QS, budgeted_curve, threshold_json
-from .checkpoint import atomic_write_text, update_meta
-from .config import DataConfig, Patches
-from .data import data_source, default_workers, load_data, make_loader
-from .distributed import World, gather_in_order
-from .model import GFNet
-from .trainer import autocast
+from ..models.budget import PAPER_QS, budgeted_curve, threshold_json
+from ..models.checkpoint import atomic_write_text, update_meta
+from ..config import DataConfig, Patches
+from ..data.sources import data_source, default_workers, load_data, make_loader
+from ..distributed import World, gather_in_order
+from ..models.gfnet import GFNet
+from ..training.trainer import autocast
 
 #: How the focus patches are chosen: π's mean (the model), or the paper's two ablations.
 PATCHES: tuple[str, ...] = get_args(Patches)

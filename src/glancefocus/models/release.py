@@ -6,7 +6,7 @@ state dicts ``model_prime_state_dict`` (fG), ``model_state_dict`` (fL), ``fc`` (
 ``policy`` (π), and its evaluation: ``flops`` (cumulative MAdds per step, so T = len(flops)),
 ``anytime_classification``, ``budgeted_batch_classification`` and ``dynamic_threshold``.
 
-:func:`import_release` maps their key names onto a :class:`~glancefocus.model.GFNet`, sets the
+:func:`import_release` maps their key names onto a :class:`~glancefocus.models.gfnet.GFNet`, sets the
 config fields where the release's network differs from our defaults (see :func:`release_config`),
 and writes a normal checkpoint whose metadata keeps the release's numbers under ``"release"``
 and, in our ``results`` format, under ``"results"`` (so ``predict --budget`` uses its thresholds).
@@ -30,8 +30,8 @@ from torch.serialization import safe_globals
 
 from .budget import PAPER_QS, threshold_json
 from .checkpoint import save_checkpoint
-from .config import GFNetConfig
-from .model import GFNet
+from ..config import GFNetConfig
+from .gfnet import GFNet
 
 REQUIRED = ("model_name", "patch_size", "model_prime_state_dict", "model_state_dict", "fc", "policy", "flops")
 

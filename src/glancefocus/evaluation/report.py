@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .distributed import World
+from ..distributed import World
 from .evaluate import anytime_accuracy, collect_probs, location_spread, policy_locations
-from .model import GFNet
+from ..models.gfnet import GFNet
 from .plots import plot_anytime, visualize
 
 

@@ -1,6 +1,6 @@
-"""Training a GFNet through a list of stages (:mod:`glancefocus.stages`): :func:`train` makes
+"""Training a GFNet through a list of stages (:mod:`glancefocus.training.stages`): :func:`train` makes
 the model and the splits, :func:`fit` initialises the model, runs each stage's plan with the
-:class:`~glancefocus.trainer.Trainer` and returns the last checkpoint."""
+:class:`~glancefocus.training.trainer.Trainer` and returns the last checkpoint."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import check_compatible, load_checkpoint
-from .config import DataConfig, GFNetConfig, TrainConfig
-from .data import Splits, data_source, default_workers, load_data
-from .distributed import barrier
-from .model import GFNet
+from ..models.checkpoint import check_compatible, load_checkpoint
+from ..config import DataConfig, TrainConfig
+from ..config.recipes import Resolved
+from ..data.sources import Splits, data_source, default_workers, load_data
+from ..distributed import barrier
+from ..models.gfnet import GFNet
 from .stages import STAGES, Setup
 from .trainer import Run, Trainer
-from .weights import Pretrained
 
 
 def new_model(config, *, pretrained=False, seed: int = 0) -> GFNet:
@@ -28,21 +28,13 @@ def new_model(config, *, pretrained=False, seed: int = 0) -> GFNet:
     return GFNet(config, pretrained=pretrained)
 
 
-def train(
-    model_config: GFNetConfig,
-    stages: list[str],
-    *,
-    config: TrainConfig,
-    data: DataConfig,
-    run: Run,
-    pretrained: Pretrained = False,
-    init: Path | None = None,
-) -> tuple[Path, GFNet]:
-    """A new model trained on ``data`` through ``stages`` (see :func:`fit`); returns the last
-    checkpoint and the model."""
-    model = new_model(model_config, pretrained=pretrained, seed=config.seed)
-    splits = load_data(data, model.config, seed=config.seed)
-    return fit(model, splits, stages, config=config, run=run, data=data, init=init), model
+def train(run_config: Resolved, stages: list[str], *, data: DataConfig, run: Run, init: Path | None = None) -> tuple[Path, GFNet]:
+    """A new model of ``run_config`` (:func:`~glancefocus.config.recipes.resolve`) trained on
+    ``data`` through ``stages`` (see :func:`fit`); returns the last checkpoint and the model."""
+    tc = run_config.train
+    model = new_model(run_config.model, pretrained=run_config.pretrained, seed=tc.seed)
+    splits = load_data(data, model.config, seed=tc.seed)
+    return fit(model, splits, stages, config=tc, run=run, data=data, init=init), model
 
 
 def fit(

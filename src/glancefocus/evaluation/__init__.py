@@ -1,0 +1,16 @@
+"""Evaluation: per-step probabilities, anytime, oracle and budgeted accuracy of a checkpoint
+(``evaluate``), the patch ablation and where π looks (``report``), and every figure
+(``plots``).  Names are imported on first use.
+"""
+
+from __future__ import annotations
+
+from ..runtime.lazy import lazy_exports
+
+_EXPORTS = {
+    "anytime_accuracy": "evaluate", "collect_probs": "evaluate", "evaluate_checkpoint": "evaluate",
+    "oracle_accuracy": "evaluate", "plot_results": "plots", "visualize": "plots",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, lambda: list(globals()))
