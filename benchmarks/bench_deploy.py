@@ -38,7 +38,7 @@ from glancefocus import GFNet, GFNetConfig  # noqa: E402
 from glancefocus.models.budget import exit_fractions, find_thresholds  # noqa: E402
 from glancefocus.runtime.deploy import OnnxGFNet  # noqa: E402
 from glancefocus.export.bundle import export_gfnet  # noqa: E402
-from glancefocus.runtime.preprocess import EvalTransform, image_files, read_images  # noqa: E402
+from glancefocus.runtime.preprocess import Transform, image_files, read_images  # noqa: E402
 from glancefocus.config.weights import Weights, create_backbone  # noqa: E402
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette" / "val"
@@ -55,7 +55,7 @@ def load_images(model: GFNet, n: int, *, size: int | None = None) -> tuple[np.nd
     if IMAGENETTE.is_dir():
         files = image_files([IMAGENETTE])
         files = files[:: max(1, len(files) // n)][:n]  # spread over the classes
-        images, _, _ = read_images(files, EvalTransform(size, cfg.crop_pct, tuple(cfg.mean), tuple(cfg.std)))
+        images, _, _ = read_images(files, Transform(size, cfg.crop_pct, tuple(cfg.mean), tuple(cfg.std)))
         return np.stack(images), f"{n} Imagenette val images"
     g = np.random.default_rng(0)
     return g.standard_normal((n, 3, size, size), dtype=np.float32), f"{n} noise images"

@@ -9,7 +9,6 @@ with the model's data interpolation (bicubic for EfficientNet, the release's).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -19,7 +18,8 @@ from tqdm.auto import tqdm
 
 from glancefocus.models.checkpoint import atomic_write
 from glancefocus.config import GFNetConfig
-from glancefocus.data.sources import Splits, Transform, load_rgb
+from glancefocus.runtime.preprocess import Transform
+from glancefocus.data.sources import Splits, image_transform, load_rgb
 from glancefocus.data.sampling import SeededAugmentation, holdout_split
 
 CACHE_SIZE = 224
@@ -52,16 +52,6 @@ def decode(root: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[st
     return result
 
 
-def transforms(transform: Transform, *, train: bool) -> v2.Compose:
-    """The release's training crop or evaluation resize + centre crop, then normalisation."""
-    mode, size = v2.InterpolationMode(transform.interpolation), transform.image_size
-    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(transform.mean, transform.std)]
-    if train:
-        return v2.Compose([v2.RandomResizedCrop(size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip(), *normalise])
-    resize = v2.Resize(math.floor(size / transform.crop_pct), interpolation=mode, antialias=True)
-    return v2.Compose([resize, v2.CenterCrop(size), *normalise])
-
-
 def load_imagenette(root: Path, cache_dir: Path, config: GFNetConfig, *, seed: int, holdout: float, limit: int) -> Splits:
     """Train (augmented) / held-out / val splits; ``limit`` keeps that many evenly spaced
     train and val images (smoke runs)."""
@@ -73,12 +63,12 @@ def load_imagenette(root: Path, cache_dir: Path, config: GFNetConfig, *, seed: i
         train_x, train_y, val_x, val_y = train_x[t], train_y[t], val_x[v], val_y[v]
     transform = Transform.of(config)
     train_idx, held_idx = holdout_split(len(train_y), holdout, seed)
-    augmented = CachedImages(train_x, train_y, classes, transforms(transform, train=True))
-    plain = CachedImages(train_x, train_y, classes, transforms(transform, train=False))
+    augmented = CachedImages(train_x, train_y, classes, image_transform(transform, train=True))
+    plain = CachedImages(train_x, train_y, classes, image_transform(transform, train=False))
     return Splits(
         train=SeededAugmentation(Subset(augmented, train_idx), seed),
         heldout=Subset(plain, held_idx),
-        val=CachedImages(val_x, val_y, classes, transforms(transform, train=False)),
+        val=CachedImages(val_x, val_y, classes, image_transform(transform, train=False)),
         classes=classes,
         train_plain=SeededAugmentation(Subset(plain, train_idx), seed),
     )

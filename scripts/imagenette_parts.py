@@ -21,7 +21,7 @@ from glancefocus.evaluation.evaluate import (anytime_accuracy, collect_probs, ev
 from glancefocus.models.patches import glance_resize
 from glancefocus.evaluation.plots import plot_results
 from glancefocus.config.recipes import resolve
-from glancefocus.evaluation.report import examples, policy_report, write_figures
+from glancefocus.evaluation.ablation import examples, policy_report, write_figures
 from glancefocus.training.trainer import Run, Trainer
 from glancefocus.training.stages import Setup, fine_tune
 from glancefocus.config.weights import create_backbone, restrict_head

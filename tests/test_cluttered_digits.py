@@ -17,7 +17,8 @@ from glancefocus.data.cluttered_digits import (
     upscale_digits,
     write_image_folder,
 )
-from glancefocus.data.sources import BUILTIN, Transform, data_source
+from glancefocus.runtime.preprocess import Transform
+from glancefocus.data.sources import BUILTIN, data_source
 
 SMALL = ClutteredDigitsConfig(train_size=300, val_size=200)
 

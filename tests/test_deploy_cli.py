@@ -20,9 +20,9 @@ pytest.importorskip("onnx")
 from glancefocus import GFNet, GFNetConfig  # noqa: E402
 from glancefocus.models.checkpoint import save_checkpoint  # noqa: E402
 from glancefocus.cli import main  # noqa: E402
-from glancefocus.data.sources import Transform, image_transform  # noqa: E402
+from glancefocus.data.sources import image_transform  # noqa: E402
 from glancefocus.evaluation.evaluate import evaluate_results  # noqa: E402
-from glancefocus.runtime.preprocess import EvalTransform  # noqa: E402
+from glancefocus.runtime.preprocess import Transform  # noqa: E402
 
 from conftest import make_image_folder  # noqa: E402
 
@@ -137,6 +137,6 @@ def test_eval_transform_without_torch_equals_torchvision() -> None:
     for (width, height), interpolation in product([(80, 64), (64, 101), (73, 73), (64, 64), (500, 333)], ["bicubic", "bilinear"]):
         image = Image.fromarray(g.integers(0, 256, (height, width, 3), dtype=np.uint8))
         expected = image_transform(Transform(64, 0.875, mean, std, interpolation), train=False)(image)
-        got = EvalTransform(64, 0.875, mean, std, interpolation)(image)
+        got = Transform(64, 0.875, mean, std, interpolation)(image)
         assert got.dtype == np.float32 and got.shape == (3, 64, 64)
         np.testing.assert_allclose(got, expected.numpy(), atol=1e-6, rtol=0)

@@ -16,6 +16,7 @@ from glancefocus import DataConfig, GFNet, GFNetConfig, TrainConfig
 from glancefocus.distributed import World
 from glancefocus.evaluation.evaluate import evaluate_checkpoint
 from glancefocus.training.trainer import Run
+from glancefocus.config.recipes import Recipe, resolve
 from glancefocus.training.pipeline import train
 
 from conftest import make_image_folder
@@ -38,7 +39,7 @@ def _worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> 
         world = World(rank, world_size, torch.device("cpu"))
         run = Run(Path(out), world, quiet=True)
         for stage in ("glance", "stage1", "stage2"):  # each stage starts from the checkpoint rank 0 wrote
-            _, model = train(GFNetConfig(**CONFIG), [stage], config=TRAIN, data=_data(data), run=run)
+            _, model = train(resolve(Recipe("tiny", GFNetConfig(**CONFIG), TRAIN)), [stage], data=_data(data), run=run)
             torch.save(model.state_dict(), Path(out) / f"{stage}.rank{rank}.pt")
         # Each process evaluates its shard of the held-out and val images; rank 0 writes.
         evaluate_checkpoint(Path(out) / "stage2.safetensors", world=world, root=data, json_out=Path(out) / "eval.json",
@@ -58,7 +59,7 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path: Path) -> N
             assert torch.equal(r0[k], r1[k]), f"stage {stage}: {k} differs between the two processes"
 
     single = tmp_path / "single"
-    train(GFNetConfig(**CONFIG), ["glance"], config=TRAIN, data=_data(str(data)), run=Run(single, World(), quiet=True))
+    train(resolve(Recipe("tiny", GFNetConfig(**CONFIG), TRAIN)), ["glance"], data=_data(str(data)), run=Run(single, World(), quiet=True))
     two, one = load_file(str(out / "glance.safetensors")), load_file(str(single / "glance.safetensors"))
     torch.manual_seed(0)
     initial = GFNet(GFNetConfig(**CONFIG)).state_dict()

@@ -18,6 +18,7 @@ from glancefocus.models.checkpoint import read_meta
 from glancefocus.cli import main
 from glancefocus.distributed import World
 from glancefocus.training.trainer import Run
+from glancefocus.config.recipes import Recipe, resolve
 from glancefocus.training.pipeline import new_model, train
 
 from conftest import MODEL_ARGS, RUN_ARGS, make_image_folder, write_folder
@@ -82,7 +83,7 @@ def _worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         run = Run(Path(out), World(rank, world_size, torch.device("cpu")), quiet=True)
-        _, model = train(GFNetConfig(**CONFIG), ["glance", "end2end"], config=TRAIN, data=DataConfig(data, holdout=0.25, workers=0),
+        _, model = train(resolve(Recipe("tiny", GFNetConfig(**CONFIG), TRAIN)), ["glance", "end2end"], data=DataConfig(data, holdout=0.25, workers=0),
                          run=run)
         torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
     finally:
@@ -96,7 +97,7 @@ def test_two_processes_train_end_to_end_as_one(tmp_path: Path) -> None:
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert all(torch.equal(r0[k], r1[k]) for k in r0), "the two processes drifted apart"
     single = tmp_path / "single"
-    _, one = train(GFNetConfig(**CONFIG), ["glance", "end2end"], config=TRAIN, data=DataConfig(str(data), holdout=0.25, workers=0),
+    _, one = train(resolve(Recipe("tiny", GFNetConfig(**CONFIG), TRAIN)), ["glance", "end2end"], data=DataConfig(str(data), holdout=0.25, workers=0),
                    run=Run(single, World(), quiet=True))
     for k, v in one.state_dict().items():  # two processes x 4 images per step == one process x 8 images
         torch.testing.assert_close(r0[k], v, rtol=1e-4, atol=1e-5, msg=k)

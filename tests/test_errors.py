@@ -10,7 +10,8 @@ from PIL import Image
 
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.cli import main
-from glancefocus.data.sources import ImageFolderSource, Transform
+from glancefocus.runtime.preprocess import Transform
+from glancefocus.data.sources import ImageFolderSource
 from glancefocus.config.recipes import resolve
 
 from conftest import make_image_folder, tiny_model

@@ -13,7 +13,8 @@ import torch
 from PIL import Image, ImageFile
 
 from glancefocus.cli import main
-from glancefocus.data.sources import ImageFolderSource, Transform
+from glancefocus.runtime.preprocess import Transform
+from glancefocus.data.sources import ImageFolderSource
 from glancefocus.runtime.images import DEFAULT_MAX_PIXELS, load_rgb
 from glancefocus.inference import predict_files
 

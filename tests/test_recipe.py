@@ -14,7 +14,8 @@ from timm.layers import DropPath
 
 from glancefocus import GFNet, GFNetConfig
 from glancefocus.config import DataConfig, TrainConfig
-from glancefocus.data.sources import Transform, load_data
+from glancefocus.runtime.preprocess import Transform
+from glancefocus.data.sources import load_data
 from glancefocus.distributed import World
 from glancefocus.config.recipes import DEMO, IMAGENETTE_LITE0
 from glancefocus.training.trainer import Run, Trainer

@@ -10,7 +10,8 @@ from torchvision.transforms import InterpolationMode
 
 from glancefocus import GFNet, GFNetConfig, glance_resize
 from glancefocus.models.checkpoint import save_checkpoint
-from glancefocus.data.sources import Transform, image_transform
+from glancefocus.runtime.preprocess import Transform
+from glancefocus.data.sources import image_transform
 
 SMALL = {"backbone": "resnet18", "num_classes": 3, "patch_size": 32, "T": 3, "image_size": 64}
 NEW_FIELDS = ("glance_resize", "glance_head", "policy_conv_bias", "resize_interpolation")

@@ -19,6 +19,7 @@ _EXPORTS = {
     "Prediction": "models.gfnet",
     "RECIPES": "config.recipes",
     "Recipe": "config.recipes",
+    "Resolved": "config.recipes",
     "StepScores": "models.budget",
     "TrainConfig": "config",
     "Weights": "config.weights",
@@ -29,6 +30,7 @@ _EXPORTS = {
     "exit_steps": "models.budget",
     "find_thresholds": "models.budget",
     "glance_resize": "models.patches",
+    "resolve": "config.recipes",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

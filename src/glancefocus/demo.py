@@ -20,7 +20,7 @@ from .distributed import World
 from .evaluation.evaluate import evaluate_checkpoint
 from .inference import select_thresholds
 from .config.recipes import Resolved
-from .evaluation.report import examples, policy_report, write_figures
+from .evaluation.ablation import examples, policy_report, write_figures
 from .training.runlog import RunLog
 from .training.trainer import Run
 from .training.pipeline import train

@@ -11,12 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.sources import Transform, image_transform
 from .evaluation.evaluate import thresholds_tensor
 from .models.gfnet import GFNet, StepState
 from .runtime.images import load_rgb
 from .runtime.predictions import choose_budget_point, predict_in_batches
-from .runtime.preprocess import EvalTransform
+from .runtime.preprocess import Transform
 
 
 def select_thresholds(meta: dict[str, Any], budget: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -44,8 +43,8 @@ def imagenet_descriptions(classes: Sequence[str]) -> list[str] | None:
 
 def load_images(files: list[Path], model: GFNet) -> torch.Tensor:
     """Files → a normalised batch at the model's evaluation size (as `evaluate` sees them)."""
-    transform = image_transform(Transform.of(model.config), train=False)
-    return torch.stack([transform(load_rgb(str(f))) for f in files])
+    transform = Transform.of(model.config)
+    return torch.stack([torch.from_numpy(transform(load_rgb(str(f)))) for f in files])
 
 
 def predict_files(
@@ -61,8 +60,7 @@ def predict_files(
     """One row per file (label, class, description, probability, exit step, MAdds spent,
     locations; the rows of the ONNX Runtime predictor too) and the files skipped as unreadable."""
     device = next(model.parameters()).device
-    t = Transform.of(model.config)
-    transform = EvalTransform(t.image_size, t.crop_pct, t.mean, t.std, t.interpolation)
+    transform = Transform.of(model.config)
 
     def run(images):
         out = model.predict(torch.from_numpy(images).to(device), thresholds, amp=amp)

@@ -88,12 +88,12 @@ def _load(checkpoint: Path, device: str | None, *, channels_last: bool = True):
 
 
 def predict(args: argparse.Namespace) -> None:
-    from ..runtime.predictions import report
+    from ..runtime.predictions import print_predictions
     from ..runtime.preprocess import image_files
 
     files = image_files(args.images)
     rows, skipped, point = (_predict_onnx if args.onnx else _predict_torch)(args, files)
-    report(rows, point, skipped, args.json)
+    print_predictions(rows, point, skipped, args.json)
 
 
 def _predict_torch(args: argparse.Namespace, files: list[Path]) -> tuple[list, list, dict]:

@@ -55,8 +55,13 @@ def _train_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glancefocus", description="GFNet: Glance and Focus Networks")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
+    for add in (_train_parser, _evaluate_parser, _predict_parser, _export_parser, add_serve_parser, _visualize_parser,
+                _demo_parser, _release_parsers):
+        add(sub)
+    return parser
 
+
+def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="anytime and budgeted evaluation of a checkpoint")
     e.add_argument("--checkpoint", type=Path, required=True)
     e.add_argument("--json", type=Path, help="write the results here")
@@ -67,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(e, batch_size=256)
     e.set_defaults(func=commands.evaluate)
 
+
+def _predict_parser(sub) -> None:
     pr = sub.add_parser("predict", help="early-exit classification of image files (PyTorch or ONNX Runtime)")
     pr.add_argument("images", nargs="+", help="image files or folders")
     source = pr.add_mutually_exclusive_group(required=True)
@@ -79,13 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(pr, batch_size=64)
     pr.set_defaults(func=commands.predict)
 
+
+def _export_parser(sub) -> None:
     x = sub.add_parser("export", help="ONNX graphs of a trained GFNet, for early exit under ONNX Runtime")
     x.add_argument("--checkpoint", type=Path, required=True, help="a trained and evaluated checkpoint")
     x.add_argument("--out", type=Path, required=True, help="directory to write (must be new or empty)")
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
     x.set_defaults(func=commands.export)
-    add_serve_parser(sub)
 
+
+def _visualize_parser(sub) -> None:
     v = sub.add_parser("visualize", help="PNG of the glance and the focus patches, with probabilities")
     v.add_argument("images", nargs="+", help="image files or folders")
     v.add_argument("--checkpoint", type=Path, required=True)
@@ -94,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=None)
     v.set_defaults(func=commands.visualize)
 
+
+def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="train and evaluate the whole pipeline, write a report")
     d.add_argument("--data", default="builtin", help="ImageFolder root (default: built-in cluttered digits)")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -106,10 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=commands.demo)
 
+
+def _release_parsers(sub) -> None:
+    """The recipes and the authors' checkpoints: ``recipes`` and ``import-release``."""
     sub.add_parser("recipes", help="list the named recipes").set_defaults(func=commands.recipes)
 
     ir = sub.add_parser("import-release", help="convert an authors' published GFNet .pth.tar into a glancefocus checkpoint")
     ir.add_argument("release_checkpoint", type=Path, help="the authors' .pth.tar (read without running code from it)")
     ir.add_argument("--out", type=Path, required=True, help="the glancefocus checkpoint to write (.safetensors)")
     ir.set_defaults(func=commands.import_release)
-    return parser

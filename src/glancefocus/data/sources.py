@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import datasets, transforms
-from torchvision.transforms import InterpolationMode
+from torchvision import datasets
+from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from .cluttered_digits import ClutteredDigits, ClutteredDigitsConfig
-from ..config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, GFNetConfig
+from ..config import DataConfig, GFNetConfig
 from ..distributed import World
 from ..runtime.images import load_rgb
+from ..runtime.preprocess import Transform
 from .sampling import ResumableSampler, SeededAugmentation, holdout_split
 
 BUILTIN = "builtin"
@@ -62,24 +63,6 @@ def drop_bad_images(dataset: datasets.ImageFolder, loader: ImageLoader) -> list[
     return bad
 
 
-@dataclass(frozen=True)
-class Transform:
-    """How a split's images are served: size, evaluation crop and input normalisation."""
-
-    image_size: int
-    crop_pct: float = 0.875
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bicubic"
-
-    @classmethod
-    def of(cls, config: GFNetConfig) -> Transform:
-        """The model's transform; the interpolation is its family's (bicubic for EfficientNet,
-        bilinear for the others, as the release's ``dataset_interpolation``) unless set."""
-        config = config.resolved()
-        return cls(config.image_size, config.crop_pct, tuple(config.mean), tuple(config.std), config.resize_interpolation)
-
-
 class BuiltinDigits:
     """The built-in cluttered digits: in memory, served as whole canvases (no crop)."""
 
@@ -91,10 +74,10 @@ class BuiltinDigits:
         return list(ClutteredDigits.classes)
 
     def split(self, split: str, transform: Transform, *, train: bool, min_size: int = 1, skip_bad: bool = False) -> Dataset:
-        steps = [transforms.Normalize(transform.mean, transform.std)]
+        steps = [v2.Normalize(transform.mean, transform.std)]
         if transform.image_size != self.native_size:  # resized only if the model asks another size
-            steps.insert(0, transforms.Resize(transform.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True))
-        return ClutteredDigits(split, transform=transforms.Compose(steps), fresh_each_epoch=train)
+            steps.insert(0, v2.Resize(transform.image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True))
+        return ClutteredDigits(split, transform=v2.Compose(steps), fresh_each_epoch=train)
 
 
 @dataclass(frozen=True)
@@ -150,16 +133,18 @@ def default_workers(source: DataSource, device: torch.device) -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def image_transform(transform: Transform, *, train: bool) -> transforms.Compose:
-    """ImageNet-style transforms as the release: RandomResizedCrop (torchvision's default scale
-    0.08–1) + flip for training; resize to image_size / crop_pct and centre crop for
-    evaluation; ``transform.interpolation`` for both (the release's ``dataset_interpolation``)."""
-    mode, size = InterpolationMode(transform.interpolation), transform.image_size
+def image_transform(transform: Transform, *, train: bool) -> v2.Compose:
+    """``transform`` in torchvision, on PIL images or uint8 tensors alike: the release's
+    RandomResizedCrop (scale 0.08–1) + flip for training; for evaluation the resize to
+    image_size / crop_pct and centre crop that :class:`Transform` does in numpy (a test holds
+    them equal); ``transform.interpolation`` for both (the release's ``dataset_interpolation``)."""
+    mode, size = v2.InterpolationMode(transform.interpolation), transform.image_size
     if train:
-        spatial = [transforms.RandomResizedCrop(size, interpolation=mode), transforms.RandomHorizontalFlip()]
+        spatial = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
     else:
-        spatial = [transforms.Resize(math.floor(size / transform.crop_pct), interpolation=mode), transforms.CenterCrop(size)]
-    return transforms.Compose([*spatial, transforms.ToTensor(), transforms.Normalize(transform.mean, transform.std)])
+        spatial = [v2.Resize(math.floor(size / transform.crop_pct), interpolation=mode, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose([*spatial, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(transform.mean, transform.std),
+                       v2.ToPureTensor()])
 
 
 def evaluation_view(dataset: Dataset, transform: Transform) -> Dataset:

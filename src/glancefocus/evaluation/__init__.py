@@ -1,5 +1,5 @@
 """Evaluation: per-step probabilities, anytime, oracle and budgeted accuracy of a checkpoint
-(``evaluate``), the patch ablation and where π looks (``report``), and every figure
+(``evaluate``), the patch ablation and where π looks (``ablation``), and every figure
 (``plots``).  Names are imported on first use.
 """
 

@@ -102,7 +102,7 @@ class GFNet(nn.Module):
     def __init__(self, config: GFNetConfig, *, pretrained: Pretrained = False) -> None:
         super().__init__()
         if (weights := Weights.parse(pretrained)) is not None:
-            _check_made_for(config, weights)
+            weights.check_made_for(config)
         self.config = cfg = config.resolved()
         drops = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate}
         self.global_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained, **drops)
@@ -304,13 +304,3 @@ class GFNet(nn.Module):
         self.train(was_training)
         return cumulative
 
-
-def _check_made_for(config: GFNetConfig, weights: Weights) -> None:
-    """Package weights need their own architecture and input scaling, set by the caller."""
-    weights.check_backbone(config.backbone)
-    made = weights.configure(config)
-    if (made.backbone, tuple(made.mean), tuple(made.std)) != (config.backbone, tuple(config.mean), tuple(config.std)):
-        raise ValueError(
-            f"this config is not made for the {weights.cli_name} weights (they need backbone {made.backbone} and "
-            f"mean/std {made.mean}/{made.std}): build it with Weights.{weights.name}.configure(config)"
-        )

@@ -13,7 +13,7 @@ from .lazy import lazy_exports
 _EXPORTS = {
     "Engine": "engine",
     "EngineConfig": "engine",
-    "EvalTransform": "preprocess",
+    "Transform": "preprocess",
     "OnnxGFNet": "deploy",
     "OnnxPrediction": "deploy",
     "OnnxSteps": "deploy",

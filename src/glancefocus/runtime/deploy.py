@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .predictions import choose_budget_point, predict_in_batches
-from .preprocess import EvalTransform
+from .preprocess import Transform
 
 MANIFEST = "manifest.json"
 FORMAT = "glancefocus-onnx"
@@ -125,7 +125,7 @@ class OnnxGFNet:
         self.T: int = m["T"]
         self.action_dims: int = 3 if m.get("patch_scale") == "learned" else 2  # (row, col[, scale fraction])
         self.classes: list[str] = m["classes"]
-        self.transform = EvalTransform(m["image_size"], m["crop_pct"], tuple(m["mean"]), tuple(m["std"]),
+        self.transform = Transform(m["image_size"], m["crop_pct"], tuple(m["mean"]), tuple(m["std"]),
                                        m.get("resize_interpolation", "bicubic"))
 
     def _check_interface(self, name: str, session: Any) -> None:

@@ -91,7 +91,7 @@ def predict_in_batches(
     return rows, skipped
 
 
-def report(rows: list[dict[str, Any]], point: dict[str, Any], skipped: list[dict[str, str]], json_out: Path | None) -> None:
+def print_predictions(rows: list[dict[str, Any]], point: dict[str, Any], skipped: list[dict[str, str]], json_out: Path | None) -> None:
     """Print one line per image and a summary; write ``{budget_point, predictions, skipped}``."""
     for r in rows:
         name = f"{r['class']} ({r['description']})" if r["description"] else r["class"]

@@ -1,10 +1,12 @@
 """Reading image files for prediction with PIL and numpy alone (no torch), so a deployed
 model needs only ``onnxruntime`` and ``numpy``.
 
-:class:`EvalTransform` is the evaluation transform of :func:`glancefocus.data.sources.image_transform`
-(resize the shorter side to floor(size / crop_pct) with PIL's bicubic or bilinear, centre crop, scale to
-[0, 1], normalise) written in numpy; it gives the same array as torchvision's.  Files are
-read by :func:`glancefocus.runtime.images.load_rgb`, as by every other reader.
+:class:`Transform` is the one definition of how a model is served its images (size, evaluation
+crop, normalisation, interpolation), for every reader: called on a PIL image it is the
+evaluation view in numpy (resize the shorter side to floor(size / crop_pct) with PIL's
+bicubic or bilinear, centre crop, scale to [0, 1], normalise); torchvision's pipeline of the
+same transform is :func:`glancefocus.data.sources.image_transform`, and a test holds the two
+equal.  Files are read by :func:`glancefocus.runtime.images.load_rgb`, as by every other reader.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD, GFNetConfig
 from .images import load_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -39,14 +42,23 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class EvalTransform:
-    """PIL image → normalised float32 array (3, image_size, image_size), as evaluation sees it."""
+class Transform:
+    """How a model is served its images: size, evaluation crop, input normalisation and the
+    resize's interpolation ("bicubic" or "bilinear").  Called on a PIL image: the evaluation
+    view, a normalised float32 array (3, image_size, image_size)."""
 
     image_size: int
-    crop_pct: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"  # of the shorter-side resize: "bicubic" or "bilinear"
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def of(cls, config: GFNetConfig) -> Transform:
+        """The model's transform; the interpolation is its family's (bicubic for EfficientNet,
+        bilinear for the others, as the release's ``dataset_interpolation``) unless set."""
+        config = config.resolved()
+        return cls(config.image_size, config.crop_pct, tuple(config.mean), tuple(config.std), config.resize_interpolation)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         short = math.floor(self.image_size / self.crop_pct)

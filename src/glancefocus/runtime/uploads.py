@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .images import decode_rgb
-from .preprocess import EvalTransform
+from .preprocess import Transform
 
 
 class UploadError(ValueError):
@@ -51,7 +51,7 @@ def check_uploads(uploads: list[Upload], limits: UploadLimits) -> None:
                                    f"{limits.max_image_bytes} (--max-image-bytes)")
 
 
-def decode_uploads(uploads: list[Upload], transform: EvalTransform) -> np.ndarray:
+def decode_uploads(uploads: list[Upload], transform: Transform) -> np.ndarray:
     """The normalised batch (B, 3, H, W); a 400 naming the first file that is not an image."""
     images = []
     for i, u in enumerate(uploads):

@@ -77,7 +77,7 @@ class StagePlan:
 
 
 @dataclass
-class Progress:
+class _Progress:
     """Where a stage is; all of it goes into the resumable training state."""
 
     epoch: int = 0
@@ -151,7 +151,7 @@ class Trainer:
                                 {**plan.meta, "stage": plan.name, "epoch": progress.epoch})
         return self._finish(plan, progress)
 
-    def _plateaued(self, plan: StagePlan, progress: Progress) -> bool:
+    def _plateaued(self, plan: StagePlan, progress: _Progress) -> bool:
         """Whether ``plan.patience`` epochs have passed since the best ``plan.select`` value
         (read from the history, so a resumed stage stops where it would have)."""
         if not (plan.patience and plan.select and progress.history):
@@ -163,11 +163,11 @@ class Trainer:
                   f"{values.index(max(values)) + 1}")
         return stale >= plan.patience
 
-    def _resume(self, plan: StagePlan, scaler: torch.amp.GradScaler) -> Progress:
+    def _resume(self, plan: StagePlan, scaler: torch.amp.GradScaler) -> _Progress:
         last = self.run.resume_point(plan.name)
         saved = load_train_state(last) if self.run.resume and last.exists() else None
         if saved is None:
-            return Progress()
+            return _Progress()
         plan.model.load_state_dict(load_checkpoint(last, device=self.world.device)[0])
         plan.optimizer.load_state_dict(saved["optimizer"])
         if plan.scheduler is not None:
@@ -179,9 +179,9 @@ class Trainer:
             _set_rng_state(states[self.world.rank])
         if self.world.is_main and not self.run.quiet:
             print(f"[{plan.name}] resuming at epoch {saved['epoch'] + 1}, batch {saved['batch']}")
-        return Progress(saved["epoch"], saved["batch"], saved["global_step"], saved["best"], saved["best_weights"], saved["history"])
+        return _Progress(saved["epoch"], saved["batch"], saved["global_step"], saved["best"], saved["best_weights"], saved["history"])
 
-    def _train_epoch(self, plan: StagePlan, progress: Progress, scaler, total: int) -> tuple[dict[str, torch.Tensor], int]:
+    def _train_epoch(self, plan: StagePlan, progress: _Progress, scaler, total: int) -> tuple[dict[str, torch.Tensor], int]:
         """One epoch from ``progress.batch`` to ``total``; returns summed metrics and the batch count."""
         loader, world = plan.loader, self.world
         loader.sampler.set_epoch(progress.epoch, skip_samples=progress.batch * loader.batch_size)
@@ -214,7 +214,7 @@ class Trainer:
         bar.close()
         return totals, count
 
-    def _check_finite(self, plan: StagePlan, progress: Progress, loss: torch.Tensor) -> None:
+    def _check_finite(self, plan: StagePlan, progress: _Progress, loss: torch.Tensor) -> None:
         # Every process must agree before anyone steps, or DDP would hang.
         if bool(all_sum(torch.isfinite(loss.detach()).float(), self.world) == self.world.size):
             return
@@ -226,7 +226,7 @@ class Trainer:
             "Try a lower learning rate, or --amp none / bf16 instead of fp16."
         )
 
-    def _end_epoch(self, plan: StagePlan, progress: Progress, metrics: dict[str, Any]) -> None:
+    def _end_epoch(self, plan: StagePlan, progress: _Progress, metrics: dict[str, Any]) -> None:
         """Record the epoch's metrics and remember its weights if they are the best so far."""
         progress.history.append(metrics)
         if plan.select is not None and metrics[plan.select] > progress.best:
@@ -237,7 +237,7 @@ class Trainer:
         if self.world.is_main:
             print(f"[{plan.name}] " + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()), flush=True)
 
-    def _checkpoint(self, plan: StagePlan, progress: Progress, scaler: torch.amp.GradScaler) -> None:
+    def _checkpoint(self, plan: StagePlan, progress: _Progress, scaler: torch.amp.GradScaler) -> None:
         rng = all_gather_objects(_rng_state(), self.world)
         if not self.world.is_main:
             return
@@ -251,7 +251,7 @@ class Trainer:
         meta = {**plan.meta, "stage": plan.name, "epoch": progress.epoch}
         save_checkpoint(self.run.resume_point(plan.name), plan.model.state_dict(), meta, state)
 
-    def _finish(self, plan: StagePlan, progress: Progress) -> dict[str, Any]:
+    def _finish(self, plan: StagePlan, progress: _Progress) -> dict[str, Any]:
         """Keep the selected epoch's weights, write the final checkpoint, drop the resume files."""
         if progress.best_weights is not None:
             plan.model.load_state_dict(progress.best_weights)
