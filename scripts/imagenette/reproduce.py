@@ -1,6 +1,6 @@
 """Measured reproduction of GFNet on Imagenette with offline EfficientNet-Lite0 weights.
 
-    .venv/bin/python scripts/reproduce_imagenette.py --data ../shared/data/imagenette --out results/imagenette
+    python -m scripts.imagenette reproduce --data ../shared/data/imagenette --out results/imagenette
 
 Trains a GFNet (tf_efficientnet_lite0, 224 px images, 96 px patches, T = 4) with the
 ``imagenette-lite0`` recipe, the authors' release's (dropout and drop-path, rates scaled from
@@ -9,7 +9,7 @@ improving, Stage I for appendix A.3's 30 epochs (evaluated after epochs 5, 10, 2
 the learning curve), Stage II for 15, and Stage III with ``--stage3`` (appendix A.3 skips it
 for EfficientNet; with it both models are reported).  The static backbone is fine-tuned at
 96..224 px with the same recipe until its held-out accuracy stops improving.  Writes JSON +
-PNG results; ``--table`` prints RESULTS.md's tables from them.
+PNG results; the ``table`` subcommand prints RESULTS.md's tables from them.
 
 Levers beyond the paper's recipe, each recorded in results.json: ``--patch-size 128``,
 ``--T 5``, ``--stage3``, ``--distill W`` (the static 224 px model's soft targets teach fL
@@ -20,7 +20,7 @@ own (``--work runs/lever-NAME --out results/imagenette/levers/NAME --stop-after 
 the report's levers table; one that goes on to Stage II or III (``--no-grid`` skips the
 step-2 grid of places) also in its Stage II table.  ``--policy-bound N`` measures how far
 π's first place can go: copies of π fitted on N training images to the exact step-2
-objective over the grid (``imagenette_policy_bound.py``).
+objective over the grid (``policy_bound.py``).
 
 Resumable and splittable: a rerun continues from ``--work``.  Each finished part (the glance
 fine-tune, the learning curve, each model's evaluation, each static size) is also written
@@ -51,16 +51,17 @@ from glancefocus.training.pipeline import fit, new_model
 from glancefocus.training.stages import PIPELINES, STAGES
 from glancefocus.config.weights import imagenet_indices
 
-from imagenette_data import load_imagenette
-from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, policy_curve, pretrained_head,
+from .data import load_imagenette
+from .parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, policy_curve, pretrained_head,
                               static_models, write_outputs)
-from imagenette_policy_bound import policy_bound
-from imagenette_report import markdown_table
+from .policy_bound import policy_bound
+from .report import markdown_table
 
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def options() -> argparse.ArgumentParser:
+    """The run's options, shared by ``reproduce`` and ``gather`` (which records them)."""
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--data", type=Path, default=Path("../shared/data/imagenette"))
     p.add_argument("--out", type=Path, default=Path("results/imagenette"))
     p.add_argument("--work", type=Path, default=Path("runs/imagenette"), help="checkpoints, logs, decoded-image cache")
@@ -113,14 +114,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--from-weights", type=Path, help="continue after the stage whose weights (from --export) this file holds")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="mixed precision of training")
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
-    p.add_argument("--table", action="store_true", help="only print RESULTS.md's tables from --out/results.json")
-    p.add_argument("--gather", action="store_true",
-                   help="only reassemble --out/results.json from --out/parts and the variant runs under --out/variants (no data read)")
     p.add_argument("--workers", type=int, default=0, help="in-memory data: loader processes would only compete with compute")
-    args = p.parse_args()
-    if args.policy_bound < 0:
-        p.error(f"--policy-bound {args.policy_bound}: give a number of training images, or 0 to skip it")
-    return args
+    return p
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -225,26 +220,29 @@ def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Pa
     return last
 
 
-def main() -> None:
-    args = parse_args()
-    if args.table:
-        print(markdown_table(json.loads((args.out / "results.json").read_text())))
-        return
-    started = time.time()
+def _run(args: argparse.Namespace) -> Run:
     args.work.mkdir(parents=True, exist_ok=True)
     world = init_world()
     # resume=True: a rerun continues each stage from its last checkpoint (finished ones are kept).
-    run = Run(args.work, world, resume=True, log=RunLog(args.work, world))
-    tc, parts = train_config(args), Parts(args.out / "parts")
-    if args.gather:
-        model = GFNet(resolve("imagenette-lite0", model={"patch_size": args.patch_size, "T": args.T}).model)
-        report = assemble(args, model, "stage3", run, parts, parts.load("recipe"))
-        earlier = args.out / "results.json"
-        if earlier.exists():  # --gather trains and draws nothing: the command and figures stay those of the run
-            report.update({k: v for k, v in json.loads(earlier.read_text()).items() if k in ("command", "figures_from")})
-        atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
-        print(markdown_table(report))
-        return
+    return Run(args.work, world, resume=True, log=RunLog(args.work, world))
+
+
+def gather(args: argparse.Namespace) -> None:
+    """Reassemble ``--out/results.json`` from ``--out/parts`` and the variant runs (no data read)."""
+    run, parts = _run(args), Parts(args.out / "parts")
+    model = GFNet(resolve("imagenette-lite0", model={"patch_size": args.patch_size, "T": args.T}).model)
+    report = assemble(args, model, "stage3", run, parts, parts.load("recipe"))
+    earlier = args.out / "results.json"
+    if earlier.exists():  # gather trains and draws nothing: the command and figures stay those of the run
+        report.update({k: v for k, v in json.loads(earlier.read_text()).items() if k in ("command", "figures_from")})
+    atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
+    print(markdown_table(report))
+
+
+def reproduce(args: argparse.Namespace) -> None:
+    """Train and measure what is not done yet; with the last part, write results.json and the figures."""
+    started, run = time.time(), _run(args)
+    world, tc, parts = run.world, train_config(args), Parts(args.out / "parts")
     crop = "resample" if args.policy_training == "differentiable" or args.patch_scale == "learned" else None
     config = resolve("imagenette-lite0", model={"patch_size": args.patch_size, "T": args.T, "patch_scale": args.patch_scale,
                                                 "scale_range": tuple(args.scale_range) if args.scale_range else None, "crop": crop}).model
@@ -270,7 +268,3 @@ def main() -> None:
     report = assemble(args, model, last, run, parts, recipe)
     write_outputs(args, report, model, splits, world.device)
     print(markdown_table(report))
-
-
-if __name__ == "__main__":
-    main()

