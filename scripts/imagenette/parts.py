@@ -16,19 +16,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from glancefocus import GFNet
 from glancefocus.models.checkpoint import atomic_write_text, load_checkpoint, read_meta
 from glancefocus.data.sources import Splits, make_loader
-from glancefocus.evaluation.evaluate import (anytime_accuracy, collect_probs, evaluate_results, first_focus_grid, grid_bound, oracle_accuracy,
-                                  thresholds_tensor)
+from glancefocus.evaluation.evaluate import anytime_accuracy, collect_probs, evaluate_results, oracle_accuracy, thresholds_tensor
 from glancefocus.models.patches import glance_resize
 from glancefocus.evaluation.plots import plot_results
 from glancefocus.config.recipes import resolve
 from glancefocus.evaluation.report import examples, policy_report, write_figures
 from glancefocus.training.trainer import Run, Trainer
 from glancefocus.training.stages import Setup, fine_tune
-from glancefocus.config.weights import create_backbone, restrict_head
+from glancefocus.config.weights import create_backbone
 
+from .heads import BACKBONE, encoder_heads, restrict_head
 from .variants import mean_budgeted, with_variants
-
-BACKBONE = "tf_efficientnet_lite0"
 
 
 class Parts:
@@ -51,13 +49,6 @@ class Parts:
         self.save("seconds", {**(self.load("seconds") if self.has("seconds") else {}), name: round(seconds)})
 
 
-def pretrained_head(model: torch.nn.Module, rows: list[int]) -> None:
-    """Start a 10-way head from the matching rows of the pretrained 1000-way ImageNet head."""
-    reference = create_backbone(BACKBONE, pretrained="lite0")
-    restrict_head(reference, rows)
-    model.get_classifier().load_state_dict(reference.get_classifier().state_dict())
-
-
 def madds_at(backbone: torch.nn.Module, size: int) -> float:
     backbone.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -77,28 +68,7 @@ def evaluate_gfnet(model: GFNet, splits: Splits, run: Run, batch: int) -> dict:
     probs, targets = collect_probs(model, val, run.world)
     results = {"num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
                **evaluate_results(heldout, probs, targets, model.madds())}
-    return {**results, **policy_report(model, val, run.world, results), "encoder_heads": encoder_heads(model, val, run)}
-
-
-def encoder_heads(model: GFNet, loader, run: Run) -> dict[str, list[float]]:
-    """Val accuracy of each step's encoder head on its input alone (step 1: fG on the glance;
-    then fL on one patch), on π's patches and on uniformly random ones (seeded)."""
-    found = {}
-    for patches in ("learned", "random"):
-        probs, targets = collect_probs(model, loader, run.world, patches=patches, head="encoder",
-                                       generator=torch.Generator().manual_seed(0))
-        found[patches] = anytime_accuracy(probs, targets)
-    return found
-
-
-def location_grid(model: GFNet, splits: Splits, run: Run, batch: int, grid: int = 7) -> dict:
-    """Step 2 with its patch at each of ``grid`` × ``grid`` places: what any policy could reach
-    there (the best place is chosen on the held-out images, accuracies are on val)."""
-    heldout = make_loader(splits.heldout, batch_size=batch, world=run.world, train=False)
-    scales = 3 if model.config.patch_scale == "learned" else None  # the smallest, middle and largest region
-    heldout_right = first_focus_grid(model, heldout, run.world, grid=grid, scales=scales).right
-    val = first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid, scales=scales)
-    return grid_bound(heldout_right, val.glance, val.right, val.confidence, grid, scales)
+    return {**results, **policy_report(model, val, run.world, results), "encoder_heads": encoder_heads(model, val, run.world)}
 
 
 def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int], final: int) -> list[dict]:

@@ -52,8 +52,9 @@ from glancefocus.training.stages import PIPELINES, STAGES
 from glancefocus.config.weights import imagenet_indices
 
 from .data import load_imagenette
-from .parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, policy_curve, pretrained_head,
-                              static_models, write_outputs)
+from .grid import location_grid
+from .heads import pretrained_head
+from .parts import Parts, assemble, evaluate_gfnet, learning_curve, policy_curve, static_models, write_outputs
 from .policy_bound import policy_bound
 from .report import markdown_table
 
