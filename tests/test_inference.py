@@ -154,3 +154,20 @@ def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
             torch.testing.assert_close(confidence[k], logits[1].softmax(1).max(1).values)
             torch.testing.assert_close(true_prob[k], logits[1].softmax(1)[torch.arange(5), targets])
     assert focus.float().std() > 0  # the places give different answers: the test compares something
+
+
+def test_evaluate_model_measures_what_evaluate_checkpoint_does(trained_run: Path) -> None:
+    """A model in memory with loaders of one's own: the results a checkpoint's evaluation gives."""
+    from glancefocus import GFNet
+    from glancefocus.data.sources import load_data, make_loader
+    from glancefocus.distributed import World
+    from glancefocus.evaluation import evaluate_checkpoint, evaluate_model
+    from glancefocus.evaluation.evaluate import trained_data
+
+    checkpoint = trained_run / "stage2.safetensors"
+    found = evaluate_checkpoint(checkpoint, world=World(), batch_size=6, save=False, workers=0)
+    model, meta = GFNet.from_checkpoint(checkpoint)
+    splits = load_data(trained_data(meta), model.config, seed=meta["train_config"]["seed"])
+    loader = lambda data: make_loader(data, batch_size=6, world=World(), train=False, workers=0)  # noqa: E731
+    assert found.pop("patches") == "learned"
+    assert evaluate_model(model, loader(splits.heldout), loader(splits.val), World()) == found

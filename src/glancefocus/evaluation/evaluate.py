@@ -181,6 +181,15 @@ def thresholds_tensor(rows: list[list[float | str]]) -> torch.Tensor:
     return torch.tensor([[float(v) for v in row] for row in rows])
 
 
+def evaluate_model(model: GFNet, heldout: DataLoader, val: DataLoader, world: World, *, patches: str = "learned",
+                   amp: str = "none") -> dict[str, Any]:
+    """What :func:`evaluate_checkpoint` measures, for a model in memory and loaders of your own:
+    anytime accuracy, MAdds, thresholds set on ``heldout`` (images the model was not trained
+    on), the 39-point budgeted curve and the oracle exit on ``val``."""
+    heldout_probs, _ = collect_probs(model, heldout, world, patches=patches, amp=amp)
+    probs, targets = collect_probs(model, val, world, patches=patches, amp=amp)
+    return {"num_val": int(targets.numel()), "num_heldout": int(heldout_probs.shape[1]),
+            **evaluate_results(heldout_probs, probs, targets, model.madds())}
 
 
 def evaluate_checkpoint(
@@ -212,10 +221,7 @@ def evaluate_checkpoint(
     splits = load_data(data, model.config, seed=meta.get("train_config", {}).get("seed", 0))
     workers = data.workers if data.workers is not None else default_workers(data_source(data.root), world.device)
     loader = lambda d: make_loader(d, batch_size=batch_size, world=world, train=False, workers=workers)  # noqa: E731
-    heldout, _ = collect_probs(model, loader(splits.heldout), world, patches=patches, amp=amp)
-    probs, targets = collect_probs(model, loader(splits.val), world, patches=patches, amp=amp)
-    results = {"patches": patches, "num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
-               **evaluate_results(heldout, probs, targets, model.madds())}
+    results = {"patches": patches, **evaluate_model(model, loader(splits.heldout), loader(splits.val), world, patches=patches, amp=amp)}
     if world.is_main:
         if save and patches == "learned":
             update_meta(checkpoint, results=results, madds=results["madds"])
