@@ -16,13 +16,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from glancefocus import GFNet
 from glancefocus.models.checkpoint import atomic_write_text, load_checkpoint, read_meta
 from glancefocus.data.sources import Splits, make_loader
-from glancefocus.evaluation.evaluate import anytime_accuracy, collect_probs, evaluate_results, oracle_accuracy, thresholds_tensor
+from glancefocus.evaluation.evaluate import anytime_accuracy, collect_probs, evaluate_model, oracle_accuracy, thresholds_tensor
 from glancefocus.models.patches import glance_resize
 from glancefocus.evaluation.plots import plot_results
 from glancefocus.config.recipes import resolve
 from glancefocus.evaluation.report import examples, policy_report, write_figures
-from glancefocus.training.trainer import Run, Trainer
-from glancefocus.training.stages import Setup, fine_tune
+from glancefocus.config import TrainConfig
+from glancefocus.training.pipeline import fine_tune_classifier
+from glancefocus.training.trainer import Run
 from glancefocus.config.weights import create_backbone
 
 from .heads import BACKBONE, encoder_heads, restrict_head
@@ -63,11 +64,8 @@ def _val_loader(splits: Splits, run: Run, batch: int):
 def evaluate_gfnet(model: GFNet, splits: Splits, run: Run, batch: int) -> dict:
     """Anytime, budgeted and oracle results on val (thresholds on the held-out images), the
     patch ablation and where π looks."""
-    heldout, _ = collect_probs(model, make_loader(splits.heldout, batch_size=batch, world=run.world, train=False), run.world)
     val = _val_loader(splits, run, batch)
-    probs, targets = collect_probs(model, val, run.world)
-    results = {"num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
-               **evaluate_results(heldout, probs, targets, model.madds())}
+    results = evaluate_model(model, make_loader(splits.heldout, batch_size=batch, world=run.world, train=False), val, run.world)
     return {**results, **policy_report(model, val, run.world, results), "encoder_heads": encoder_heads(model, val, run.world)}
 
 
@@ -110,10 +108,11 @@ class Resized(torch.nn.Module):
 
 class StaticModels:
     """The static backbone at each size, fine-tuned with the glance fine-tune's recipe (the
-    same dropout, drop-path and scaled rate) until its held-out accuracy stops improving."""
+    same dropout, drop-path and scaled rate) until its held-out accuracy stops improving.
+    ``tc``: the run's training config, resolved for the family."""
 
-    def __init__(self, args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int], setup: Setup, parts: Parts) -> None:
-        self.args, self.config, self.splits, self.run, self.rows, self.setup, self.parts = args, gfnet.config, splits, run, rows, setup, parts
+    def __init__(self, args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int], tc: TrainConfig, parts: Parts) -> None:
+        self.args, self.config, self.splits, self.run, self.rows, self.tc, self.parts = args, gfnet.config, splits, run, rows, tc, parts
 
     def model(self, size: int) -> Resized:
         """Trained here, or loaded from ``--work`` if it was."""
@@ -125,11 +124,9 @@ class StaticModels:
         if final.exists():
             model.load_state_dict(load_checkpoint(final, device=device)[0])
         else:
-            lr = self.setup.config.glance_lr
-            plan = fine_tune(self.setup, f"static{size}", model, epochs=self.args.static_epochs, lr=lr, saved=model,
-                             patience=self.args.static_patience)
             started = time.time()
-            Trainer(self.run, self.setup.config).fit(plan)
+            fine_tune_classifier(model, self.splits, f"static{size}", config=self.tc, run=self.run, epochs=self.args.static_epochs,
+                                 patience=self.args.static_patience, meta={"data": str(self.args.data)})
             self.parts.timing(f"static{size}", time.time() - started)  # as a stage's: the invocation that finished it
         return model.eval()
 
@@ -140,18 +137,13 @@ class StaticModels:
             return
         model, hits = self.model(size), []
         with torch.inference_mode():
-            for images, targets in _val_loader(self.splits, self.run, self.setup.config.batch_size):
+            for images, targets in _val_loader(self.splits, self.run, self.tc.batch_size):
                 hits.append(model(images.to(self.run.world.device)).argmax(1).cpu() == targets)
         history = read_meta(self.run.checkpoint(f"static{size}"))["history"]
         result = {"size": size, "accuracy": 100 * float(torch.cat(hits).float().mean()), "madds": madds_at(model.net, size),
                   "epochs": len(history), "kept_epoch": max(history, key=lambda m: m["heldout_accuracy"])["epoch"]}
         print(f"static {size}px: {result['accuracy']:.2f}% at {result['madds'] / 1e6:.1f} MMAdds", flush=True)
         self.parts.save(f"static_{size}", result)
-
-
-def static_models(args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int], tc, parts: Parts) -> StaticModels:
-    config = tc.for_model(gfnet.config)
-    return StaticModels(args, gfnet, splits, run, rows, Setup(gfnet, splits, config, Trainer(run, config), {"data": str(args.data)}), parts)
 
 
 def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict) -> dict:
