@@ -14,7 +14,8 @@ from timm.data import ImageNetInfo
 from torch.utils.flop_counter import FlopCounterMode
 
 from glancefocus import GFNet
-from glancefocus.models.checkpoint import atomic_write_text, load_checkpoint, read_meta
+from glancefocus.models.checkpoint import load_checkpoint, read_meta
+from glancefocus.runtime.files import atomic_write_text
 from glancefocus.data.sources import Splits, make_loader
 from glancefocus.evaluation.evaluate import anytime_accuracy, collect_probs, evaluate_model, oracle_accuracy, thresholds_tensor
 from glancefocus.models.patches import glance_resize

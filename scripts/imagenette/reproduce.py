@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import get_args
 
 from glancefocus import GFNet
-from glancefocus.models.checkpoint import atomic_write, atomic_write_text, load_checkpoint, read_meta
+from glancefocus.models.checkpoint import load_checkpoint, read_meta
+from glancefocus.runtime.files import atomic_write, atomic_write_text
 from glancefocus.config import DataConfig, PatchScale, PolicyTraining, PPOBaseline, Stage2Images, TrainConfig
 from glancefocus.distributed import init_world
 from glancefocus.config.recipes import Resolved, resolve

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..models.budget import PAPER_QS, budgeted_curve, threshold_json
-from ..models.checkpoint import atomic_write_text, update_meta
+from ..models.checkpoint import update_meta
+from ..runtime.files import atomic_write_text
 from ..config import DataConfig, Patches
 from ..data.sources import data_source, default_workers, load_data, make_loader
 from ..distributed import World, gather_in_order
