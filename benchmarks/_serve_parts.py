@@ -1,7 +1,7 @@
 """Pieces of bench_serve.py: the exports it serves, today's one-request-at-a-time server, and
 starting / reading a server.
 
-    python benchmarks/_serve_parts.py direct EXPORT_DIR --port P --threads N   # today's path
+    python -m benchmarks._serve_parts direct EXPORT_DIR --port P --threads N   # today's path
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def start(command: list[str], port: int, threads: int) -> subprocess.Popen:
     import httpx
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
         if process.poll() is not None:
             raise RuntimeError(f"{' '.join(command)} ended: {process.stderr.read()}")

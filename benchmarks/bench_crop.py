@@ -1,7 +1,7 @@
 """Focus-patch cropping: ``crop_patches``'s two ways, one vectorised gather vs a per-sample
 slice and a stack; it uses the slices on a CPU and the gather elsewhere.
 
-    .venv/bin/python benchmarks/bench_crop.py [--quick] [--device cpu|cuda]
+    python -m benchmarks.bench_crop [--quick] [--device cpu|cuda]
 
 Both take the same float32 images (B, 3, 224, 224) and locations (B, 2) and include the
 corner computation (``patch_corners``); the outputs are checked to be equal before timing.
@@ -9,15 +9,11 @@ corner computation (``patch_corners``); the outputs are checked to be equal befo
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from glancefocus.models.patches import crop_patches
 
-import torch  # noqa: E402
-from _common import compare, fmt_ms, parser, setup, write  # noqa: E402
-
-from glancefocus.models.patches import crop_patches  # noqa: E402
+from ._common import compare, fmt_ms, parser, setup, write
 
 
 def main() -> None:

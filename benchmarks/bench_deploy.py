@@ -1,7 +1,7 @@
 """Batch-1 latency of an exported GFNet under ONNX Runtime and in PyTorch eager, per step, with
 early exit at several budgets, against the static backbone on the full 224 px image.
 
-    .venv/bin/python benchmarks/bench_deploy.py [--quick] [--thread-counts 1 2] [--images N] [--budgets Q ...]
+    python -m benchmarks.bench_deploy [--quick] [--thread-counts 1 2] [--images N] [--budgets Q ...]
 
 The paper's latency claim (MobileNet-V3-Large GFNet 12.7 ms vs 16.3 ms static on a phone) is
 about one image at a time, so every figure here is batch 1.  Models: MobileNet-V3-Large
@@ -20,26 +20,24 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import onnxruntime as ort
+import torch
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from _common import parser, setup, write  # noqa: E402
-from bench_static import static_madds  # noqa: E402
-from _deploy_parts import crop_costs, export_static  # noqa: E402
+from glancefocus import GFNet, GFNetConfig
+from glancefocus.models.budget import exit_fractions, find_thresholds
+from glancefocus.runtime.deploy import OnnxGFNet
+from glancefocus.export.bundle import export_gfnet
+from glancefocus.runtime.preprocess import Transform, image_files, read_images
+from glancefocus.config.weights import Weights, create_backbone
 
-from glancefocus import GFNet, GFNetConfig  # noqa: E402
-from glancefocus.models.budget import exit_fractions, find_thresholds  # noqa: E402
-from glancefocus.runtime.deploy import OnnxGFNet  # noqa: E402
-from glancefocus.export.bundle import export_gfnet  # noqa: E402
-from glancefocus.runtime.preprocess import Transform, image_files, read_images  # noqa: E402
-from glancefocus.config.weights import Weights, create_backbone  # noqa: E402
+from ._common import parser, setup, write
+from ._deploy_parts import crop_costs, export_static
+from .bench_static import static_madds
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette" / "val"
 REPRODUCTION = Path(__file__).resolve().parents[1] / "results" / "imagenette" / "results.json"

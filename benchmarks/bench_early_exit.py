@@ -1,6 +1,6 @@
 """Early exit in wall-clock time: ``GFNet.predict`` vs all T steps on the whole batch.
 
-    .venv/bin/python benchmarks/bench_early_exit.py [--quick] [--device cpu|cuda] [--backbone NAME]
+    python -m benchmarks.bench_early_exit [--quick] [--device cpu|cuda] [--backbone NAME]
 
 Random weights give uninformative confidences, so for each budget q the thresholds are set
 on this very batch (``find_thresholds`` on the all-steps softmax outputs, with
@@ -14,17 +14,13 @@ those computed from the all-steps run.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from glancefocus import GFNet
+from glancefocus.models.budget import exit_fractions, exit_steps, find_thresholds
+from glancefocus.config import GFNetConfig
 
-import torch  # noqa: E402
-from _common import compare, fmt_ms, parser, setup, write  # noqa: E402
-
-from glancefocus import GFNet  # noqa: E402
-from glancefocus.models.budget import exit_fractions, exit_steps, find_thresholds  # noqa: E402
-from glancefocus.config import GFNetConfig  # noqa: E402
+from ._common import compare, fmt_ms, parser, setup, write
 
 
 def model_args(p) -> None:

@@ -1,6 +1,6 @@
 """channels_last vs contiguous (NCHW) memory format: GFNet training and inference steps.
 
-    .venv/bin/python benchmarks/bench_memory_format.py [--quick] [--device cpu|cuda] [--backbone NAME]
+    python -m benchmarks.bench_memory_format [--quick] [--device cpu|cuda] [--backbone NAME]
 
 The library's default is channels_last (``TrainConfig.channels_last``, ``--channels-last``,
 ``load_model``); this measures why.  The same GFNet (random weights) in both formats runs
@@ -13,16 +13,12 @@ checked to agree first.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
+import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from glancefocus import GFNet, GFNetConfig
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from _common import compare, parser, setup, write  # noqa: E402
-
-from glancefocus import GFNet, GFNetConfig  # noqa: E402
+from ._common import compare, parser, setup, write
 
 
 def build(args, device: torch.device, channels_last: bool) -> GFNet:

@@ -1,6 +1,6 @@
 """Load test: GFNet served with the early-exit engine vs the static model served the same way.
 
-    .venv/bin/python benchmarks/bench_serve.py [--seconds S] [--threads N] [--images N] [--quick]
+    python -m benchmarks.bench_serve [--seconds S] [--threads N] [--images N] [--quick]
 
 Each row starts its server on 127.0.0.1 (`glancefocus serve`, or today's one-request-at-a-time
 OnnxGFNet.predict), finds its saturation throughput with a closed loop of --concurrency clients,
@@ -27,14 +27,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from glancefocus.runtime.deploy import OnnxGFNet
+from glancefocus.runtime.images import decode_rgb
+from glancefocus.runtime.preprocess import image_files
 
-from _serve_parts import (ROOT, export_imagenette, export_static, free_port, metric_sums, no_exit_copy,  # noqa: E402
+from ._serve_parts import (ROOT, export_imagenette, export_static, free_port, metric_sums, no_exit_copy,
                           rss_mb, start)
-
-from glancefocus.runtime.deploy import OnnxGFNet  # noqa: E402
-from glancefocus.runtime.images import decode_rgb  # noqa: E402
-from glancefocus.runtime.preprocess import image_files  # noqa: E402
 
 RESULTS = ROOT / "results" / "imagenette"
 LOADS = (0.25, 0.5, 0.75, 0.9)
@@ -155,7 +153,7 @@ def rows(work: Path, args: argparse.Namespace) -> dict[str, tuple[list[str], Pat
     serve = [sys.executable, "-m", "glancefocus.cli", "serve", "--threads", str(args.threads), "--log-level", "warning",
              "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queued", "4096"]
     table = {f"gfnet-engine-{p}": (serve + ["--onnx", str(gfnet), "--policy", p], gfnet) for p in ("deepest", "oldest", "fullest")}
-    table["gfnet-one-at-a-time"] = ([sys.executable, str(ROOT / "benchmarks" / "_serve_parts.py"), "direct", str(gfnet),
+    table["gfnet-one-at-a-time"] = ([sys.executable, "-m", "benchmarks._serve_parts", "direct", str(gfnet),
                                      "--threads", str(args.threads)], gfnet)
     no_exit = no_exit_copy(gfnet, work / "gfnet-no-exit")
     table["gfnet-engine-all-T"] = (serve + ["--onnx", str(no_exit)], no_exit)

@@ -1,6 +1,6 @@
 """GFNet vs its static backbone at full resolution: images per second at equal batch size.
 
-    .venv/bin/python benchmarks/bench_static.py [--quick] [--device cpu|cuda] [--backbone NAME] [--budget Q]
+    python -m benchmarks.bench_static [--quick] [--device cpu|cuda] [--backbone NAME] [--budget Q]
 
 Three ways to classify the same batch of full-resolution images: the plain timm backbone on
 the whole image, GFNet running all T steps (``model(images)``), and GFNet with early exit
@@ -10,18 +10,14 @@ batch as in bench_early_exit.py.  All in eval mode under inference_mode; random 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from glancefocus.models.budget import exit_fractions, find_thresholds
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from _common import compare, parser, setup, write  # noqa: E402
-from bench_early_exit import build, model_args  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from glancefocus.models.budget import exit_fractions, find_thresholds  # noqa: E402
+from ._common import compare, parser, setup, write
+from .bench_early_exit import build, model_args
 
 
 def static_madds(model: torch.nn.Module, size: int, device: torch.device) -> float:

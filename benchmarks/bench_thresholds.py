@@ -1,6 +1,6 @@
 """Budgeted batch classification: thresholds and test accuracy/MAdds for the paper's 39 budgets.
 
-    .venv/bin/python benchmarks/bench_thresholds.py [--quick] [--device cpu|cuda]
+    python -m benchmarks.bench_thresholds [--quick] [--device cpu|cuda]
 
 Ours is ``budgeted_curve`` (vectorised over samples and budgets).  The baseline is a
 straightforward per-sample Python transcription of the MSDNet / GFNet dynamic evaluation
@@ -15,16 +15,13 @@ and test) whose confidence and accuracy grow with the step, as a trained GFNet's
 from __future__ import annotations
 
 import math
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-from _common import compare, fmt_ms, parser, setup, write  # noqa: E402
+from glancefocus.models.budget import PAPER_QS, StepScores, budgeted_accuracy, budgeted_curve, exit_fractions, find_thresholds
 
-from glancefocus.models.budget import PAPER_QS, StepScores, budgeted_accuracy, budgeted_curve, exit_fractions, find_thresholds  # noqa: E402
+from ._common import compare, fmt_ms, parser, setup, write
 
 
 def make_probs(N: int, T: int, C: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

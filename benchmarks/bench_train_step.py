@@ -1,6 +1,6 @@
 """A Stage I training step of the Imagenette reproduction's model, one option at a time.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--quick] [--device cpu|cuda] [--batch N]
+    python -m benchmarks.bench_train_step [--quick] [--device cpu|cuda] [--batch N]
 
 The step is the library's own (``stages.stage1``'s step under the Trainer's autocast,
 backward, SGD): ``tf_efficientnet_lite0`` with the offline Lite0 weights, 224 px images,
@@ -23,25 +23,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from torch.utils.data import TensorDataset
 
-import torch  # noqa: E402
-from _common import compare, parser, setup, write  # noqa: E402
-from torch.utils.data import TensorDataset  # noqa: E402
+from glancefocus import GFNet
+from glancefocus.models import gfnet as model_module
+from glancefocus.config import GFNetConfig, TrainConfig
+from glancefocus.data.sources import Splits
+from glancefocus.distributed import World
+from glancefocus.models.patches import crop_patches
+from glancefocus.config.recipes import resolve
+from glancefocus.data.sampling import SeededAugmentation
+from glancefocus.training.trainer import Run, Trainer, autocast
+from glancefocus.training.stages import Setup, stage1
 
-from glancefocus import GFNet  # noqa: E402
-from glancefocus.models import gfnet as model_module  # noqa: E402
-from glancefocus.config import GFNetConfig, TrainConfig  # noqa: E402
-from glancefocus.data.sources import Splits  # noqa: E402
-from glancefocus.distributed import World  # noqa: E402
-from glancefocus.models.patches import crop_patches  # noqa: E402
-from glancefocus.config.recipes import resolve  # noqa: E402
-from glancefocus.data.sampling import SeededAugmentation  # noqa: E402
-from glancefocus.training.trainer import Run, Trainer, autocast  # noqa: E402
-from glancefocus.training.stages import Setup, stage1  # noqa: E402
+from ._common import compare, parser, setup, write
 
 
 def build(args, device: torch.device) -> GFNet:

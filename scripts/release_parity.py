@@ -10,14 +10,13 @@ and both are run on the same random images in eval mode.  Prints two markdown ta
 2. our cumulative MAdds per step against the values the paper / SPEC state, and, with
    ``--release-checkpoints``, against the ``flops`` lists of the authors' published files.
 
-Usage: ``PYTHONPATH=src python scripts/release_parity.py [--release-checkpoints F.pth.tar ...]``
+Usage: ``python -m scripts.release_parity [--release-checkpoints F.pth.tar ...]`` (from the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,15 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the release harness the parity tests use
-
-from release_reference import RELEASE_NAMES, build_gfnet, release, run_gfnet, save_checkpoint
-from test_release import BATCH, randomize_norms
-
 from glancefocus import GFNet, budgeted_accuracy, exit_fractions, find_thresholds
 from glancefocus.config.recipes import TABLE2
 from glancefocus.models.release import import_release, load_release
+
+from .release_reference import BATCH, RELEASE_NAMES, build_gfnet, randomize_norms, release, run_gfnet, save_checkpoint
 
 # MAdds that the paper / SPEC state: (what is counted, values); none for the other recipes.
 PUBLISHED = {
@@ -132,7 +127,7 @@ def madds_rows(release: dict[str, list[float]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.release_parity", description=__doc__.splitlines()[0])
     parser.add_argument("--release-checkpoints", nargs="*", type=Path, default=[],
                         help="the authors' published .pth.tar files, to compare their flops lists with our MAdds")
     parser.add_argument("--skip-parity", action="store_true", help="only the MAdds table")

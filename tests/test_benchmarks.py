@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["bench_crop", "bench_thresholds", "bench_early_exit", "bench_static", "bench_memory_format",
                                   "bench_train_step"])
 def test_benchmark_quick_run(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"
-    res = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip(), "a benchmark prints one summary line per figure"
     assert json.loads(out.read_text())

@@ -134,37 +134,11 @@ def test_policy_locations_match_one_batch_and_spread_is_per_step() -> None:
     assert spread[1]["mean"] == [0.5, 0.5] and spread[1]["std"] == pytest.approx([0.57735, 0.57735], abs=1e-5)
 
 
-def test_encoder_head_reads_each_input_alone() -> None:
-    """head="encoder": step 1 is fG's head on the glance, step t fL's head on patch t alone,
-    whatever fC has seen before; the classifier's answers differ from them."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from glancefocus.distributed import World
-    from glancefocus.evaluation.evaluate import collect_probs
-
-    torch.manual_seed(0)
-    model = tiny_model(T=3, num_classes=3).eval()
-    images = torch.randn(5, 3, 64, 64)
-    loader = DataLoader(TensorDataset(images, torch.zeros(5)), batch_size=2)
-    probs, _ = collect_probs(model, loader, World(), patches="fixed", head="encoder")
-    fixed = torch.tensor([[0.5, 0.5], [0.0, 0.0]])
-    with torch.inference_mode():
-        alone = [model.global_encoder.head(model.global_encoder(model.view(images))[1])]
-        for where in fixed:
-            encoder = model.local_encoder
-            alone.append(encoder.head(encoder(model.view(images, where.expand(5, 2)))[1]))
-    torch.testing.assert_close(probs, torch.stack(alone).softmax(2))
-    answers, _ = collect_probs(model, loader, World(), patches="fixed")
-    assert not torch.allclose(answers[1:], probs[1:])  # fC reads the steps together
-    with pytest.raises(ValueError, match="unknown head 'fc'"):
-        collect_probs(model, loader, World(), head="fc")
-
-
 def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from glancefocus.distributed import World
-    from glancefocus.evaluation.evaluate import first_focus_grid, grid_locations
+    from glancefocus.evaluation import first_focus_grid, grid_locations
 
     torch.manual_seed(0)
     model = tiny_model(T=3, num_classes=3).eval()
@@ -182,18 +156,18 @@ def test_first_focus_grid_is_step_2_with_its_patch_at_each_place() -> None:
     assert focus.float().std() > 0  # the places give different answers: the test compares something
 
 
-def test_grid_bound_picks_its_place_on_the_heldout_images() -> None:
-    from glancefocus.evaluation.evaluate import grid_bound
+def test_evaluate_model_measures_what_evaluate_checkpoint_does(trained_run: Path) -> None:
+    """A model in memory with loaders of one's own: the results a checkpoint's evaluation gives."""
+    from glancefocus import GFNet
+    from glancefocus.data.sources import load_data, make_loader
+    from glancefocus.distributed import World
+    from glancefocus.evaluation import evaluate_checkpoint, evaluate_model
+    from glancefocus.evaluation.evaluate import trained_data
 
-    heldout = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=torch.bool)  # place 2 is best there
-    focus = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)
-    confidence = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.9, 0.2, 0.2, 0.9], [0.1, 0.1, 0.9, 0.1], [0.2, 0.9, 0.2, 0.2]])
-    glance = torch.tensor([0, 1, 0, 0], dtype=torch.bool)
-    bound = grid_bound(heldout, glance, focus, confidence, grid=2)
-    assert bound["best_place"] == {"location": [1.0, 0.0], "accuracy": 25.0}  # not val's best place, place 0
-    assert bound["mean_place"] == 43.75 and bound["accuracy_by_place"] == [[100.0, 25.0], [25.0, 25.0]]
-    # the most confident places are 1, 3, 2, 1: wrong, wrong, wrong, right (place 0 was right on all)
-    assert bound["most_confident_place"] == 25.0
-    focus[0] = False
-    bound = grid_bound(heldout, glance, focus, confidence, grid=2)
-    assert bound["best_place_per_image"] == 75.0 and bound["oracle_exit_within_2"] == 100.0
+    checkpoint = trained_run / "stage2.safetensors"
+    found = evaluate_checkpoint(checkpoint, world=World(), batch_size=6, save=False, workers=0)
+    model, meta = GFNet.from_checkpoint(checkpoint)
+    splits = load_data(trained_data(meta), model.config, seed=meta["train_config"]["seed"])
+    loader = lambda data: make_loader(data, batch_size=6, world=World(), train=False, workers=0)  # noqa: E731
+    assert found.pop("patches") == "learned"
+    assert evaluate_model(model, loader(splits.heldout), loader(splits.val), World()) == found

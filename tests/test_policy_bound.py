@@ -1,19 +1,14 @@
 """The policy bound of the Imagenette script: π fitted to the exact expected step-2 reward
-over a grid of places (``scripts/imagenette_policy_bound.py``)."""
+over a grid of places (``scripts/imagenette/policy_bound.py``)."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from imagenette_policy_bound import expected_reward, fit_policy, paired_gain  # noqa: E402
-
-from glancefocus.evaluation.evaluate import grid_locations  # noqa: E402
-from glancefocus.models.policy import PatchPolicy  # noqa: E402
+from glancefocus.evaluation.evaluate import grid_locations
+from glancefocus.models.policy import PatchPolicy
+from scripts.imagenette.policy_bound import expected_reward, fit_policy, paired_gain
 
 
 def test_expected_reward_is_the_reward_averaged_under_the_gaussian_over_the_grid() -> None:

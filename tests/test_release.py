@@ -21,6 +21,7 @@ from glancefocus import GFNet, budgeted_accuracy, exit_fractions, find_threshold
 from glancefocus.models.checkpoint import read_meta
 from glancefocus.cli import main
 from glancefocus.models.release import import_release
+from scripts.release_reference import BATCH, randomize_norms
 
 needs_release = pytest.mark.skipif(
     not (SHARED / "reference" / "gfnet-release").is_dir(), reason="needs ../shared/reference/gfnet-release"
@@ -35,26 +36,10 @@ FAMILIES = {
     "mobilenetv3_large_125": (128, 3, 160),
     "efficientnet_b2": (128, 4, 160),
 }
-BATCH = 8
-
-
-def randomize_norms(*nets: torch.nn.Module) -> None:
-    """Non-trivial BatchNorm statistics and affine terms, so their mapping is checked too."""
-    g = torch.Generator().manual_seed(1)
-    for net in nets:
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-
-
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def pair(request, tmp_path_factory):
     """(release logits, release locations, our output, images, T) for one family."""
-    from release_reference import build_gfnet, run_gfnet, save_checkpoint
+    from scripts.release_reference import build_gfnet, run_gfnet, save_checkpoint
 
     name = request.param
     patch, T, size = FAMILIES[name]
@@ -90,7 +75,7 @@ def test_locations_match_the_release_at_every_step(pair):
 @needs_release
 def test_budgeted_classification_matches_the_release(pair):
     """The release's threshold search and evaluation on its probabilities equal ours on ours."""
-    from release_reference import release
+    from scripts.release_reference import release
 
     ref_logits, _, out, T = pair
     inference = release().inference
@@ -113,7 +98,7 @@ def test_budgeted_classification_matches_the_release(pair):
 @pytest.fixture(scope="module")
 def release_file(tmp_path_factory):
     """A small release checkpoint (MobileNet-V3 1.00, 96 px, T=3), as the authors save one."""
-    from release_reference import build_gfnet, save_checkpoint
+    from scripts.release_reference import build_gfnet, save_checkpoint
 
     path = tmp_path_factory.mktemp("release") / "r.pth.tar"
     save_checkpoint(path, build_gfnet("mobilenetv3_large_100", 96), "mobilenetv3_large_100", 96, 3)
@@ -209,7 +194,7 @@ def test_cli_imports_then_predicts_and_visualizes(release_file, tmp_path, capsys
 def test_cli_evaluates_an_imported_checkpoint(tmp_path):
     """A two-class release-format model (ImageNet would take hours) through `evaluate`."""
     from conftest import make_image_folder
-    from release_reference import build_gfnet, save_checkpoint
+    from scripts.release_reference import build_gfnet, save_checkpoint
 
     data = make_image_folder(tmp_path / "data", size=128)
 

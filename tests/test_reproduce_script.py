@@ -16,12 +16,12 @@ from conftest import IMAGENETTE
 
 from glancefocus.models.checkpoint import read_meta
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_imagenette.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], check=True, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _run(subcommand: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts.imagenette", subcommand, *args], check=True, capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> None:
@@ -35,26 +35,26 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
               "--glance-epochs", "2", "--glance-patience", "1", "--stage1-epochs", "2", "--curve-epochs", "1",
               "--stage2-epochs", "1", "--stage3", "--stage3-epochs", "1", "--sizes", "96", "128",
               "--static-epochs", "1"]
-    _run(*common, "--work", str(tmp_path / "work1"), "--stop-after", "stage1", "--export", str(weights))
+    _run("reproduce", *common, "--work", str(tmp_path / "work1"), "--stop-after", "stage1", "--export", str(weights))
     assert read_meta(weights)["stage"] == "stage1" and not (out / "results.json").exists()
     curve = json.loads((out / "parts" / "learning_curve.json").read_text())
     assert [p["epoch"] for p in curve] == [1, 2] and all(len(p["anytime_accuracy"]) == 2 for p in curve)
     # a lever run of its own (to Stage III), under --out/levers/, as the report's levers tables read them
-    _run(*common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage3",
+    _run("reproduce", *common, "--work", str(tmp_path / "work5"), "--out", str(out / "levers" / "t3"), "--T", "3", "--stop-after", "stage3",
          "--skip-static", "--stage2-curve-epochs", "1", "--stage2-images", "plain", "--ppo-lr", "1e-3", "--ppo-baseline", "greedy",
          "--no-grid")
     assert not (out / "levers" / "t3" / "parts" / "location_grid_stage2.json").exists()
-    _run(*common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights),
+    _run("reproduce", *common, "--work", str(tmp_path / "work2"), "--from-weights", str(weights), "--skip-static", "--export", str(weights),
          "--policy-bound", "12")
     assert not (tmp_path / "work2" / "glance.safetensors").exists()  # nothing before the import was redone
     assert read_meta(weights)["stage"] == "stage3"
-    _run(*common, "--work", str(tmp_path / "work3"), "--static-only")
+    _run("reproduce", *common, "--work", str(tmp_path / "work3"), "--static-only")
     assert not (tmp_path / "work3" / "glance.safetensors").exists() and (out / "parts" / "static_128.json").exists()
     # a variant of its own under --out/variants/: regions that zoom, π trained end to end
-    _run(*common, "--work", str(tmp_path / "work6"), "--out", str(out / "variants" / "zoom"), "--skip-static",
+    _run("reproduce", *common, "--work", str(tmp_path / "work6"), "--out", str(out / "variants" / "zoom"), "--skip-static",
          "--policy-training", "differentiable", "--patch-scale", "learned", "--end2end-epochs", "1")
     assert all((tmp_path / "work6" / f"{s}.safetensors").exists() for s in ("stage1", "end2end"))  # Stage I, then end to end
-    _run(*common, "--work", str(tmp_path / "work4"), "--from-weights", str(weights))  # trains nothing: reports
+    _run("reproduce", *common, "--work", str(tmp_path / "work4"), "--from-weights", str(weights))  # trains nothing: reports
 
     results = json.loads((out / "results.json").read_text())
     for name in ("budgeted.png", "anytime.png", "patches.png"):
@@ -102,7 +102,7 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert len(results["levers"]["t3"]["stage1"]["anytime_accuracy"]) == 3 and results["recipe"]["T"] == 2
     assert results["levers"]["t3"]["madds"][:2] == results["madds"]  # the same steps, one more of them
     assert len(results["budgeted"]) == 39
-    table = _run("--out", str(out), "--table").stdout
+    table = _run("table", "--out", str(out)).stdout
     assert "| focus step |" in table and "| per step |" in table and "| Stage I epoch |" in table and "after stage3" in table
     assert set(results["levers"]["t3"]["stage2"]["anytime_accuracy_by_policy"]) == {"learned", "random", "fixed"}
     t3 = results["levers"]["t3"]  # its one Stage II epoch is the one kept: the curve's point is that model

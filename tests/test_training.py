@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +202,26 @@ def test_stage2_keeps_best_epoch_via_cli(colour_data, tmp_path):
     assert anytime_accuracy(probs, targets) == pytest.approx(kept["heldout_accuracy"])
 
 
+
+
+def test_fine_tune_classifier_trains_any_classifier_as_the_glance_is(tiny_data: Path, tmp_path: Path) -> None:
+    """A static baseline through the stages' fine-tune: its checkpoint, held-out selection and
+    early stop, and the classifier left with the kept epoch's weights."""
+    from glancefocus.config import DataConfig, GFNetConfig, TrainConfig
+    from glancefocus.data.sources import load_data
+    from glancefocus.distributed import World
+    from glancefocus.models.checkpoint import load_checkpoint, read_meta
+    from glancefocus.training import Run, fine_tune_classifier
+
+    model_config = GFNetConfig(backbone="resnet18", num_classes=2, patch_size=32, T=2, image_size=64).resolved()
+    splits = load_data(DataConfig(root=str(tiny_data), holdout=0.25), model_config, seed=0)
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    config = TrainConfig(batch_size=4).for_model(model_config)
+    path = fine_tune_classifier(classifier, splits, "static64", config=config, run=Run(tmp_path, World(), quiet=True), epochs=3,
+                                patience=1, meta={"data": str(tiny_data)})
+    meta = read_meta(path)
+    assert path == tmp_path / "static64.safetensors" and meta["data"] == str(tiny_data) and meta["stage"] == "static64"
+    assert 1 <= len(meta["history"]) <= 3 and all("heldout_accuracy" in m for m in meta["history"])
+    weights = load_checkpoint(path)[0]
+    assert all(torch.equal(weights[k], v) for k, v in classifier.state_dict().items())

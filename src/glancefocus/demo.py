@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .models.checkpoint import atomic_write_text, read_meta
+from .models.checkpoint import read_meta
+from .runtime.files import atomic_write_text
 from .config import DataConfig
 from .data.sources import load_data, make_loader
 from .distributed import World

@@ -5,7 +5,7 @@
   (SPEC "Table 2"), trained with the family defaults of appendix A.2–A.3;
 - ``default``: what ``glancefocus train`` builds when no recipe is named;
 - ``demo``: the whole pipeline on the built-in data in minutes on a CPU;
-- ``imagenette-lite0``: the measured reproduction on Imagenette (``scripts/reproduce_imagenette.py``).
+- ``imagenette-lite0``: the measured reproduction on Imagenette (``python -m scripts.imagenette``).
 
 :func:`resolve` is the one place that turns a recipe and its overrides into final configs.
 """

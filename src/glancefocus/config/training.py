@@ -75,7 +75,7 @@ class TrainConfig:
         "help": "end-to-end stage: fraction of each batch's images that read uniformly random regions instead of π's "
                 "(AdaFocusV2's diversity augmentation: fL and fC keep learning from every place)"})
     amp: Amp = field(default="none", metadata={"help": "mixed precision"})
-    channels_last: bool = True  # oneDNN convs: a CPU Stage I step 1.9x faster (benchmarks/bench_memory_format.py)
+    channels_last: bool = True  # oneDNN convs: a CPU Stage I step 1.9x faster (python -m benchmarks.bench_memory_format)
     compile: bool = field(default=False, metadata={"help": "torch.compile the encoders"})
     seed: int = 0
     checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every N optimiser steps"})

@@ -219,17 +219,3 @@ def imagenet_indices(wnids: list[str]) -> list[int]:
     if unknown:
         raise ValueError(f"not ImageNet-1k class ids: {unknown[:5]}")
     return [names.index(w) for w in wnids]
-
-
-@torch.no_grad()
-def restrict_head(model: torch.nn.Module, indices: list[int]) -> None:
-    """Replace a 1000-way ImageNet head by the rows of ``indices``, so a subset of ImageNet
-    classes starts from the pretrained classifier instead of a random one."""
-    head = model.get_classifier()
-    if not isinstance(head, torch.nn.Linear) or head.out_features != 1000:
-        raise ValueError(f"restrict_head needs a 1000-way linear ImageNet head, got {head}")
-    weight, bias = head.weight[indices].clone(), head.bias[indices].clone()
-    model.reset_classifier(len(indices))
-    new = model.get_classifier()
-    new.weight.copy_(weight)
-    new.bias.copy_(bias)

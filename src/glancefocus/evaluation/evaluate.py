@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..models.budget import PAPER_QS, budgeted_curve, threshold_json
-from ..models.checkpoint import atomic_write_text, update_meta
+from ..models.checkpoint import update_meta
+from ..runtime.files import atomic_write_text
 from ..config import DataConfig, Patches
 from ..data.sources import data_source, default_workers, load_data, make_loader
 from ..distributed import World, gather_in_order
@@ -21,9 +22,6 @@ from ..training.trainer import autocast
 
 #: How the focus patches are chosen: π's mean (the model), or the paper's two ablations.
 PATCHES: tuple[str, ...] = get_args(Patches)
-#: Whose answer is read at each step: fC's (GFNet's own), or the step's encoder's head on its
-#: input alone (fG's on the glance, fL's on that one patch: the deep-supervision heads).
-HEADS = ("classifier", "encoder")
 
 
 def centre_then_corners(T: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -60,28 +58,22 @@ def collect_probs(
     patches: str = "learned",
     amp: str = "none",
     generator: torch.Generator | None = None,
-    head: str = "classifier",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax outputs after every step, (T, N, C), and targets (N,), for all of ``loader``.
 
     ``patches``: "learned" (π's mean), "random" (uniform) or "fixed" (centre, then corners).
-    ``head``: "classifier" (what GFNet answers) or "encoder" (what each step's input alone
-    tells its encoder's head: how good fG's glance and fL's single patches are).
     With several processes each evaluates its shard; the gathered results are put back in
     dataset order, without the samples repeated to even out the shards.
     """
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
     model.eval()
-    device, encoder = world.device, head == "encoder"
+    device = world.device
     all_probs, all_targets = [], []
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         where = _locations(patches, model, images.shape[0], device, generator)
         with autocast(amp, device):
-            out = model(images, locations=where, need_aux=encoder)
-        logits = out.aux_logits if encoder else out.logits
-        all_probs.append(F.softmax(logits.float(), dim=2))
+            out = model(images, locations=where, need_aux=False)
+        all_probs.append(F.softmax(out.logits.float(), dim=2))
         all_targets.append(targets.to(device))
     probs = gather_in_order(torch.cat(all_probs, dim=1), loader, world, dim=1)
     return probs, gather_in_order(torch.cat(all_targets), loader, world)
@@ -122,13 +114,14 @@ class FocusGrid(NamedTuple):
 
 @torch.inference_mode()
 def first_focus_grid(model: GFNet, loader: DataLoader, world: World, *, grid: int = 7, scales: int | None = None) -> FocusGrid:
-    """GFNet's answer after the glance, and after the first focus step with its patch at each
-    of :func:`grid_locations` ``(grid, scales)`` (``scales`` for a learned patch scale only);
-    in dataset order.
+    """What any patch policy could reach at step 2: GFNet's answer after the glance, and after
+    the first focus step with its patch at each of :func:`grid_locations` ``(grid, scales)``
+    (``scales`` for a learned patch scale only), per image in dataset order.
 
-    What a patch policy can reach at step 2: the best single place for all images, the place
-    where GFNet is most confident (a policy that could afford to try every place), and each
-    image's own best place (an oracle that reads the label).
+    From it: the best single place for all images (``right.float().mean(1).argmax()``), the
+    place where GFNet is most confident (a policy that could afford to try every place), and
+    each image's own best place (``right.any(0)``: an oracle that reads the label, the bound
+    of every policy at step 2).
     """
     model.eval()
     if (scales is not None) != (model.config.action_dims == 3):
@@ -148,27 +141,6 @@ def first_focus_grid(model: GFNet, loader: DataLoader, world: World, *, grid: in
         true_prob.append(probs.gather(2, targets.view(1, -1, 1).expand(len(places), -1, 1)).squeeze(2))
     per_place = (gather_in_order(torch.cat(found, dim=1), loader, world, dim=1) for found in (right, confidence, true_prob))
     return FocusGrid(gather_in_order(torch.cat(glance), loader, world), *per_place)
-
-
-def grid_bound(heldout_right: torch.Tensor, glance: torch.Tensor, right: torch.Tensor, confidence: torch.Tensor,
-               grid: int, scales: int | None = None) -> dict[str, Any]:
-    """Step 2's accuracy (%) over the places of :func:`first_focus_grid`: their mean (uniformly
-    random places), the best single place (chosen on the held-out images), the place where
-    GFNet is most confident, each image's best place (any right: the bound of every policy),
-    and that or the glance (the oracle exit within two steps, with every policy)."""
-    per_place = right.double().mean(1) * 100
-    best = int(heldout_right.double().mean(1).argmax())
-    confident = right.gather(0, confidence.argmax(0, keepdim=True))
-    return {
-        "grid": grid,
-        "scales": scales,
-        "mean_place": float(per_place.mean()),
-        "best_place": {"location": grid_locations(grid, scales)[best].tolist(), "accuracy": float(per_place[best])},
-        "most_confident_place": float(confident.double().mean() * 100),
-        "best_place_per_image": float(right.any(0).double().mean() * 100),
-        "oracle_exit_within_2": float((glance | right.any(0)).double().mean() * 100),
-        "accuracy_by_place": per_place.view(grid, grid, *([scales] if scales else [])).tolist(),
-    }
 
 
 def anytime_accuracy(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:
@@ -210,6 +182,15 @@ def thresholds_tensor(rows: list[list[float | str]]) -> torch.Tensor:
     return torch.tensor([[float(v) for v in row] for row in rows])
 
 
+def evaluate_model(model: GFNet, heldout: DataLoader, val: DataLoader, world: World, *, patches: str = "learned",
+                   amp: str = "none") -> dict[str, Any]:
+    """What :func:`evaluate_checkpoint` measures, for a model in memory and loaders of your own:
+    anytime accuracy, MAdds, thresholds set on ``heldout`` (images the model was not trained
+    on), the 39-point budgeted curve and the oracle exit on ``val``."""
+    heldout_probs, _ = collect_probs(model, heldout, world, patches=patches, amp=amp)
+    probs, targets = collect_probs(model, val, world, patches=patches, amp=amp)
+    return {"num_val": int(targets.numel()), "num_heldout": int(heldout_probs.shape[1]),
+            **evaluate_results(heldout_probs, probs, targets, model.madds())}
 
 
 def evaluate_checkpoint(
@@ -241,10 +222,7 @@ def evaluate_checkpoint(
     splits = load_data(data, model.config, seed=meta.get("train_config", {}).get("seed", 0))
     workers = data.workers if data.workers is not None else default_workers(data_source(data.root), world.device)
     loader = lambda d: make_loader(d, batch_size=batch_size, world=world, train=False, workers=workers)  # noqa: E731
-    heldout, _ = collect_probs(model, loader(splits.heldout), world, patches=patches, amp=amp)
-    probs, targets = collect_probs(model, loader(splits.val), world, patches=patches, amp=amp)
-    results = {"patches": patches, "num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
-               **evaluate_results(heldout, probs, targets, model.madds())}
+    results = {"patches": patches, **evaluate_model(model, loader(splits.heldout), loader(splits.val), world, patches=patches, amp=amp)}
     if world.is_main:
         if save and patches == "learned":
             update_meta(checkpoint, results=results, madds=results["madds"])

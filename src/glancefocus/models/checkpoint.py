@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..config import GFNetConfig
-from ..runtime.files import atomic_write, atomic_write_text  # noqa: F401  (their home is torch-free)
+from ..runtime.files import atomic_write
 
 META_KEY = "glancefocus"
 FORMAT_VERSION = 1

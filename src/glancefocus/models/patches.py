@@ -38,7 +38,7 @@ def crop_patches(images: torch.Tensor, locations: torch.Tensor, patch_size: int,
 
     ``method``: ``"gather"`` (one vectorised gather of the B windows, loop-free: the GPU's
     way), ``"slices"`` (one slice per image, then a stack: 2.6x faster on a CPU at 224→96,
-    benchmarks/bench_crop.py), or None for the faster one on ``images``' device.  Both
+    python -m benchmarks.bench_crop), or None for the faster one on ``images``' device.  Both
     give the same values.
 
     Args:

@@ -19,7 +19,7 @@ since only earlier steps can add to it.  Among ready queues the ``policy`` picks
 ``"deepest"`` (default: the latest step first, which finishes images already mid-way and
 frees their slots), ``"oldest"`` (the queue holding the earliest-arrived request) or
 ``"fullest"`` (the most images).  "deepest" is the default for its p99 at equal throughput:
-with the same Poisson arrivals offered to each (``benchmarks/bench_serve.py --rates 80 120 145``,
+with the same Poisson arrivals offered to each (``python -m benchmarks.bench_serve --rates 80 120 145``,
 one run on a quiet 2-core CPU, benchmarks/README.md) its p99 was 23.5 / 32.2 / 47.7 ms at
 72 / 114 / 145 img/s, against 23.9 / 163.8 / 44.4 for "oldest" and 25.2 / 34.0 / 88.6 for
 "fullest": never far from the best and never the worst.  One run each, and noisy: in the

@@ -10,7 +10,7 @@ from ..runtime.lazy import lazy_exports
 
 _EXPORTS = {
     "NonFiniteLoss": "trainer", "PIPELINES": "stages", "Run": "trainer", "STAGES": "stages", "Trainer": "trainer",
-    "deep_supervision_loss": "losses", "fit": "pipeline", "new_model": "pipeline", "train": "pipeline",
+    "deep_supervision_loss": "losses", "fine_tune_classifier": "pipeline", "fit": "pipeline", "new_model": "pipeline", "train": "pipeline",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -18,7 +18,7 @@ from ..config.recipes import Resolved
 from ..data.sources import Splits, data_source, default_workers, load_data
 from ..distributed import barrier
 from ..models.gfnet import GFNet
-from .stages import STAGES, Setup
+from .stages import STAGES, Setup, fine_tune
 from .trainer import Run, Trainer
 
 
@@ -89,6 +89,21 @@ def fit(
                 print(f"[{name}] done in {time.time() - started:.0f} s -> {last}")
         barrier(run.world)
     return last
+
+
+def fine_tune_classifier(classifier: nn.Module, splits: Splits, name: str, *, config: TrainConfig, run: Run, epochs: int,
+                         patience: int = 0, meta: dict[str, Any] | None = None) -> Path:
+    """Fine-tune any classifier (images -> logits) on ``splits`` as the glance fine-tune is
+    trained: cross-entropy, Nesterov SGD at ``config.glance_lr`` scaled with the batch, a cosine
+    schedule, the seeded augmentation, checkpoints in ``run`` as ``name``; with ``patience`` it
+    stops after that many epochs without a better held-out accuracy and keeps the best epoch.
+    A static baseline trained this way differs from GFNet's stages only in its model.
+    ``config`` is resolved for a family (:meth:`TrainConfig.for_model`, or a recipe's);
+    ``classifier`` is on ``run``'s device.  Returns the checkpoint."""
+    trainer = Trainer(run, config)
+    setup = Setup(None, splits, config, trainer, meta or {})  # no GFNet: fine_tune reads only the data and config
+    trainer.fit(fine_tune(setup, name, classifier, epochs=epochs, lr=config.glance_lr, saved=classifier, patience=patience))
+    return run.checkpoint(name)
 
 
 def _start_checkpoint(run: Run, first: str) -> Path | None:

@@ -36,7 +36,7 @@ from .trainer import StagePlan, Trainer, autocast, cosine_schedule, steps_per_ep
 class Setup:
     """What every stage builder reads: the model, the data and how to train it."""
 
-    model: GFNet
+    model: GFNet | None  # None for a plain classifier's fine_tune (fine_tune_classifier)
     splits: Splits
     config: TrainConfig  # resolved for the model's family
     trainer: Trainer

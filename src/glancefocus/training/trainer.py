@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..models.checkpoint import atomic_write_text, load_checkpoint, load_train_state, save_checkpoint, state_path
+from ..models.checkpoint import load_checkpoint, load_train_state, save_checkpoint, state_path
+from ..runtime.files import atomic_write_text
 from ..config import TrainConfig
 from ..distributed import World, all_gather_objects, all_mean, all_sum, autocast
 from .runlog import RunLog

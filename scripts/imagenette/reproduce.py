@@ -1,6 +1,6 @@
 """Measured reproduction of GFNet on Imagenette with offline EfficientNet-Lite0 weights.
 
-    .venv/bin/python scripts/reproduce_imagenette.py --data ../shared/data/imagenette --out results/imagenette
+    python -m scripts.imagenette reproduce --data ../shared/data/imagenette --out results/imagenette
 
 Trains a GFNet (tf_efficientnet_lite0, 224 px images, 96 px patches, T = 4) with the
 ``imagenette-lite0`` recipe, the authors' release's (dropout and drop-path, rates scaled from
@@ -9,7 +9,8 @@ improving, Stage I for appendix A.3's 30 epochs (evaluated after epochs 5, 10, 2
 the learning curve), Stage II for 15, and Stage III with ``--stage3`` (appendix A.3 skips it
 for EfficientNet; with it both models are reported).  The static backbone is fine-tuned at
 96..224 px with the same recipe until its held-out accuracy stops improving.  Writes JSON +
-PNG results; ``--table`` prints RESULTS.md's tables from them.
+PNG results; the ``table`` subcommand prints RESULTS.md's tables from them.  An option left
+out takes the recipe's value (``glancefocus.config.recipes.resolve``), shown in ``--help``.
 
 Levers beyond the paper's recipe, each recorded in results.json: ``--patch-size 128``,
 ``--T 5``, ``--stage3``, ``--distill W`` (the static 224 px model's soft targets teach fL
@@ -20,7 +21,7 @@ own (``--work runs/lever-NAME --out results/imagenette/levers/NAME --stop-after 
 the report's levers table; one that goes on to Stage II or III (``--no-grid`` skips the
 step-2 grid of places) also in its Stage II table.  ``--policy-bound N`` measures how far
 π's first place can go: copies of π fitted on N training images to the exact step-2
-objective over the grid (``imagenette_policy_bound.py``).
+objective over the grid (``policy_bound.py``).
 
 Resumable and splittable: a rerun continues from ``--work``.  Each finished part (the glance
 fine-tune, the learning curve, each model's evaluation, each static size) is also written
@@ -41,67 +42,72 @@ from pathlib import Path
 from typing import get_args
 
 from glancefocus import GFNet
-from glancefocus.models.checkpoint import atomic_write, atomic_write_text, load_checkpoint, read_meta
+from glancefocus.models.checkpoint import load_checkpoint, read_meta
+from glancefocus.runtime.files import atomic_write, atomic_write_text
 from glancefocus.config import DataConfig, PatchScale, PolicyTraining, PPOBaseline, Stage2Images, TrainConfig
 from glancefocus.distributed import init_world
-from glancefocus.config.recipes import IMAGENETTE_LITE0, resolve
+from glancefocus.config.recipes import Resolved, resolve
 from glancefocus.training.runlog import RunLog
 from glancefocus.training.trainer import Run
 from glancefocus.training.pipeline import fit, new_model
 from glancefocus.training.stages import PIPELINES, STAGES
 from glancefocus.config.weights import imagenet_indices
 
-from imagenette_data import load_imagenette
-from imagenette_parts import (Parts, assemble, evaluate_gfnet, learning_curve, location_grid, policy_curve, pretrained_head,
-                              static_models, write_outputs)
-from imagenette_policy_bound import policy_bound
-from imagenette_report import markdown_table
+from .data import load_imagenette
+from .grid import location_grid
+from .heads import pretrained_head
+from .parts import Parts, StaticModels, assemble, evaluate_gfnet, learning_curve, policy_curve, write_outputs
+from .policy_bound import policy_bound
+from .report import markdown_table
+
+RECIPE = "imagenette-lite0"
 
 
-
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def options() -> argparse.ArgumentParser:
+    """The run's options, shared by ``reproduce`` and ``gather`` (which records them)."""
+    p = argparse.ArgumentParser(add_help=False)
+    d = resolve(RECIPE)  # an option left out (None) takes the recipe's value, resolved for its family: shown in its help
     p.add_argument("--data", type=Path, default=Path("../shared/data/imagenette"))
     p.add_argument("--out", type=Path, default=Path("results/imagenette"))
     p.add_argument("--work", type=Path, default=Path("runs/imagenette"), help="checkpoints, logs, decoded-image cache")
-    p.add_argument("--T", type=int, default=4)
-    p.add_argument("--patch-size", type=int, default=96)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--glance-epochs", type=int, default=30, help="most epochs of the glance fine-tune")
-    p.add_argument("--glance-patience", type=int, default=2, help="stop the glance fine-tune after this many epochs without gain")
-    p.add_argument("--stage1-epochs", type=int, default=30, help="appendix A.3's 30 for EfficientNet")
+    p.add_argument("--T", type=int, help=f"steps (the recipe's: {d.model.T})")
+    p.add_argument("--patch-size", type=int, help=f"the recipe's: {d.model.patch_size}")
+    p.add_argument("--batch-size", type=int, help=f"the recipe's: {d.train.batch_size}")
+    p.add_argument("--glance-epochs", type=int, help=f"most epochs of the glance fine-tune (the recipe's: {d.train.glance_epochs})")
+    p.add_argument("--glance-patience", type=int,
+                   help=f"stop the glance fine-tune after this many epochs without gain (the recipe's: {d.train.glance_patience})")
+    p.add_argument("--stage1-epochs", type=int, help=f"the recipe's: {d.train.stage1_epochs}, appendix A.3's for EfficientNet")
     p.add_argument("--curve-epochs", type=int, nargs="+", default=[5, 10, 20, 30], help="Stage I epochs evaluated on val")
-    p.add_argument("--stage2-epochs", type=int, default=15, help="appendix A.2's 15")
+    p.add_argument("--stage2-epochs", type=int, help=f"the recipe's: {d.train.stage2_epochs}, appendix A.2's")
     p.add_argument("--stage2-curve-epochs", type=int, nargs="*", default=[],
                    help="Stage II epochs whose π is also evaluated on val (learned, random and fixed patches), whatever epoch is kept")
-    p.add_argument("--stage2-images", choices=get_args(Stage2Images), default=IMAGENETTE_LITE0.train.stage2_images,
+    p.add_argument("--stage2-images", choices=get_args(Stage2Images),
                    help="Stage II rolls out on augmented training images (the release) or on them as evaluation crops them "
                         "(beyond the paper)")
-    p.add_argument("--ppo-lr", type=float, default=IMAGENETTE_LITE0.train.ppo.lr, help="Adam LR of π in Stage II (appendix A.2's 3e-4)")
-    p.add_argument("--ppo-baseline", choices=get_args(PPOBaseline), default=IMAGENETTE_LITE0.train.ppo.baseline,
+    p.add_argument("--ppo-lr", type=float, help=f"Adam LR of π in Stage II (the recipe's: {d.train.ppo.lr:g}, appendix A.2's)")
+    p.add_argument("--ppo-baseline", choices=get_args(PPOBaseline),
                    help="Stage II advantage baseline: the critic (Eq. 7) or π's mean locations on the same image (beyond the paper)")
-    p.add_argument("--policy-training", choices=get_args(PolicyTraining), default=IMAGENETTE_LITE0.train.policy_training,
+    p.add_argument("--policy-training", choices=get_args(PolicyTraining),
                    help="ppo: the paper's Stages I-III; differentiable: one end-to-end stage after the glance fine-tune (beyond the paper)")
-    p.add_argument("--patch-scale", choices=get_args(PatchScale), default=IMAGENETTE_LITE0.model.patch_scale,
+    p.add_argument("--patch-scale", choices=get_args(PatchScale),
                    help="focus region side: fixed (the patch size) or learned by π within --scale-range (beyond the paper)")
     p.add_argument("--scale-range", type=int, nargs=2, metavar=("LO", "HI"), help="region sides of a learned scale (default: P, 224)")
-    p.add_argument("--end2end-epochs", type=int, default=IMAGENETTE_LITE0.train.end2end_epochs, help="epochs of the end-to-end stage")
-    p.add_argument("--end2end-random", type=float, default=IMAGENETTE_LITE0.train.end2end_random,
-                   help="end-to-end stage: fraction of images reading random regions")
+    p.add_argument("--end2end-epochs", type=int, help="epochs of the end-to-end stage")
+    p.add_argument("--end2end-random", type=float, help="end-to-end stage: fraction of images reading random regions")
     p.add_argument("--end2end-after", choices=["glance", "stage1"], default="stage1",
                    help="what the end-to-end stage starts from: a Stage I on random regions (the library's pipeline: fL and "
                         "fC have read every place and scale before π chooses), or the glance fine-tune (AdaFocusV2's one stage)")
-    p.add_argument("--lr-policy", type=float, default=IMAGENETTE_LITE0.train.lr_policy, help="end-to-end stage: π's SGD LR (at batch 256)")
+    p.add_argument("--lr-policy", type=float, help="end-to-end stage: π's SGD LR (at batch 256)")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                    help="measure step 2 over a 7×7 grid of places after Stages II and III (lever runs may skip it)")
     p.add_argument("--policy-bound", type=int, default=0, metavar="IMAGES",
                    help="after Stages II and III, also fit copies of π to the exact step-2 reward (and to step 2's correctness) over "
                         "the 7×7 grid on this many training images and measure them on val: how far π's first place can go (0: skip)")
-    p.add_argument("--stage3", action=argparse.BooleanOptionalAction, default=False,
-                   help="also run Stage III (skipped for EfficientNet by appendix A.3) and report both models")
-    p.add_argument("--stage3-epochs", type=int, default=5)
-    p.add_argument("--distill", type=float, default=0.0,
-                   help="weight of distillation from the static 224 px model in Stages I/III (beyond the paper; 0: none)")
+    p.add_argument("--stage3", action=argparse.BooleanOptionalAction,
+                   help="also run Stage III (the recipe skips it for EfficientNet, as appendix A.3 does) and report both models")
+    p.add_argument("--stage3-epochs", type=int, default=5, help="this reproduction's Stage III (the family's would be Stage I's 30)")
+    p.add_argument("--distill", type=float,
+                   help=f"weight of distillation from the static 224 px model in Stages I/III (beyond the paper; the recipe's: {d.train.distill_weight:g}, none)")
     p.add_argument("--train-glance", action="store_true", help="fG trainable in Stage I (beyond the paper for EfficientNet)")
     p.add_argument("--static-epochs", type=int, default=30, help="most fine-tuning epochs of each static baseline")
     p.add_argument("--static-patience", type=int, default=2, help="stop a static baseline after this many epochs without gain")
@@ -111,33 +117,39 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stop-after", choices=[*STAGES, "static"], help="end this invocation after this part")
     p.add_argument("--export", type=Path, help="write the last GFNet stage's weights here (weights only, safetensors)")
     p.add_argument("--from-weights", type=Path, help="continue after the stage whose weights (from --export) this file holds")
-    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="mixed precision of training")
+    p.add_argument("--amp", choices=["none", "bf16"], help=f"mixed precision of training (the recipe's: {d.train.amp})")
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
-    p.add_argument("--table", action="store_true", help="only print RESULTS.md's tables from --out/results.json")
-    p.add_argument("--gather", action="store_true",
-                   help="only reassemble --out/results.json from --out/parts and the variant runs under --out/variants (no data read)")
     p.add_argument("--workers", type=int, default=0, help="in-memory data: loader processes would only compete with compute")
-    args = p.parse_args()
-    if args.policy_bound < 0:
-        p.error(f"--policy-bound {args.policy_bound}: give a number of training images, or 0 to skip it")
-    return args
+    return p
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The recipe's training config with this command's epochs and levers."""
-    return replace(
-        IMAGENETTE_LITE0.train, batch_size=args.batch_size, glance_epochs=args.glance_epochs, glance_patience=args.glance_patience,
-        stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, stage3_epochs=args.stage3_epochs, run_stage3=args.stage3,
-        distill_weight=args.distill, amp=args.amp, stage2_images=args.stage2_images, policy_training=args.policy_training,
-        end2end_epochs=args.end2end_epochs, end2end_random=args.end2end_random, lr_policy=args.lr_policy,
-        ppo=replace(IMAGENETTE_LITE0.train.ppo, lr=args.ppo_lr, baseline=args.ppo_baseline),
-        **({"freeze_glance": False} if args.train_glance else {}),
-    )
+def configs(args: argparse.Namespace) -> Resolved:
+    """The recipe with this command's options.  The options left to the recipe are then set
+    to its values, so that what the run records (results.json's command and recipe) is what ran."""
+    r = resolve(RECIPE, model={"patch_size": args.patch_size, "T": args.T, "patch_scale": args.patch_scale,
+                               "scale_range": tuple(args.scale_range) if args.scale_range else None,
+                               "crop": "resample" if args.patch_scale == "learned" else None},
+                train={"batch_size": args.batch_size, "glance_epochs": args.glance_epochs, "glance_patience": args.glance_patience,
+                       "stage1_epochs": args.stage1_epochs, "stage2_epochs": args.stage2_epochs,
+                       "stage3_epochs": args.stage3_epochs, "run_stage3": args.stage3, "distill_weight": args.distill,
+                       "amp": args.amp, "stage2_images": args.stage2_images, "policy_training": args.policy_training,
+                       "end2end_epochs": args.end2end_epochs, "end2end_random": args.end2end_random, "lr_policy": args.lr_policy,
+                       "freeze_glance": False if args.train_glance else None},
+                ppo={"lr": args.ppo_lr, "baseline": args.ppo_baseline})
+    m, t = r.model, r.train
+    filled = {"T": m.T, "patch_size": m.patch_size, "batch_size": t.batch_size, "glance_epochs": t.glance_epochs,
+              "glance_patience": t.glance_patience, "stage1_epochs": t.stage1_epochs, "stage2_epochs": t.stage2_epochs,
+              "stage2_images": t.stage2_images, "ppo_lr": t.ppo.lr, "ppo_baseline": t.ppo.baseline, "policy_training": t.policy_training,
+              "patch_scale": m.patch_scale, "end2end_epochs": t.end2end_epochs, "end2end_random": t.end2end_random,
+              "lr_policy": t.lr_policy, "stage3": t.run_stage3, "distill": t.distill_weight, "amp": t.amp}
+    for name, value in filled.items():
+        setattr(args, name, value)
+    return r
 
 
-def levers(args: argparse.Namespace, model: GFNet, tc: TrainConfig) -> dict:
+def levers(args: argparse.Namespace, model: GFNet, c: TrainConfig) -> dict:
     """What this run's recipe is, for results.json."""
-    cfg, c = model.config, tc.for_model(model.config)
+    cfg = model.config
     return {"patch_size": cfg.patch_size, "T": cfg.T, "stage3": args.stage3, "distill_weight": args.distill,
             "glance_trainable_in_stage1": not c.freeze_glance, "drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate,
             "lr_scale": c.lr_scale, "resize_interpolation": cfg.resize_interpolation, "stage3_locations": c.stage3_locations,
@@ -225,30 +237,29 @@ def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Pa
     return last
 
 
-def main() -> None:
-    args = parse_args()
-    if args.table:
-        print(markdown_table(json.loads((args.out / "results.json").read_text())))
-        return
-    started = time.time()
+def _run(args: argparse.Namespace) -> Run:
     args.work.mkdir(parents=True, exist_ok=True)
     world = init_world()
     # resume=True: a rerun continues each stage from its last checkpoint (finished ones are kept).
-    run = Run(args.work, world, resume=True, log=RunLog(args.work, world))
-    tc, parts = train_config(args), Parts(args.out / "parts")
-    if args.gather:
-        model = GFNet(resolve("imagenette-lite0", model={"patch_size": args.patch_size, "T": args.T}).model)
-        report = assemble(args, model, "stage3", run, parts, parts.load("recipe"))
-        earlier = args.out / "results.json"
-        if earlier.exists():  # --gather trains and draws nothing: the command and figures stay those of the run
-            report.update({k: v for k, v in json.loads(earlier.read_text()).items() if k in ("command", "figures_from")})
-        atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
-        print(markdown_table(report))
-        return
-    crop = "resample" if args.policy_training == "differentiable" or args.patch_scale == "learned" else None
-    config = resolve("imagenette-lite0", model={"patch_size": args.patch_size, "T": args.T, "patch_scale": args.patch_scale,
-                                                "scale_range": tuple(args.scale_range) if args.scale_range else None, "crop": crop}).model
-    model = new_model(config, pretrained=IMAGENETTE_LITE0.pretrained, seed=tc.seed)
+    return Run(args.work, world, resume=True, log=RunLog(args.work, world))
+
+
+def gather(args: argparse.Namespace) -> None:
+    """Reassemble ``--out/results.json`` from ``--out/parts`` and the variant runs (no data read)."""
+    model, run, parts = GFNet(configs(args).model), _run(args), Parts(args.out / "parts")
+    report = assemble(args, model, "stage3", run, parts, parts.load("recipe"))
+    earlier = args.out / "results.json"
+    if earlier.exists():  # gather trains and draws nothing: the command and figures stay those of the run
+        report.update({k: v for k, v in json.loads(earlier.read_text()).items() if k in ("command", "figures_from")})
+    atomic_write_text(args.out / "results.json", json.dumps(report, indent=2))
+    print(markdown_table(report))
+
+
+def reproduce(args: argparse.Namespace) -> None:
+    """Train and measure what is not done yet; with the last part, write results.json and the figures."""
+    started, run, r = time.time(), _run(args), configs(args)
+    world, tc, parts = run.world, r.train, Parts(args.out / "parts")
+    model = new_model(r.model, pretrained=r.pretrained, seed=tc.seed)
     splits = load_imagenette(args.data, args.work / "cache", model.config, seed=tc.seed, holdout=DataConfig().holdout, limit=args.limit)
     recipe = levers(args, model, tc)
     if not args.static_only:  # what a lever run under --out/levers/ is, for the report's levers table
@@ -256,7 +267,7 @@ def main() -> None:
     rows = imagenet_indices(splits.classes)
     for encoder in (model.global_encoder, model.local_encoder):
         pretrained_head(encoder.model, rows)
-    statics = static_models(args, model, splits, run, rows, tc, parts)
+    statics = StaticModels(args, model, splits, run, rows, tc, parts)
     teacher = statics.model(224) if args.distill and not args.static_only else None
     last = None if args.static_only else train_gfnet(args, model, splits, run, tc, parts, teacher)
     if args.stop_after in STAGES:
@@ -270,7 +281,3 @@ def main() -> None:
     report = assemble(args, model, last, run, parts, recipe)
     write_outputs(args, report, model, splits, world.device)
     print(markdown_table(report))
-
-
-if __name__ == "__main__":
-    main()

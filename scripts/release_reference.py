@@ -1,5 +1,5 @@
 """The authors' GFNet release, imported from ``../shared/reference/gfnet-release`` as a
-reference for parity tests.  Nothing of it is copied: it is loaded from that folder.
+reference for the parity tests and ``scripts.release_parity``.  Nothing of it is copied: it is loaded from that folder.
 
 The release is CUDA-only and written for PyTorch 1.3: on CPU its ``.cuda()`` calls are made
 no-ops (only while its code runs) and the removed ``torch._six`` module is supplied.
@@ -35,6 +35,22 @@ RELEASE_NAMES = {
     "efficientnet_b2": "efficientnet_b2",
     "efficientnet_b3": "efficientnet_b3",
 }
+
+#: Images per parity comparison.
+BATCH = 8
+
+
+def randomize_norms(*nets: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm statistics and affine terms, so their mapping is checked too."""
+    g = torch.Generator().manual_seed(1)
+    for net in nets:
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
-"""RESULTS.md's tables from ``results.json`` of ``reproduce_imagenette.py`` (``--table``)."""
+"""RESULTS.md's tables from the reproduction's ``results.json`` (the ``table`` subcommand)."""
 
 from __future__ import annotations
 
-from imagenette_variants import against_static
+from .variants import against_static
 
 
 def _m(value: float) -> str:

@@ -1,4 +1,4 @@
-"""Imagenette for ``reproduce_imagenette.py``: decoded once into memory (JPEG decoding would
+"""Imagenette for the reproduction: decoded once into memory (JPEG decoding would
 dominate on two cores), served with the release's transforms.
 
 Each image is stored resized to 224×224 (its aspect ratio not kept: one tensor holds them

@@ -26,7 +26,7 @@ from torch.utils.data import Subset
 from glancefocus import GFNet
 from glancefocus.data.sources import Splits, make_loader
 from glancefocus.distributed import World, all_gather_objects, gather_in_order
-from glancefocus.evaluation.evaluate import anytime_accuracy, collect_probs, first_focus_grid, grid_locations
+from glancefocus.evaluation import anytime_accuracy, collect_probs, first_focus_grid, grid_locations
 from glancefocus.models.policy import PatchPolicy
 from glancefocus.training.trainer import Run
 
