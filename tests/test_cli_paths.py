@@ -1,5 +1,5 @@
 """Command-line paths no other test takes: ``recipes``, ``evaluate --patches random --plot
---no-channels-last`` and ``train --init``."""
+--no-channels-last`` and ``train --init``, and the ``demo`` flags."""
 
 from __future__ import annotations
 
@@ -37,3 +37,21 @@ def test_train_init_starts_from_the_given_checkpoint(trained_run: Path, colour_d
                  *MODEL_ARGS, "--epochs", "1", *RUN_ARGS, "--out", str(out)]) == 0
     assert f"initialised from {trained_run / 'stage3.safetensors'}" in capsys.readouterr().out
     assert (out / "stage3.safetensors").exists() and not (out / "stage2.safetensors").exists()
+
+
+def test_demo_flags_reach_the_resolved_recipe(monkeypatch, tmp_path: Path) -> None:
+    """``demo --seed --policy-training --patch-scale --pretrained`` through ``main``: each lands
+    in the configs the demo trains, the rest stay the ``demo`` recipe's."""
+    import glancefocus.demo
+    from glancefocus.config.recipes import DEMO
+
+    got = {}
+    monkeypatch.setattr(glancefocus.demo, "run_demo", lambda run_config, root, out, **kw: got.update(config=run_config, root=root))
+    assert main(["demo", "--out", str(tmp_path), "--seed", "3", "--policy-training", "differentiable",
+                 "--patch-scale", "learned", "--pretrained", "false", "--device", "cpu"]) == 0
+    run_config = got["config"]
+    assert (run_config.train.seed, run_config.train.policy_training, run_config.pretrained) == (3, "differentiable", False)
+    assert (run_config.model.patch_scale, run_config.model.crop, run_config.model.image_size) == ("learned", "resample", 112)
+    assert run_config.train.stage2_epochs == DEMO.train.stage2_epochs and got["root"] == "builtin"
+    assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert (got["config"].train.seed, got["config"].train.policy_training, got["config"].pretrained) == (0, "ppo", DEMO.pretrained)

@@ -149,7 +149,8 @@ def demo(args: argparse.Namespace) -> None:
     source = data_source(args.data)
     pretrained = _pretrained(args.pretrained) if args.pretrained is not None else None
     model = {"backbone": args.backbone, "patch_scale": args.patch_scale, "num_classes": len(source.classes())}
-    run_config = resolve("demo", source=source, pretrained=pretrained, model=model, train={"policy_training": args.policy_training})
+    train = {"policy_training": args.policy_training, "seed": args.seed}
+    run_config = resolve("demo", source=source, pretrained=pretrained, model=model, train=train)
     run_demo(run_config, args.data, args.out, world=init_world(args.device), quiet=args.quiet)
 
 

@@ -115,6 +115,7 @@ def _demo_parser(sub) -> None:
     d.add_argument("--policy-training", choices=get_args(PolicyTraining),
                    help="ppo: the paper's Stages I-III; differentiable: Stage I, then one end-to-end stage (beyond the paper)")
     d.add_argument("--patch-scale", choices=get_args(PatchScale), help="fixed (the paper) or learned region sides")
+    d.add_argument("--seed", type=int, help="seed of the model's initial weights, data order and augmentation (default 0)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=commands.demo)
 
