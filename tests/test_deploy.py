@@ -250,3 +250,18 @@ def test_verification_of_one_and_two_step_models(steps: int, tmp_path: Path) -> 
     assert differences[name] > TOLERANCE, str(e.value)
     if steps == 1:
         assert differences["locations"] == 0.0
+
+
+def test_thresholds_are_compared_in_float32_as_pytorch_compares_them(small_export: Path) -> None:
+    """η given in float64 just above an image's glance confidence rounds to it in float32, as
+    GFNet.predict rounds it: the image reaches η and exits at the glance in both."""
+    onnx_model = OnnxGFNet(small_export, threads=1)
+    images = _images(6)
+    confidence = onnx_model.predict(images.numpy(), np.full(T, -np.inf)).probs.max(axis=1)  # float32, at the glance
+    k = int(np.argsort(confidence)[3])
+    eta = float(confidence[k]) + 1e-12  # between two float32 values, nearest to confidence[k]
+    assert np.float32(eta) == confidence[k] and eta > float(confidence[k])
+    thresholds = np.array([eta, np.inf, -np.inf])  # float64
+    got = onnx_model.predict(images.numpy(), thresholds)
+    assert got.exit_step[k] == 1
+    np.testing.assert_array_equal(got.exit_step, _model("mobilenetv3_small_050").predict(images, torch.from_numpy(thresholds)).exit_step.numpy())
