@@ -265,3 +265,17 @@ def test_thresholds_are_compared_in_float32_as_pytorch_compares_them(small_expor
     got = onnx_model.predict(images.numpy(), thresholds)
     assert got.exit_step[k] == 1
     np.testing.assert_array_equal(got.exit_step, _model("mobilenetv3_small_050").predict(images, torch.from_numpy(thresholds)).exit_step.numpy())
+
+
+def test_predict_takes_float64_and_non_contiguous_images(small_export: Path) -> None:
+    """Images are made contiguous float32 before they reach the session (which takes nothing
+    else); the results are float32 probabilities and locations, int64 exit steps."""
+    onnx_model = OnnxGFNet(small_export, threads=1)
+    images = _images(4).numpy()
+    thresholds = np.array([np.inf, np.inf, -np.inf], dtype=np.float32)
+    expected = onnx_model.predict(images, thresholds)
+    assert (expected.probs.dtype, expected.locations.dtype, expected.exit_step.dtype) == (np.float32, np.float32, np.int64)
+    for other in (images.astype(np.float64), np.asfortranarray(images)):
+        got = onnx_model.predict(other, thresholds)
+        np.testing.assert_allclose(got.probs, expected.probs, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got.exit_step, expected.exit_step)
