@@ -279,3 +279,14 @@ def test_predict_takes_float64_and_non_contiguous_images(small_export: Path) -> 
         got = onnx_model.predict(other, thresholds)
         np.testing.assert_allclose(got.probs, expected.probs, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(got.exit_step, expected.exit_step)
+
+
+def test_the_last_step_takes_every_image_left_whatever_its_threshold(small_export: Path) -> None:
+    """η_T is not compared: every image still in the batch at step T exits there, with its
+    probabilities (in ONNX Runtime and in PyTorch alike)."""
+    onnx_model, model = OnnxGFNet(small_export, threads=1), _model("mobilenetv3_small_050")
+    images = _images(6)
+    unreachable = np.array([np.inf, np.inf, 2.0], dtype=np.float32)  # no probability reaches 2
+    for pred in (onnx_model.predict(images.numpy(), unreachable), model.predict(images, torch.from_numpy(unreachable))):
+        assert (np.asarray(pred.exit_step) == T).all()
+        np.testing.assert_allclose(np.asarray(pred.probs).sum(axis=1), 1.0, rtol=0, atol=1e-5)
