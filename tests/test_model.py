@@ -534,5 +534,5 @@ def test_predict_rejects_wrong_threshold_count():
     model = tiny(T=4).eval()
     images = torch.randn(2, 3, 64, 64)
     for bad in (torch.zeros(3), torch.zeros(5), torch.zeros(1, 3), torch.zeros(0)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=rf"expected 4 thresholds \(one per step, T=4\), got {bad.numel()}$"):
             model.predict(images, bad)
