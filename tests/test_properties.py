@@ -79,6 +79,7 @@ def _early_exit_equals_all_steps(backbone: str, T: int, patch: int, size: tuple[
     expected = exit_steps(confidence, thresholds)
     result = model.predict(images, thresholds)
     assert torch.equal(result.exit_step, expected)
+    assert result.locations.shape == (T - 1, batch, 2)  # none for a one-step model
     chosen = expected.view(1, -1) - 1
     assert torch.equal(result.labels, probs.argmax(dim=2).gather(0, chosen)[0])
     torch.testing.assert_close(result.probs, probs.gather(0, chosen[..., None].expand(1, -1, 4))[0], rtol=0, atol=1e-5)
