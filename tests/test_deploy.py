@@ -100,6 +100,21 @@ def test_manifest_says_what_was_exported(exported) -> None:
     assert thresholds.tolist() == [0.5, 0.5, -np.inf] and point == {"q": 1.0, "madds": 1.0, "accuracy": 50.0}
 
 
+def test_thresholds_are_those_of_the_budget_point_chosen(small_export: Path, monkeypatch) -> None:
+    """η of the most accurate point within the budget, as ``glancefocus predict --budget`` chooses
+    (thresholds exact in float32, so that they compare equal)."""
+    onnx_model = OnnxGFNet(small_export, threads=1)
+    points = [{"q": 0.1, "madds": 100.0, "accuracy": 60.0, "thresholds": [0.875, 0.75, "-inf"]},
+              {"q": 0.5, "madds": 200.0, "accuracy": 70.0, "thresholds": [0.5, 0.25, "-inf"]},
+              {"q": 1.0, "madds": 300.0, "accuracy": 65.0, "thresholds": [0.125, 0.0625, "-inf"]}]
+    monkeypatch.setitem(onnx_model.manifest, "budget_points", points)
+    for budget, chosen in ((150.0, 0), (250.0, 1), (None, 1), (1e9, 1)):
+        thresholds, point = onnx_model.thresholds(budget)
+        assert thresholds.dtype == np.float32  # as predict and the engine compare them with the probabilities
+        assert thresholds.tolist() == [float(v) for v in points[chosen]["thresholds"]], budget
+        assert point == {k: points[chosen][k] for k in ("q", "madds", "accuracy")}, budget
+
+
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small") / "onnx"
@@ -192,7 +207,9 @@ def test_verification_refuses_graphs_that_disagree_with_pytorch(tmp_path: Path) 
 
     model = _model("mobilenetv3_small_050")
     out = export_gfnet(model, tmp_path / "onnx", classes=list("abcde"), budget_points=POINTS)
+    rng = torch.random.get_rng_state()
     _verify(model, out)  # the faithful export passes
+    assert torch.equal(torch.random.get_rng_state(), rng)  # on images of its own generator: the caller's draws stay as they were
     for name in ("probabilities", "locations"):
         changed = _model("mobilenetv3_small_050")
         with torch.no_grad():
@@ -205,3 +222,71 @@ def test_verification_refuses_graphs_that_disagree_with_pytorch(tmp_path: Path) 
             _verify(changed, out)
         differences = dict(re.findall(r"'(\w+)': ([0-9.e-]+)", str(e.value)))
         assert float(differences[name]) > TOLERANCE, (name, str(e.value))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_verification_of_one_and_two_step_models(steps: int, tmp_path: Path) -> None:
+    """A one-step model exports its glance alone and has no locations to compare; a two-step
+    model's one region is compared: a moved region is refused, naming the locations."""
+    from glancefocus.export.bundle import TOLERANCE, _verify
+
+    def model() -> GFNet:
+        torch.manual_seed(0)
+        config = GFNetConfig(backbone="mobilenetv3_small_050", num_classes=CLASSES, patch_size=PATCH, T=steps, image_size=SIZE)
+        return GFNet(config).eval()
+
+    points = [{**POINTS[0], "thresholds": [0.5] * (steps - 1) + ["-inf"]}]
+    out = export_gfnet(model(), tmp_path / "onnx", classes=list("abcde"), budget_points=points)  # verified as it is written
+    _verify(model(), out)
+    changed, name = model(), "probabilities" if steps == 1 else "locations"
+    with torch.no_grad():
+        if steps == 1:  # the cascade's step 1 is fG's own head
+            changed.global_encoder.head.bias[0] += 5.0
+        else:  # π's mean moved by 0.3 before its sigmoid
+            changed.policy.actor.bias += 0.3
+    with pytest.raises(RuntimeError, match="the exported graphs disagree with PyTorch") as e:
+        _verify(changed, out)
+    differences = {k: float(v) for k, v in re.findall(r"'(\w+)': ([0-9.e-]+)", str(e.value))}
+    assert differences[name] > TOLERANCE, str(e.value)
+    if steps == 1:
+        assert differences["locations"] == 0.0
+
+
+def test_thresholds_are_compared_in_float32_as_pytorch_compares_them(small_export: Path) -> None:
+    """η given in float64 just above an image's glance confidence rounds to it in float32, as
+    GFNet.predict rounds it: the image reaches η and exits at the glance in both."""
+    onnx_model = OnnxGFNet(small_export, threads=1)
+    images = _images(6)
+    confidence = onnx_model.predict(images.numpy(), np.full(T, -np.inf)).probs.max(axis=1)  # float32, at the glance
+    k = int(np.argsort(confidence)[3])
+    eta = float(confidence[k]) + 1e-12  # between two float32 values, nearest to confidence[k]
+    assert np.float32(eta) == confidence[k] and eta > float(confidence[k])
+    thresholds = np.array([eta, np.inf, -np.inf])  # float64
+    got = onnx_model.predict(images.numpy(), thresholds)
+    assert got.exit_step[k] == 1
+    np.testing.assert_array_equal(got.exit_step, _model("mobilenetv3_small_050").predict(images, torch.from_numpy(thresholds)).exit_step.numpy())
+
+
+def test_predict_takes_float64_and_non_contiguous_images(small_export: Path) -> None:
+    """Images are made contiguous float32 before they reach the session (which takes nothing
+    else); the results are float32 probabilities and locations, int64 exit steps."""
+    onnx_model = OnnxGFNet(small_export, threads=1)
+    images = _images(4).numpy()
+    thresholds = np.array([np.inf, np.inf, -np.inf], dtype=np.float32)
+    expected = onnx_model.predict(images, thresholds)
+    assert (expected.probs.dtype, expected.locations.dtype, expected.exit_step.dtype) == (np.float32, np.float32, np.int64)
+    for other in (images.astype(np.float64), np.asfortranarray(images)):
+        got = onnx_model.predict(other, thresholds)
+        np.testing.assert_allclose(got.probs, expected.probs, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got.exit_step, expected.exit_step)
+
+
+def test_the_last_step_takes_every_image_left_whatever_its_threshold(small_export: Path) -> None:
+    """η_T is not compared: every image still in the batch at step T exits there, with its
+    probabilities (in ONNX Runtime and in PyTorch alike)."""
+    onnx_model, model = OnnxGFNet(small_export, threads=1), _model("mobilenetv3_small_050")
+    images = _images(6)
+    unreachable = np.array([np.inf, np.inf, 2.0], dtype=np.float32)  # no probability reaches 2
+    for pred in (onnx_model.predict(images.numpy(), unreachable), model.predict(images, torch.from_numpy(unreachable))):
+        assert (np.asarray(pred.exit_step) == T).all()
+        np.testing.assert_allclose(np.asarray(pred.probs).sum(axis=1), 1.0, rtol=0, atol=1e-5)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +90,67 @@ def test_visualize_writes_a_png(trained, tmp_path: Path) -> None:
     budget = max(p["madds"] for p in read_meta(checkpoint)["results"]["budgeted"])
     assert main(["visualize", "--checkpoint", str(checkpoint), *map(str, images), "--out", str(png), "--budget", str(budget)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_visualize_draws_each_box_where_the_model_looked(tmp_path: Path, monkeypatch) -> None:
+    """The boxes in the PNG sit at the regions of the locations the model returns: red on each
+    box's edges, the (black) image inside and just outside them; the earlier region on the
+    next panel in orange.  A non-square image, so rows and columns cannot be swapped."""
+    import matplotlib.figure
+    from PIL import Image
+
+    from glancefocus.evaluation.plots import visualize
+
+    H, W, P, T = 64, 96, 32, 3
+    model = tiny_model(T=T, num_classes=5).eval()
+    # where the model looks: (row, col) fractions per focus step and image, all distinct
+    where = torch.tensor([[[0.1, 0.8], [0.9, 0.05]], [[0.7, 0.2], [0.3, 0.6]]])
+    run = model.forward
+    monkeypatch.setattr(model, "forward", lambda images, **kw: run(images, **{**kw, "locations": where}))
+    saved = []
+    savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **kw: (saved.append((fig, kw["dpi"])), savefig(fig, *a, **kw))[1])
+    mean, std = torch.tensor(model.config.mean).view(1, 3, 1, 1), torch.tensor(model.config.std).view(1, 3, 1, 1)
+    black = (torch.zeros(2, 3, H, W) - mean) / std  # shown as black
+    with torch.no_grad():
+        assert torch.equal(model(black, locations="mean", need_aux=False).locations, where)
+    visualize(model, black, tmp_path / "where.png", classes=list("abcde"))
+
+    (fig, dpi), = saved
+    png = np.asarray(Image.open(tmp_path / "where.png").convert("RGB")).astype(int)
+    scale = dpi / fig.dpi
+
+    def pixel(ax, x: float, y: float) -> np.ndarray:  # image coordinates (column, row) -> the PNG's RGB
+        px, py = ax.transData.transform((x, y)) * scale
+        return png[png.shape[0] - 1 - int(round(py)), int(round(px))]
+
+    def is_black(rgb) -> bool:
+        return bool((rgb < 40).all())
+
+    def is_red(rgb) -> bool:
+        return rgb[0] > 200 and rgb[1] < 80 and rgb[2] < 80
+
+    def is_orange(rgb) -> bool:
+        return rgb[0] > 150 and 0.5 < rgb[1] / rgb[0] < 0.8 and rgb[2] < 60  # matplotlib's orange, (255, 165, 0)
+
+    axes = np.array(fig.axes).reshape(2, T)
+    for b in range(2):
+        for t in range(1, T):
+            ax = axes[b, t]
+            boxes = [(math.floor(float(where[s, b, 0]) * (H - P)), math.floor(float(where[s, b, 1]) * (W - P))) for s in range(t)]
+            (r, c) = boxes[-1]  # the newest region: solid red
+            top, left, bottom, right = r - 0.5, c - 0.5, r - 0.5 + P, c - 0.5 + P
+            middle_row, middle_col = (top + bottom) / 2, (left + right) / 2
+            for x, y in ((left, middle_row), (right, middle_row), (middle_col, top), (middle_col, bottom)):
+                assert is_red(pixel(ax, x, y)), (b, t, x, y, pixel(ax, x, y))
+            assert is_black(pixel(ax, middle_col, middle_row)), (b, t)
+            # a few pixels outside each edge (where the image extends that far): the image
+            for x, y in ((left - 4, middle_row), (right + 4, middle_row), (middle_col, top - 4), (middle_col, bottom + 4)):
+                if 0 <= x <= W - 1 and 0 <= y <= H - 1:
+                    assert is_black(pixel(ax, x, y)), (b, t, x, y)
+            for r, c in boxes[:-1]:  # earlier regions, dashed orange: their left edge, dashes and gaps
+                assert sum(is_orange(pixel(ax, c - 0.5, r - 0.5 + k)) for k in range(P)) >= P // 3, (b, t)
+        assert not any(is_red(pixel(axes[b, 0], x, y)) for x in range(0, W, 4) for y in range(0, H, 4))  # no box on the glance
 
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16])

@@ -535,5 +535,15 @@ def test_predict_rejects_wrong_threshold_count():
     model = tiny(T=4).eval()
     images = torch.randn(2, 3, 64, 64)
     for bad in (torch.zeros(3), torch.zeros(5), torch.zeros(1, 3), torch.zeros(0)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=rf"expected 4 thresholds \(one per step, T=4\), got {bad.numel()}$"):
             model.predict(images, bad)
+
+
+def test_predict_answers_float32_probabilities_and_int64_exit_steps_for_a_float64_model():
+    model = tiny(T=3).eval().double()
+    images = torch.randn(4, 3, 64, 64, dtype=torch.float64)
+    pred = model.predict(images, torch.tensor([0.5, 0.5, -float("inf")]))
+    assert (pred.probs.dtype, pred.exit_step.dtype) == (torch.float32, torch.int64)
+    with torch.no_grad():
+        probs = F.softmax(model(images).logits, dim=2)[pred.exit_step - 1, torch.arange(4)]
+    torch.testing.assert_close(pred.probs, probs.float(), rtol=0, atol=1e-6)

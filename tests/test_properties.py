@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from reference import reference_crop, reference_thresholds
@@ -41,12 +42,27 @@ def test_thresholds_match_the_reference_loop(T: int, N: int, C: int, q: float, s
     assert find_thresholds(probs, fractions).tolist() == reference_thresholds(probs, fractions)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(T=st.integers(1, 4), patch=st.sampled_from([16, 24, 32]), batch=st.integers(1, 6), seed=st.integers(0, 1000))
-def test_early_exit_equals_all_steps(T: int, patch: int, batch: int, seed: int) -> None:
-    torch.manual_seed(seed)
-    model = GFNet(GFNetConfig(backbone="resnet18", num_classes=4, patch_size=patch, T=T, image_size=48)).eval()
-    images = torch.randn(batch, 3, 48, 48)
+# Early exit equals the all-steps evaluation: the GRU and the cascade classifier (whose step 1
+# answers with fG's head), one to four steps, square and non-square images.  The @examples
+# always run; the slow variant draws many more.
+EARLY_EXIT = dict(
+    backbone=st.sampled_from(["resnet18", "mobilenetv3_small_050"]),  # GRU fC, cascade fC
+    T=st.integers(1, 4),
+    patch=st.sampled_from([16, 24, 32]),
+    size=st.sampled_from([(48, 48), (48, 64), (64, 40)]),  # (H, W)
+    batch=st.integers(1, 6),
+    seed=st.integers(0, 1000),
+)
+_MODELS: dict[tuple, GFNet] = {}
+
+
+def _early_exit_equals_all_steps(backbone: str, T: int, patch: int, size: tuple[int, int], batch: int, seed: int) -> None:
+    key = (backbone, T, patch, seed % 4)  # a few random initialisations per configuration, built once
+    if key not in _MODELS:
+        torch.manual_seed(seed % 4)
+        _MODELS[key] = GFNet(GFNetConfig(backbone=backbone, num_classes=4, patch_size=patch, T=T, image_size=48)).eval()
+    model = _MODELS[key]
+    images = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed)) * 2
     with torch.inference_mode():
         probs = model(images).logits.softmax(dim=2)
     confidence = probs.max(dim=2).values
@@ -63,4 +79,24 @@ def test_early_exit_equals_all_steps(T: int, patch: int, batch: int, seed: int) 
     expected = exit_steps(confidence, thresholds)
     result = model.predict(images, thresholds)
     assert torch.equal(result.exit_step, expected)
-    assert torch.equal(result.labels, probs.argmax(dim=2).gather(0, expected.view(1, -1) - 1)[0])
+    assert result.locations.shape == (T - 1, batch, 2)  # none for a one-step model
+    chosen = expected.view(1, -1) - 1
+    assert torch.equal(result.labels, probs.argmax(dim=2).gather(0, chosen)[0])
+    torch.testing.assert_close(result.probs, probs.gather(0, chosen[..., None].expand(1, -1, 4))[0], rtol=0, atol=1e-5)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**EARLY_EXIT)
+@example(backbone="mobilenetv3_small_050", T=3, patch=24, size=(48, 64), batch=6, seed=1)  # cascade, non-square
+@example(backbone="resnet18", T=4, patch=16, size=(64, 40), batch=5, seed=6)  # GRU, non-square
+@example(backbone="mobilenetv3_small_050", T=1, patch=32, size=(48, 48), batch=3, seed=3)  # one step: no exit to choose
+@example(backbone="resnet18", T=1, patch=16, size=(48, 64), batch=1, seed=4)
+def test_early_exit_equals_all_steps(**kw) -> None:
+    _early_exit_equals_all_steps(**kw)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**EARLY_EXIT)
+def test_early_exit_equals_all_steps_many(**kw) -> None:
+    _early_exit_equals_all_steps(**kw)

@@ -3,9 +3,12 @@ their defaults keep our behaviour, and each alternative does what it says."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from glancefocus import GFNet, GFNetConfig, glance_resize
@@ -15,6 +18,8 @@ from glancefocus.data.sources import image_transform
 
 SMALL = {"backbone": "resnet18", "num_classes": 3, "patch_size": 32, "T": 3, "image_size": 64}
 NEW_FIELDS = ("glance_resize", "glance_head", "policy_conv_bias", "resize_interpolation")
+RELEASE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gfnet-release"
+needs_release = pytest.mark.skipif(not RELEASE.is_dir(), reason="needs ../shared/reference/gfnet-release")
 
 
 def test_defaults_are_our_behaviour():
@@ -22,17 +27,32 @@ def test_defaults_are_our_behaviour():
     assert (cfg.glance_resize, cfg.glance_head, cfg.policy_conv_bias) == ("antialias", False, True)
     assert cfg.resize_interpolation == "bilinear"  # the data resize is the release's for ResNets
     assert GFNetConfig(backbone="efficientnet_b2").resolved().glance_head is True  # the cascade's step 1
-    images = torch.rand(2, 3, 64, 64)
-    expected = F.interpolate(images, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
-    torch.testing.assert_close(glance_resize(images, 32), expected, rtol=0, atol=0)
+    # The default glance is PIL's anti-aliased resize (the deviation from the release's
+    # align_corners interpolation): checked against PIL itself, channel by channel in float.
+    images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    for size in (32, 24):
+        for mode, resample in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+            out = glance_resize(images, size) if mode == "bicubic" else glance_resize(images, size, interpolation=mode)
+            torch.testing.assert_close(out, _pil_resize(images, size, resample), rtol=0, atol=1e-5, msg=f"{mode} {size}")
 
 
+def _pil_resize(images: torch.Tensor, size: int, resample: int) -> torch.Tensor:
+    """PIL's resize of each channel as a float ("F") image to size × size."""
+    return torch.tensor(np.stack([
+        [np.asarray(Image.fromarray(channel.numpy()).resize((size, size), resample)) for channel in image]
+        for image in images
+    ]))
+
+
+@needs_release
 def test_align_corners_glance_is_the_releases_resize():
-    images = torch.rand(2, 3, 64, 64)
+    from release_reference import release
+
+    get_prime = release().inference.get_prime  # the release's glance: its own function, loaded from its folder
+    images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
     for mode in ("bicubic", "bilinear"):
-        expected = F.interpolate(images, size=(32, 32), mode=mode, align_corners=True)
         out = glance_resize(images, 32, interpolation=mode, method="align_corners")
-        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        torch.testing.assert_close(out, get_prime(images, 32, mode), rtol=0, atol=0, msg=mode)
     with pytest.raises(ValueError, match="antialias"):
         glance_resize(images, 32, method="nearest")
 

@@ -162,7 +162,6 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, names: dict[str, l
                           output_names=names["outputs"], dynamic_axes=axes)
 
 
-@torch.no_grad()
 def _verify(model: GFNet, folder: Path) -> None:
     """Run the export on three images (not the traced two: the batch axis must be dynamic)
     through every step and compare with :meth:`GFNet.predict`."""

@@ -248,6 +248,10 @@ class GFNet(nn.Module):
         thresholds.  Call in eval mode; ``amp`` (torch.bfloat16 / float16) enables autocast.
         Exit steps are numbered 1..T, as in the paper.
         """
+        return self._predict(images, thresholds, amp)
+
+    def _predict(self, images: torch.Tensor, thresholds: torch.Tensor, amp: torch.dtype | None) -> Prediction:
+        # Undecorated, so that mutation testing (which skips decorated functions) reaches it.
         thresholds = torch.as_tensor(thresholds, dtype=torch.float32, device=images.device).flatten()
         if thresholds.numel() != self.T:
             raise ValueError(f"expected {self.T} thresholds (one per step, T={self.T}), got {thresholds.numel()}")
