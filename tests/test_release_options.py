@@ -46,7 +46,7 @@ def _pil_resize(images: torch.Tensor, size: int, resample: int) -> torch.Tensor:
 
 @needs_release
 def test_align_corners_glance_is_the_releases_resize():
-    from release_reference import release
+    from scripts.release_reference import release
 
     get_prime = release().inference.get_prime  # the release's glance: its own function, loaded from its folder
     images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
