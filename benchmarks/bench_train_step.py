@@ -36,7 +36,8 @@ from glancefocus.distributed import World
 from glancefocus.models.patches import crop_patches
 from glancefocus.config.recipes import resolve
 from glancefocus.data.sampling import SeededAugmentation
-from glancefocus.training.trainer import Run, Trainer, autocast
+from glancefocus.distributed import autocast
+from glancefocus.training.trainer import Run, Trainer
 from glancefocus.training.stages import Setup, stage1
 
 from ._common import compare, parser, setup, write

@@ -14,7 +14,8 @@ from glancefocus import GFNet, GFNetConfig
 from glancefocus.config import DataConfig, TrainConfig
 from glancefocus.data.sources import load_data
 from glancefocus.distributed import World
-from glancefocus.training.trainer import Run, autocast
+from glancefocus.distributed import autocast
+from glancefocus.training.trainer import Run
 from glancefocus.training.pipeline import fit
 
 from conftest import make_image_folder

@@ -125,10 +125,12 @@ def data_source(root: str | os.PathLike) -> DataSource:
     return BuiltinDigits() if str(root) == BUILTIN else ImageFolderSource(Path(root))
 
 
-def default_workers(source: DataSource, device: torch.device) -> int:
-    """Loader processes: none for in-memory data, nor on a CPU (they would take cores from
-    the model's own threads); a few for JPEG decoding beside a GPU."""
-    if source.in_memory or device.type == "cpu":
+def loader_workers(data: DataConfig, device: torch.device) -> int:
+    """Loader processes: ``data.workers`` if given; else none for in-memory data, nor on a CPU
+    (they would take cores from the model's own threads), and a few for JPEG decoding beside a GPU."""
+    if data.workers is not None:
+        return data.workers
+    if data_source(data.root).in_memory or device.type == "cpu":
         return 0
     return min(8, os.cpu_count() or 1)
 

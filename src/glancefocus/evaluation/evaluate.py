@@ -15,10 +15,9 @@ from ..models.budget import PAPER_QS, budgeted_curve, threshold_json
 from ..models.checkpoint import update_meta
 from ..runtime.files import atomic_write_text
 from ..config import DataConfig, Patches
-from ..data.sources import data_source, default_workers, load_data, make_loader
-from ..distributed import World, gather_in_order
+from ..data.sources import load_data, loader_workers, make_loader
+from ..distributed import World, autocast, gather_in_order
 from ..models.gfnet import GFNet
-from ..training.trainer import autocast
 
 #: How the focus patches are chosen: π's mean (the model), or the paper's two ablations.
 PATCHES: tuple[str, ...] = get_args(Patches)
@@ -220,7 +219,7 @@ def evaluate_checkpoint(
     model, meta = GFNet.from_checkpoint(checkpoint, device=world.device, channels_last=channels_last)
     data = trained_data(meta, root=root, skip_bad_images=skip_bad_images, workers=workers)
     splits = load_data(data, model.config, seed=meta.get("train_config", {}).get("seed", 0))
-    workers = data.workers if data.workers is not None else default_workers(data_source(data.root), world.device)
+    workers = loader_workers(data, world.device)
     loader = lambda d: make_loader(d, batch_size=batch_size, world=world, train=False, workers=workers)  # noqa: E731
     results = {"patches": patches, **evaluate_model(model, loader(splits.heldout), loader(splits.val), world, patches=patches, amp=amp)}
     if world.is_main:

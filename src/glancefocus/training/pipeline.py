@@ -15,7 +15,7 @@ from torch import nn
 from ..models.checkpoint import check_compatible, load_checkpoint
 from ..config import DataConfig, TrainConfig
 from ..config.recipes import Resolved
-from ..data.sources import Splits, data_source, default_workers, load_data
+from ..data.sources import Splits, load_data, loader_workers
 from ..distributed import barrier
 from ..models.gfnet import GFNet
 from .stages import STAGES, Setup, fine_tune
@@ -70,7 +70,7 @@ def fit(
         for encoder in (model.global_encoder, model.local_encoder):
             encoder.model.compile()  # in place: parameter names, and so checkpoints, are unchanged
     meta = {**_meta(model, splits.classes, config, data), **(meta or {})}
-    workers = data.workers if data.workers is not None else default_workers(data_source(data.root), run.world.device)
+    workers = loader_workers(data, run.world.device)
     setup = Setup(model, splits, config, Trainer(run, config), meta, workers, teacher.eval() if teacher is not None else None)
     last = run.checkpoint(stages[-1])
     for name in stages:

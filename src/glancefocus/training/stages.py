@@ -24,12 +24,12 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.sources import Splits, make_loader
-from ..distributed import gather_in_order, wrap
+from ..distributed import autocast, gather_in_order, wrap
 from ..evaluation.evaluate import anytime_accuracy, collect_probs
 from .losses import deep_supervision_loss, distillation_loss
 from ..models.gfnet import GFNet
 from .ppo import PolicyReplay, rollout, update_loss
-from .trainer import StagePlan, Trainer, autocast, cosine_schedule, steps_per_epoch
+from .trainer import StagePlan, Trainer, cosine_schedule, steps_per_epoch
 
 
 @dataclass
