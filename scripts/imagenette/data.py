@@ -38,11 +38,16 @@ class CachedImages(Dataset):
         return self.transform(self.images[i]), int(self.targets[i])
 
 
-def decode(root: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def decode(root: Path, cache: Path, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Every image of ``root`` decoded (or, with ``limit``, that many evenly spaced ones:
+    a smoke run decodes and caches only what it uses)."""
+    cache = cache.with_suffix(f".limit{limit}.pt") if limit else cache
     if cache.exists():
         return torch.load(cache, weights_only=False)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
+    if limit:
+        files = [files[i] for i in torch.linspace(0, len(files) - 1, min(limit, len(files))).long().tolist()]
     images = torch.empty(len(files), 3, CACHE_SIZE, CACHE_SIZE, dtype=torch.uint8)
     resize = v2.Resize((CACHE_SIZE, CACHE_SIZE), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
     for i, (f, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", leave=False)):
@@ -55,12 +60,8 @@ def decode(root: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[st
 def load_imagenette(root: Path, cache_dir: Path, config: GFNetConfig, *, seed: int, holdout: float, limit: int) -> Splits:
     """Train (augmented) / held-out / val splits; ``limit`` keeps that many evenly spaced
     train and val images (smoke runs)."""
-    train_x, train_y, classes = decode(root / "train", cache_dir / "train.pt")
-    val_x, val_y, _ = decode(root / "val", cache_dir / "val.pt")
-    if limit:
-        pick = lambda n: torch.linspace(0, n - 1, min(limit, n)).long()  # noqa: E731
-        t, v = pick(len(train_y)), pick(len(val_y))
-        train_x, train_y, val_x, val_y = train_x[t], train_y[t], val_x[v], val_y[v]
+    train_x, train_y, classes = decode(root / "train", cache_dir / "train.pt", limit)
+    val_x, val_y, _ = decode(root / "val", cache_dir / "val.pt", limit)
     transform = Transform.of(config)
     train_idx, held_idx = holdout_split(len(train_y), holdout, seed)
     augmented = CachedImages(train_x, train_y, classes, image_transform(transform, train=True))
