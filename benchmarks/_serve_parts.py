@@ -18,11 +18,36 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "imagenette"
+
+
+def serving_exports(work: Path) -> dict[str, Path]:
+    """What the load tests serve, exported under ``work``: the committed Imagenette GFNet
+    (``gfnet``), the same running all T steps (``gfnet-all-T``), and the static Lite0 at
+    128 and 224 px (``static-128px``, ``static-224px``) with their measured accuracy."""
+    results = json.loads((RESULTS / "results.json").read_text())
+    gfnet = export_imagenette(RESULTS / "gfnet.safetensors", results, work / "gfnet")
+    static = {s["size"]: s for s in results["static"]}
+    return {"gfnet": gfnet, "gfnet-all-T": no_exit_copy(gfnet, work / "gfnet-all-T"),
+            **{f"static-{size}px": export_static(size, static[size]["accuracy"], static[size]["madds"], gfnet,
+                                                 work / f"static{size}") for size in (128, 224)}}
+
+
+def expected(export: Path, blobs: list[bytes]) -> list[tuple[int, int]]:
+    """(label, exit step) of each image as ``OnnxGFNet.predict`` gives them: the right answers."""
+    from glancefocus.runtime.deploy import OnnxGFNet
+    from glancefocus.runtime.images import decode_rgb
+
+    model = OnnxGFNet(export, threads=1)
+    images = np.stack([model.transform(decode_rgb(b, "x")) for b in blobs])
+    out = model.predict(images, model.thresholds()[0])
+    return list(zip(out.labels.tolist(), out.exit_step.tolist()))
 
 
 def export_imagenette(checkpoint: Path, results: dict, out: Path) -> Path:

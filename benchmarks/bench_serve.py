@@ -27,14 +27,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from glancefocus.runtime.deploy import OnnxGFNet
-from glancefocus.runtime.images import decode_rgb
 from glancefocus.runtime.preprocess import image_files
 
-from ._serve_parts import (ROOT, export_imagenette, export_static, free_port, metric_sums, no_exit_copy,
-                          rss_mb, start)
-
-RESULTS = ROOT / "results" / "imagenette"
+from ._serve_parts import ROOT, expected, free_port, metric_sums, rss_mb, serving_exports, start
 LOADS = (0.25, 0.5, 0.75, 0.9)
 BAD = b"this is not an image"
 
@@ -139,27 +134,17 @@ def line(name: str, saturation: float, r: dict) -> str:
             f"{r['mean_madds'] / 1e6:.0f} MMAdds  wrong {r['wrong']} lost {r['lost']}  RSS {r['rss_mb'][0]:.0f}->{r['rss_mb'][1]:.0f} MB")
 
 
-def expected(export: Path, blobs: list[bytes]) -> list[tuple[int, int]]:
-    model = OnnxGFNet(export, threads=1)
-    images = np.stack([model.transform(decode_rgb(b, "x")) for b in blobs])
-    out = model.predict(images, model.thresholds()[0])
-    return list(zip(out.labels.tolist(), out.exit_step.tolist()))
-
-
 def rows(work: Path, args: argparse.Namespace) -> dict[str, tuple[list[str], Path]]:
-    results = json.loads((RESULTS / "results.json").read_text())
-    gfnet = export_imagenette(RESULTS / "gfnet.safetensors", results, work / "gfnet")
-    static = {s["size"]: s for s in results["static"]}
+    exports = serving_exports(work)
+    gfnet = exports["gfnet"]
     serve = [sys.executable, "-m", "glancefocus.cli", "serve", "--threads", str(args.threads), "--log-level", "warning",
              "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queued", "4096"]
     table = {f"gfnet-engine-{p}": (serve + ["--onnx", str(gfnet), "--policy", p], gfnet) for p in ("deepest", "oldest", "fullest")}
     table["gfnet-one-at-a-time"] = ([sys.executable, "-m", "benchmarks._serve_parts", "direct", str(gfnet),
                                      "--threads", str(args.threads)], gfnet)
-    no_exit = no_exit_copy(gfnet, work / "gfnet-no-exit")
-    table["gfnet-engine-all-T"] = (serve + ["--onnx", str(no_exit)], no_exit)
-    for size in (128, 224):
-        out = export_static(size, static[size]["accuracy"], static[size]["madds"], gfnet, work / f"static{size}")
-        table[f"static-{size}px"] = (serve + ["--onnx", str(out)], out)
+    for name in ("gfnet-engine-all-T", "static-128px", "static-224px"):
+        export = exports[name.replace("engine-", "")]
+        table[name] = (serve + ["--onnx", str(export)], export)
     return table
 
 

@@ -1,0 +1,201 @@
+"""The early-exit engine alone, in process: does batching keep the MAdds that exits save?
+
+    python -m benchmarks.bench_engine [--seconds S] [--threads N] [--images N] [--max-batch B]
+
+``bench_serve.py`` measures the whole HTTP path, but on a 2-core machine its async client
+and the HTTP stack share the cores with the model and cap every row near the same rate.
+Here the same requests (one Imagenette val image each, decoded and transformed once) go
+straight to :class:`glancefocus.runtime.engine.Engine` from a feeder thread: first a closed
+loop of ``--concurrency`` outstanding requests (saturation), then open-loop Poisson arrivals
+at 25 / 50 / 75 / 90 % of it.  Rows, same images, same threads: GFNet with exits (each
+scheduling policy), GFNet running all T steps, GFNet one request at a time through
+``OnnxGFNet.predict`` (no engine), and the static Lite0 at 128 and 224 px through the same
+engine.  Every answer is checked against ``OnnxGFNet.predict`` on the same image.  The last
+lines compare saturation throughputs with the MAdds ratios they should follow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+
+from glancefocus.runtime.deploy import OnnxGFNet, OnnxPrediction, OnnxSteps
+from glancefocus.runtime.engine import POLICIES, Engine, EngineConfig
+from glancefocus.runtime.images import decode_rgb
+from glancefocus.runtime.preprocess import image_files
+
+from ._serve_parts import ROOT, expected, serving_exports
+
+LOADS = (0.25, 0.5, 0.75, 0.9)
+
+
+class OneAtATime:
+    """Today's path as a service: one worker runs ``OnnxGFNet.predict`` on each request alone."""
+
+    def __init__(self, model: OnnxGFNet) -> None:
+        self.model, self.inbox = model, queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def submit(self, images: np.ndarray, thresholds: np.ndarray) -> Future[OnnxPrediction]:
+        future: Future[OnnxPrediction] = Future()
+        self.inbox.put((images, thresholds, future))
+        return future
+
+    def _run(self) -> None:
+        while (item := self.inbox.get()) is not None:
+            images, thresholds, future = item
+            future.set_result(self.model.predict(images, thresholds))
+
+    def __enter__(self) -> OneAtATime:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.inbox.put(None)
+        self.thread.join()
+
+
+class Traffic:
+    """One service's requests: image i's array and its expected (label, exit step)."""
+
+    def __init__(self, service, images: np.ndarray, thresholds: np.ndarray, want: list[tuple[int, int]], T: int) -> None:
+        self.service, self.images, self.thresholds, self.want, self.T = service, images, thresholds, want, T
+        self.lock = threading.Lock()
+
+    def _send(self, n: int, record: dict, done: threading.Semaphore | None = None) -> None:
+        i, start = n % len(self.images), time.perf_counter()
+
+        def answered(future: Future[OnnxPrediction]) -> None:
+            out = future.result()
+            with self.lock:
+                record["latency"].append(time.perf_counter() - start)
+                record["wrong"] += (int(out.labels[0]), int(out.exit_step[0])) != self.want[i]
+                record["exit_steps"].append(int(out.exit_step[0]))
+            if done is not None:
+                done.release()
+        self.service.submit(self.images[i : i + 1], self.thresholds).add_done_callback(answered)
+
+    def closed(self, concurrency: int, seconds: float) -> float:
+        """Answered images per second with ``concurrency`` requests always outstanding."""
+        record, slots = new_record(), threading.Semaphore(concurrency)
+        begin = time.perf_counter()
+        n = 0
+        while time.perf_counter() - begin < seconds:
+            slots.acquire()
+            self._send(n, record, slots)
+            n += 1
+        for _ in range(concurrency):  # drain
+            slots.acquire()
+        return len(record["latency"]) / (time.perf_counter() - begin)
+
+    def open(self, rate: float, seconds: float, seed: int) -> dict:
+        """Poisson arrivals at ``rate`` per second for ``seconds``; waits for every answer."""
+        arrivals = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, size=int(rate * seconds * 2) + 10))
+        arrivals = arrivals[arrivals < seconds]
+        record, begin = new_record(), time.perf_counter()
+        for n, at in enumerate(arrivals):
+            if (delay := begin + at - time.perf_counter()) > 0:
+                time.sleep(delay)
+            self._send(n, record)
+        while len(record["latency"]) < len(arrivals):
+            time.sleep(0.001)
+        elapsed = time.perf_counter() - begin
+        ms = np.percentile(np.array(record["latency"]) * 1000, [50, 95, 99])
+        return {"offered": rate, "requests": len(arrivals), "throughput": len(arrivals) / elapsed,
+                "p50_ms": ms[0], "p95_ms": ms[1], "p99_ms": ms[2], "wrong": record["wrong"],
+                "exits_per_step": np.bincount(record["exit_steps"], minlength=self.T + 1)[1:].tolist()}
+
+
+def new_record() -> dict:
+    return {"latency": [], "wrong": 0, "exit_steps": []}
+
+
+def measure(name: str, service, traffic: Traffic, args: argparse.Namespace) -> dict:
+    with service:
+        traffic.closed(args.concurrency, min(2.0, args.seconds))  # warm-up
+        saturation = traffic.closed(args.concurrency, args.seconds)
+        rates = []
+        for k, load in enumerate(LOADS):
+            rates.append({**traffic.open(load * saturation, args.seconds, seed=k), "load": load})
+            r = rates[-1]
+            print(f"{name:20s} sat {saturation:6.1f} img/s | {load:.0%}: {r['throughput']:6.1f} img/s  p50 {r['p50_ms']:6.1f}  "
+                  f"p95 {r['p95_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms  exits/step {'/'.join(map(str, r['exits_per_step']))}  "
+                  f"wrong {r['wrong']}", flush=True)
+    return {"row": name, "saturation": saturation, "rates": rates}
+
+
+def services(args: argparse.Namespace):
+    """(row name, its export's name in :func:`serving_exports`, a service factory) for every row."""
+    config = lambda policy="deepest": EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,  # noqa: E731
+                                                   max_queued=4096, policy=policy)
+    for policy in POLICIES:
+        yield f"gfnet-engine-{policy}", "gfnet", lambda m, p=policy: Engine(OnnxSteps(m), config(p))
+    yield "gfnet-one-at-a-time", "gfnet", OneAtATime
+    yield "gfnet-engine-all-T", "gfnet-all-T", lambda m: Engine(OnnxSteps(m), config())
+    for size in (128, 224):
+        yield f"static-{size}px", f"static-{size}px", lambda m: Engine(OnnxSteps(m), config())
+
+
+def summary(rows: dict[str, dict], madds: dict[str, float]) -> list[str]:
+    sat = {name: r["saturation"] for name, r in rows.items()}
+    best = max((n for n in sat if n.startswith("gfnet-engine-") and n != "gfnet-engine-all-T"), key=sat.get)
+    lines = [f"exits vs all T steps ({best}): {sat[best] / sat['gfnet-engine-all-T']:.2f}x throughput, "
+             f"{madds['gfnet-engine-all-T'] / madds[best]:.2f}x fewer MAdds: "
+             f"{sat[best] / sat['gfnet-engine-all-T'] / (madds['gfnet-engine-all-T'] / madds[best]):.2f} of the saving kept",
+             f"engine vs one at a time: {sat[best] / sat['gfnet-one-at-a-time']:.2f}x throughput"]
+    for size in (128, 224):
+        static = f"static-{size}px"
+        p99 = [r["rates"][1]["p99_ms"] for r in (rows[best], rows[static])]
+        lines.append(f"GFNet vs {static}: {sat[best] / sat[static]:.2f}x throughput, {madds[static] / madds[best]:.2f}x "
+                     f"fewer MAdds; p99 at 50 % load {p99[0]:.1f} vs {p99[1]:.1f} ms")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=8.0, help="length of each measurement (default 8)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    p.add_argument("--images", type=int, default=200, help="Imagenette val images used (default 200)")
+    p.add_argument("--concurrency", type=int, default=64, help="outstanding requests at saturation (default 64)")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--only", nargs="*", help="rows to run (default all)")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "imagenette" / "val")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_engine.json")
+    args = p.parse_args()
+    files = image_files([args.data])
+    blobs = [f.read_bytes() for f in files[:: max(1, len(files) // args.images)][: args.images]]
+    rows, madds = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        exports = serving_exports(Path(tmp))
+        for name, export, factory in services(args):
+            if args.only and name not in args.only:
+                continue
+            model = OnnxGFNet(exports[export], threads=args.threads)
+            images = np.stack([model.transform(decode_rgb(b, "x")) for b in blobs])
+            service = factory(model)
+            traffic = Traffic(service, images, model.thresholds()[0], expected(exports[export], blobs), model.T)
+            rows[name] = measure(name, service, traffic, args)
+            exits = np.sum([r["exits_per_step"] for r in rows[name]["rates"]], axis=0)
+            madds[name] = float(np.dot(exits, model.manifest["madds"]) / exits.sum())
+    lines = summary(rows, madds) if not args.only else []
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": list(rows.values()),
+                                    "madds": madds, "summary": lines, "load_average": list(os.getloadavg())},
+                                   indent=2, default=float))
+    print(f"(results written to {args.out})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
