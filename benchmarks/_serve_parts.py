@@ -27,6 +27,29 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "imagenette"
 
 
+def load_test_parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """The options both load tests share; ``name`` names the default results file."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=8.0, help="length of each measurement (default 8)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per model (default 1)")
+    p.add_argument("--images", type=int, default=200, help="Imagenette val images used (default 200)")
+    p.add_argument("--concurrency", type=int, default=64, help="outstanding requests at saturation (default 64)")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--only", nargs="*", help="rows to run (default all)")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "imagenette" / "val")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
+    return p
+
+
+def image_bytes(args: argparse.Namespace) -> list[bytes]:
+    """``--images`` evenly spaced files of ``--data``, as bytes."""
+    from glancefocus.runtime.preprocess import image_files
+
+    files = image_files([args.data])
+    return [f.read_bytes() for f in files[:: max(1, len(files) // args.images)][: args.images]]
+
+
 def serving_exports(work: Path) -> dict[str, Path]:
     """What the load tests serve, exported under ``work``: the committed Imagenette GFNet
     (``gfnet``), the same running all T steps (``gfnet-all-T``), and the static Lite0 at

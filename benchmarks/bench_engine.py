@@ -32,9 +32,8 @@ import numpy as np
 from glancefocus.runtime.deploy import OnnxGFNet, OnnxPrediction, OnnxSteps
 from glancefocus.runtime.engine import POLICIES, Engine, EngineConfig
 from glancefocus.runtime.images import decode_rgb
-from glancefocus.runtime.preprocess import image_files
 
-from ._serve_parts import ROOT, expected, serving_exports
+from ._serve_parts import expected, image_bytes, load_test_parser, serving_exports
 
 LOADS = (0.25, 0.5, 0.75, 0.9)
 
@@ -162,19 +161,8 @@ def summary(rows: dict[str, dict], madds: dict[str, float]) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=8.0, help="length of each measurement (default 8)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
-    p.add_argument("--images", type=int, default=200, help="Imagenette val images used (default 200)")
-    p.add_argument("--concurrency", type=int, default=64, help="outstanding requests at saturation (default 64)")
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=2.0)
-    p.add_argument("--only", nargs="*", help="rows to run (default all)")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "imagenette" / "val")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_engine.json")
-    args = p.parse_args()
-    files = image_files([args.data])
-    blobs = [f.read_bytes() for f in files[:: max(1, len(files) // args.images)][: args.images]]
+    args = load_test_parser(__doc__, "bench_engine").parse_args()
+    blobs = image_bytes(args)
     rows, madds = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         exports = serving_exports(Path(tmp))

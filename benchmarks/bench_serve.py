@@ -27,9 +27,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from glancefocus.runtime.preprocess import image_files
 
-from ._serve_parts import ROOT, expected, free_port, metric_sums, rss_mb, serving_exports, start
+from ._serve_parts import expected, free_port, image_bytes, load_test_parser, metric_sums, rss_mb, serving_exports, start
 LOADS = (0.25, 0.5, 0.75, 0.9)
 BAD = b"this is not an image"
 
@@ -149,23 +148,12 @@ def rows(work: Path, args: argparse.Namespace) -> dict[str, tuple[list[str], Pat
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=8.0, help="length of each measurement (default 8)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per server (default 1)")
-    p.add_argument("--images", type=int, default=200, help="Imagenette val images used (default 200)")
-    p.add_argument("--concurrency", type=int, default=64, help="closed-loop clients at saturation (default 64)")
+    p = load_test_parser(__doc__, "bench_serve")
     p.add_argument("--max-requests", type=int, default=4000, help="most requests per rate (default 4000)")
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=2.0)
-    p.add_argument("--only", nargs="*", help="rows to run (default all)")
     p.add_argument("--rates", type=float, nargs="*", help="offer these arrival rates (img/s) to every row, for latency at equal "
                                                           "throughput (default: 25/50/75/90 %% of each row's saturation)")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "imagenette" / "val")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_serve.json")
     args = p.parse_args()
-    files = image_files([args.data])
-    files = files[:: max(1, len(files) // args.images)][: args.images]
-    blobs = [f.read_bytes() for f in files]
+    blobs = image_bytes(args)
     measured = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         for name, (command, export) in rows(Path(tmp), args).items():
