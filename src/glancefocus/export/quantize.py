@@ -3,8 +3,8 @@
 QDQ format (``quantize_static``): Conv, MatMul and Gemm read int8 weights, one scale per
 output channel, and uint8 activations whose ranges are calibrated on held-out images: the
 mean over calibration batches of each batch's min and max (ONNX Runtime's moving-average
-min-max), so a few outlying images do not widen a range (plain min-max over 400 images cost
-the Imagenette model 3 to 4.5 points of top-1, this about 1); ONNX Runtime fuses each QuantizeLinear → op → DequantizeLinear into an integer kernel
+min-max), so a few outlying images do not widen a range (on the Imagenette model plain min-max
+cost 3 to 4.5 points of top-1, this 1.5 to 2.4: ``benchmarks/bench_quantize.py``); ONNX Runtime fuses each QuantizeLinear → op → DequantizeLinear into an integer kernel
 (u8s8, what VNNI multiplies).  The focus graph is calibrated on the state that the fp32
 graphs produce at steps 2..T, so each of its inputs is realistic.  The cascade fC's step layer
 is an input of the focus graph, a different weight every step: its MatMul stays fp32 (one
