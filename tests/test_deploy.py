@@ -400,3 +400,20 @@ def test_export_help_documents_quantization() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["export"]
     text = sub.format_help()
     assert all(option in text for option in ("--quantize {int8}", "--calibration-data DIR", "--calibration-images N"))
+
+
+def test_int8_leaves_the_stem_fp32_and_quantizes_the_rest(int8_pair) -> None:
+    import onnx
+
+    from glancefocus.export.quantize import stem
+
+    fp32, int8, _ = int8_pair
+    for name in ("glance.onnx", "focus.onnx"):
+        graph = onnx.load(str(int8 / name)).graph
+        first = stem(onnx.load(str(fp32 / name)).graph)
+        assert len(first) == 1, first  # regnetx_002: one stem Conv after the images
+        weights = {i.name: i.data_type for i in graph.initializer}
+        convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+        assert weights[convs[first[0]].input[1]] == onnx.TensorProto.FLOAT, name  # the stem reads fp32 weights ...
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        assert sum(n.input[1] in dequantized for n in convs.values()) == len(convs) - 1, name  # ... every other Conv int8

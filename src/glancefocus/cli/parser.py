@@ -96,8 +96,9 @@ def _export_parser(sub) -> None:
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
     q = x.add_argument_group("int8 quantization (ONNX Runtime static, QDQ; docs/deploying.md)")
     q.add_argument("--quantize", choices=get_args(Quantization),
-                   help="int8: int8 weights per channel and calibrated uint8 activations for Conv/MatMul/Gemm, "
-                        "thresholds found again on the calibration images (default: fp32)")
+                   help="int8: int8 weights per channel and uint8 activations (ranges: the central 99.99 %% of the "
+                        "calibration values) for Conv/MatMul/Gemm, the stem left fp32, thresholds found again on "
+                        "the calibration images (default: fp32)")
     q.add_argument("--calibration-data", type=Path, metavar="DIR",
                    help="with --quantize: held-out training images (an ImageFolder tree or a folder of images, "
                         "not the val set) to calibrate the activations and set the thresholds on")
