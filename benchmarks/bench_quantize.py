@@ -4,7 +4,7 @@
 
 The committed model (``results/imagenette/gfnet.safetensors``, EfficientNet-Lite0, 96 px
 patches, T = 4) is exported twice with the budget points of its ``results.json``: fp32, and
-``--quantize int8`` calibrated on N (default 400) evenly spaced images of the reproduction's
+``--quantize int8`` calibrated on N (default 800) evenly spaced images of the reproduction's
 held-out split of Imagenette train (``holdout_split`` with the recipe's seed and 10 %: the
 images the fp32 thresholds were set on, never trained on), whose thresholds the export finds
 again on those images.  On the full val set (3,925 images, batch 64, one ONNX Runtime thread)
@@ -84,7 +84,7 @@ def step_speeds(models: dict[str, OnnxGFNet], images: np.ndarray, *, repeats: in
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--calibration", type=int, default=400, help="held-out training images to calibrate on (default 400)")
+    p.add_argument("--calibration", type=int, default=800, help="held-out training images to calibrate on (default 800)")
     p.add_argument("--batch", type=int, default=64, help="batch of the accuracy runs (default 64)")
     p.add_argument("--step-batch", type=int, default=32, help="batch of the step timings (default 32)")
     args = p.parse_args()
