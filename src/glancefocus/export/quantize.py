@@ -6,11 +6,12 @@ tensor's histogram over all calibration images, cut at its 0.005 % and 99.995 % 
 (ONNX Runtime's Percentile calibration at :data:`PERCENTILE`), so the few outlying values do
 not stretch a range over the many.  The stem, the first Conv (MatMul, Gemm) after the images in
 each graph, stays fp32: it reads the normalised image, and on the Imagenette model quantizing
-it alone cost 1.2 points of top-1 at the cheapest budget, for a small part of the work.  ONNX Runtime fuses each
-QuantizeLinear → op → DequantizeLinear into an integer kernel (u8s8, what VNNI multiplies).
-On the Imagenette model (``benchmarks/bench_quantize.py``) the former recipe, every layer and
+it alone cost 1.2 points of top-1 at the cheapest budget, for about 3 % of the MAdds.  ONNX
+Runtime fuses each QuantizeLinear → op → DequantizeLinear into an integer kernel (u8s8, what
+VNNI multiplies).  On the Imagenette model (``benchmarks/bench_quantize.py``) the former recipe, every layer and
 the mean of calibration batches' min and max on 400 images, cost 1.5 to 2.4 points of top-1;
-this one costs 0.25 to 0.4 at the same 1.6x speed-up (the recipes tried: docs/deploying.md).
+this one costs 0.2 to 0.54 (0.41 at q = 0.05, 0.25 at q = 1) at the same 1.6 to 1.7x speed-up
+(the recipes tried and what each cost: docs/deploying.md).
 The focus graph is calibrated on the state that the fp32 graphs produce at steps 2..T, so each
 of its inputs is realistic.  The cascade fC's step layer is an input of the focus graph, a
 different weight every step: its MatMul stays fp32 (one range for every step's weights would
