@@ -73,9 +73,9 @@ def expected(export: Path, blobs: list[bytes]) -> list[tuple[int, int]]:
     return list(zip(out.labels.tolist(), out.exit_step.tolist()))
 
 
-def export_imagenette(checkpoint: Path, results: dict, out: Path) -> Path:
+def export_imagenette(checkpoint: Path, results: dict, out: Path, **options) -> Path:
     """The committed Imagenette GFNet with the budget points of its results.json (thresholds
-    chosen on held-out training images)."""
+    chosen on held-out training images); ``options`` go to ``export_gfnet`` (e.g. ``quantize``)."""
     from glancefocus.models.checkpoint import read_meta
     from glancefocus.export.bundle import export_gfnet
     from glancefocus.models.gfnet import GFNet
@@ -83,7 +83,7 @@ def export_imagenette(checkpoint: Path, results: dict, out: Path) -> Path:
     model, _ = GFNet.from_checkpoint(checkpoint, device="cpu", channels_last=False)
     points = [{**p, "thresholds": row} for p, row in zip(results["budgeted"], results["thresholds"])]
     return export_gfnet(model, out, classes=read_meta(checkpoint)["classes"], budget_points=points,
-                        madds=results["madds"], anytime_accuracy=results["anytime_accuracy"], force=True)
+                        madds=results["madds"], anytime_accuracy=results["anytime_accuracy"], force=True, **options)
 
 
 def no_exit_copy(export: Path, out: Path) -> Path:

@@ -290,3 +290,130 @@ def test_the_last_step_takes_every_image_left_whatever_its_threshold(small_expor
     for pred in (onnx_model.predict(images.numpy(), unreachable), model.predict(images, torch.from_numpy(unreachable))):
         assert (np.asarray(pred.exit_step) == T).all()
         np.testing.assert_allclose(np.asarray(pred.probs).sum(axis=1), 1.0, rtol=0, atol=1e-5)
+
+
+# int8 (`glancefocus export --quantize int8`): a GRU-fC model, calibrated on 40 self-made images.
+QS = (0.5, 1.0, 2.0)
+
+
+@pytest.fixture(scope="module")
+def int8_pair(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(fp32 export, int8 export, calibration folder) of one model with three budget points."""
+    from glancefocus.models.budget import exit_fractions, find_thresholds, threshold_json
+
+    work = tmp_path_factory.mktemp("int8")
+    calibration = make_image_folder(work / "heldout", classes=CLASSES, per_class=8, size=SIZE, splits=("train",)) / "train"
+    model = _model("regnetx_002")
+    fp32 = export_gfnet(model, work / "fp32", classes=list("abcde"), budget_points=POINTS)
+    with torch.no_grad():  # the fp32 thresholds as evaluation sets them on held-out images
+        probs = model(torch.from_numpy(_calibration(fp32, calibration))).logits.softmax(dim=2)
+    rows = find_thresholds(probs, torch.stack([exit_fractions(q, T) for q in QS])).tolist()
+    points = [{"q": q, "madds": 1.0, "accuracy": 50.0, "thresholds": [threshold_json(v) for v in row]} for q, row in zip(QS, rows)]
+    fp32 = export_gfnet(model, fp32, classes=list("abcde"), budget_points=points, force=True)
+    int8 = export_gfnet(model, work / "int8", classes=list("abcde"), budget_points=points, quantize="int8",
+                        calibration_data=calibration)
+    return fp32, int8, calibration
+
+
+def _calibration(export: Path, folder: Path) -> np.ndarray:
+    from glancefocus.export.quantize import calibration_images
+
+    return calibration_images(folder, OnnxGFNet(export).transform, limit=500)
+
+
+def test_int8_export_holds_smaller_quantized_graphs_and_says_so(int8_pair) -> None:
+    import onnx
+
+    fp32, int8, _ = int8_pair
+    for name in ("glance.onnx", "focus.onnx"):
+        ops = {n.op_type for n in onnx.load(str(int8 / name)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops, name
+        assert (int8 / name).stat().st_size < 0.4 * (fp32 / name).stat().st_size, name  # int8 weights: about a quarter
+    manifest = json.loads((int8 / MANIFEST).read_text())
+    q = manifest["quantization"]
+    assert (q["type"], q["format"], q["calibration_images"]) == ("int8", "QDQ", 40)
+    assert "quantization" not in json.loads((fp32 / MANIFEST).read_text())
+    OnnxGFNet(int8)  # the checksums in the manifest are the quantized files'
+
+
+def test_int8_predictions_mostly_agree_with_fp32(int8_pair) -> None:
+    from glancefocus.export.quantize import MIN_AGREEMENT, all_steps
+
+    fp32, int8, calibration = int8_pair
+    images = _calibration(fp32, calibration)
+    models = [OnnxGFNet(fp32, threads=1), OnnxGFNet(int8, threads=1)]
+    (expected, _), (got, _) = (all_steps(m, images) for m in models)
+    assert np.abs(got - expected).max() > 1e-3  # quantized: the probabilities moved ...
+    agreement = (got.argmax(axis=2) == expected.argmax(axis=2)).mean(axis=1)
+    assert (agreement >= MIN_AGREEMENT).all(), agreement  # ... the classes mostly did not
+    np.testing.assert_allclose(json.loads((int8 / MANIFEST).read_text())["quantization"]["agreement_with_fp32"], agreement)
+    fresh = _images(16).numpy()  # and on images it was not calibrated on, through early exit
+    labels = [m.predict(fresh, m.thresholds()[0]).labels for m in models]
+    assert (labels[0] == labels[1]).mean() >= 0.75, labels
+
+
+def test_int8_thresholds_are_the_library_search_on_the_quantized_probabilities(int8_pair) -> None:
+    from glancefocus.export.quantize import all_steps
+    from glancefocus.models.budget import exit_fractions, find_thresholds
+
+    fp32, int8, calibration = int8_pair
+    probs, _ = all_steps(OnnxGFNet(int8, threads=1), _calibration(int8, calibration))
+    expected = find_thresholds(torch.from_numpy(probs), torch.stack([exit_fractions(q, T) for q in QS]))
+    before, after = (json.loads((e / MANIFEST).read_text())["budget_points"] for e in (fp32, int8))
+    assert [p["q"] for p in after] == list(QS) and [p["madds"] for p in after] == [p["madds"] for p in before]
+    got = torch.tensor([[float(v) for v in p["thresholds"]] for p in after])
+    assert torch.equal(got, expected.to(got.dtype))
+    moved = got != torch.tensor([[float(v) for v in p["thresholds"]] for p in before])
+    assert moved[:, :-1].any()  # new probabilities, new thresholds (η_T stays -inf)
+
+
+def test_quantize_refuses_bad_calibration_input_by_name(tmp_path: Path) -> None:
+    model, kw = _model("regnetx_002"), {"classes": list("abcde"), "budget_points": POINTS}
+    folder = make_image_folder(tmp_path / "few", classes=2, per_class=4, size=SIZE, splits=("train",))
+    (tmp_path / "empty").mkdir()
+    cases = [({"quantize": "int8"}, "--quantize int8 needs --calibration-data DIR"),
+             ({"calibration_data": folder}, "add --quantize int8"),
+             ({"quantize": "int4", "calibration_data": folder}, "--quantize 'int4' is not one of int8"),
+             ({"quantize": "int8", "calibration_data": tmp_path / "empty"}, "holds no images"),
+             ({"quantize": "int8", "calibration_data": tmp_path / "nowhere"}, "is not a folder"),
+             ({"quantize": "int8", "calibration_data": folder}, "gives 8 images .* fewer than 32")]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            export_gfnet(model, tmp_path / "out", **kw, **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantized_graphs_that_disagree_with_fp32_are_refused_and_leave_nothing(int8_pair, tmp_path: Path, monkeypatch) -> None:
+    import glancefocus.export.quantize as quantize
+
+    _, _, calibration = int8_pair
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # a rule no quantized export meets
+    with pytest.raises(RuntimeError, match=r"the int8 graphs give the fp32 class on only .* at step \d"):
+        export_gfnet(_model("regnetx_002"), tmp_path / "out", classes=list("abcde"), budget_points=POINTS,
+                     quantize="int8", calibration_data=calibration)
+    assert list(tmp_path.iterdir()) == []  # no partial export, no temporary folder
+
+
+def test_export_help_documents_quantization() -> None:
+    from glancefocus.cli.parser import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["export"]
+    text = sub.format_help()
+    assert all(option in text for option in ("--quantize {int8}", "--calibration-data DIR", "--calibration-images N"))
+
+
+def test_int8_leaves_the_stem_fp32_and_quantizes_the_rest(int8_pair) -> None:
+    import onnx
+
+    from glancefocus.export.quantize import stem
+
+    fp32, int8, _ = int8_pair
+    for name in ("glance.onnx", "focus.onnx"):
+        graph = onnx.load(str(int8 / name)).graph
+        first = stem(onnx.load(str(fp32 / name)).graph)
+        assert len(first) == 1, first  # regnetx_002: one stem Conv after the images
+        weights = {i.name: i.data_type for i in graph.initializer}
+        convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+        assert weights[convs[first[0]].input[1]] == onnx.TensorProto.FLOAT, name  # the stem reads fp32 weights ...
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        assert sum(n.input[1] in dequantized for n in convs.values()) == len(convs) - 1, name  # ... every other Conv int8

@@ -117,12 +117,18 @@ def _predict_onnx(args: argparse.Namespace, files: list[Path]) -> tuple[list, li
 
 
 def export(args: argparse.Namespace) -> None:
-    from ..runtime.deploy import MANIFEST
+    from ..runtime.deploy import MANIFEST, read_manifest
     from ..export.bundle import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out, force=args.force)
+    out = export_checkpoint(args.checkpoint, args.out, force=args.force, quantize=args.quantize,
+                            calibration_data=args.calibration_data, calibration_images=args.calibration_images)
     files = ", ".join(sorted(p.name for p in out.iterdir()))
     print(f"wrote {out}: {files}\nrun it: glancefocus predict --onnx {out} IMAGES... (see {out / MANIFEST})")
+    if args.quantize:
+        q = read_manifest(out)["quantization"]
+        agreement = ", ".join(f"{a:.1%}" for a in q["agreement_with_fp32"])
+        print(f"{q['type']} ({q['format']}), calibrated on {q['calibration_images']} images; the fp32 class kept per step: "
+              f"{agreement}; thresholds set on the {q['type']} model's probabilities")
 
 
 def visualize(args: argparse.Namespace) -> None:

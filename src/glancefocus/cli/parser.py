@@ -7,7 +7,9 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
-from ..config import Amp, DataConfig, GFNetConfig, Patches, PatchScale, PolicyTraining, PPOConfig, TrainConfig
+from ..config import (Amp, DataConfig, GFNetConfig, Patches, PatchScale, PolicyTraining, PPOConfig, Quantization,
+                      TrainConfig)
+from ..export.quantize import CALIBRATION_IMAGES, MIN_IMAGES
 from ..runtime.serve_cli import add_serve_parser
 from . import commands
 from .flags import add_fields
@@ -92,6 +94,17 @@ def _export_parser(sub) -> None:
     x.add_argument("--checkpoint", type=Path, required=True, help="a trained and evaluated checkpoint")
     x.add_argument("--out", type=Path, required=True, help="directory to write (must be new or empty)")
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    q = x.add_argument_group("int8 quantization (ONNX Runtime static, QDQ; docs/deploying.md)")
+    q.add_argument("--quantize", choices=get_args(Quantization),
+                   help="int8: int8 weights per channel and uint8 activations (ranges: the central 99.99 %% of the "
+                        "calibration values) for Conv/MatMul/Gemm, the stem left fp32, thresholds found again on "
+                        "the calibration images (default: fp32)")
+    q.add_argument("--calibration-data", type=Path, metavar="DIR",
+                   help="with --quantize: held-out training images (an ImageFolder tree or a folder of images, "
+                        "not the val set) to calibrate the activations and set the thresholds on")
+    q.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES, metavar="N",
+                   help=f"with --quantize: use at most N images of DIR, evenly spaced (default {CALIBRATION_IMAGES}; "
+                        f"at least {MIN_IMAGES})")
     x.set_defaults(func=commands.export)
 
 

@@ -12,7 +12,7 @@
 """
 
 from .choices import (Amp, ClassifierKind, Crop, Family, GlanceResize, Patches, PatchScale, PolicyTraining, PolicyTrunk,
-                      PPOBaseline, Stage2Images, Stage3Locations)
+                      PPOBaseline, Quantization, Stage2Images, Stage3Locations)
 from .data import DataConfig
 from .families import CLASSIFIER_HIDDEN, FAMILY_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD, POLICY_HIDDEN, FamilyDefaults, family_of
 from .model import GFNetConfig
@@ -21,5 +21,5 @@ from .training import PPOConfig, TrainConfig
 __all__ = [
     "Amp", "CLASSIFIER_HIDDEN", "ClassifierKind", "Crop", "DataConfig", "FAMILY_DEFAULTS", "Family", "FamilyDefaults",
     "GFNetConfig", "GlanceResize", "IMAGENET_MEAN", "IMAGENET_STD", "POLICY_HIDDEN", "PPOBaseline", "PPOConfig", "PatchScale",
-    "Patches", "PolicyTraining", "PolicyTrunk", "Stage2Images", "Stage3Locations", "TrainConfig", "family_of",
+    "Patches", "PolicyTraining", "PolicyTrunk", "Quantization", "Stage2Images", "Stage3Locations", "TrainConfig", "family_of",
 ]

@@ -20,6 +20,7 @@ PatchScale = Literal["fixed", "learned"]
 Crop = Literal["window", "resample"]
 PolicyTraining = Literal["ppo", "differentiable"]
 Patches = Literal["learned", "random", "fixed"]  # where evaluation reads: π's places, uniform ones, centre-then-corners
+Quantization = Literal["int8"]  # `glancefocus export --quantize`: ONNX Runtime static quantization
 
 
 @functools.cache

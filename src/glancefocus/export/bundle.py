@@ -3,7 +3,8 @@
 Writes ``glance.onnx`` (step 1), ``focus.onnx`` (one focus step, run for t = 2..T with the
 recurrent state as inputs and outputs, batch axis dynamic), ``cascade.npz`` (a cascade fC's
 per-step layers) and ``manifest.json`` (see :mod:`glancefocus.runtime.deploy`).  Every graph passes ``onnx.checker``, and before the directory
-appears the export is run by ONNX Runtime and compared with :meth:`GFNet.predict`.  The
+appears the export is run by ONNX Runtime and compared with :meth:`GFNet.predict`; with
+``--quantize int8`` the verified graphs are then quantized (:mod:`.quantize`).  The
 files are written to a temporary folder beside ``out`` and renamed into place, so a failed
 export leaves nothing behind.
 """
@@ -18,24 +19,32 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import numpy as np
 import torch
 
 from .. import __version__
+from ..config import Quantization
 from ..models.budget import threshold_json
 from ..models.checkpoint import read_meta
 from .graphs import FocusStep, GlanceStep, cascade_layers
+from .quantize import CALIBRATION_IMAGES, calibration_images, quantize_export
 from ..inference import imagenet_descriptions
 from ..models.gfnet import GFNet
 from ..runtime.deploy import CASCADE, FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, OnnxGFNet, sha256
+from ..runtime.preprocess import Transform
 
 OPSET = 18  # the first opset whose Resize can antialias (the glance)
 TOLERANCE = 1e-4  # largest difference of probabilities (and locations) allowed against PyTorch
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> Path:
-    """Export a GFNet checkpoint that carries evaluation results (its thresholds)."""
+def export_checkpoint(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, *, force: bool = False, quantize: Quantization | None = None,
+    calibration_data: str | os.PathLike | None = None, calibration_images: int = CALIBRATION_IMAGES,
+) -> Path:
+    """Export a GFNet checkpoint that carries evaluation results (its thresholds); with
+    ``quantize="int8"``, as int8 graphs calibrated on ``calibration_data`` (see :mod:`.quantize`)."""
     meta = read_meta(checkpoint)  # a clear error for anything but a glancefocus checkpoint
     if meta.get("stage") == "glance" or "config" not in meta:
         what = "the low-resolution fine-tune of fG alone" if meta.get("stage") == "glance" else "without a GFNet configuration"
@@ -51,7 +60,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     points = [{**p, "thresholds": row} for p, row in zip(results["budgeted"], results["thresholds"])]
     source = {"checkpoint": Path(checkpoint).name, "stage": meta.get("stage"), "data": meta.get("data")}
     return export_gfnet(model, out, classes=meta.get("classes", []), budget_points=points, madds=results.get("madds"),
-                        anytime_accuracy=results.get("anytime_accuracy"), source=source, force=force)
+                        anytime_accuracy=results.get("anytime_accuracy"), source=source, force=force, quantize=quantize,
+                        calibration_data=calibration_data, calibration_images=calibration_images)
 
 
 def export_gfnet(
@@ -64,13 +74,19 @@ def export_gfnet(
     anytime_accuracy: Sequence[float] | None = None,
     source: dict[str, Any] | None = None,
     force: bool = False,
+    quantize: Quantization | None = None,
+    calibration_data: str | os.PathLike | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
 ) -> Path:
-    """Export ``model`` with its budget points ({"q", "madds", "accuracy", "thresholds"})."""
+    """Export ``model`` with its budget points ({"q", "madds", "accuracy", "thresholds"}); with
+    ``quantize="int8"``, its graphs quantized and thresholds found again on up to
+    ``calibration_images`` images of ``calibration_data`` (held-out training images)."""
     out = Path(out)
     _check_target(out, force)
     _require("onnx", "onnxruntime")
     if len(classes) != model.config.num_classes:
         raise ValueError(f"{len(classes)} class names for a model with {model.config.num_classes} classes")
+    calibration = _calibration(model, quantize, calibration_data, calibration_images)  # before any work: bad input fails fast
     model = model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -91,11 +107,27 @@ def export_gfnet(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _verify(model, tmp)
+        if calibration is not None:
+            quantize_export(tmp, calibration)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _calibration(model: GFNet, quantize: Quantization | None, data: str | os.PathLike | None, limit: int) -> np.ndarray | None:
+    """The calibration images of a quantized export (None for fp32), after checking the options."""
+    if quantize is None:
+        if data is not None:
+            raise ValueError("--calibration-data is read only to quantize: add --quantize int8, or leave it out")
+        return None
+    if quantize not in get_args(Quantization):
+        raise ValueError(f"--quantize {quantize!r} is not one of {', '.join(get_args(Quantization))}")
+    if data is None:
+        raise ValueError(f"--quantize {quantize} needs --calibration-data DIR: a folder of held-out training images "
+                         "(not the val set) to calibrate the activations and set the thresholds on")
+    return calibration_images(data, Transform.of(model.config), limit=limit)
 
 
 def _require(*modules: str) -> None:
@@ -126,7 +158,6 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 def _write_graphs(model: GFNet, folder: Path) -> dict[str, dict[str, Any]]:
     """glance.onnx, focus.onnx and cascade.npz in ``folder``: {name: {"file", "sha256", ...}}."""
-    import numpy as np
     import onnx
 
     size = model.config.image_size

@@ -149,12 +149,17 @@ class OnnxGFNet:
     def step(self, t: int, images: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
         """Run step ``t`` (0 = glance) on normalised images (B, 3, H, W).  Returns the glance's
         [probs, *state] or a focus step's [probs, location, *state]."""
+        return self.sessions["focus" if t else "glance"].run(None, self.feed(t, images, state))
+
+    def feed(self, t: int, images: np.ndarray, state: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The inputs of step ``t``'s graph by name (a cascade fC's step-t layer included);
+        also what calibrating a quantized export feeds each graph."""
         if t == 0:
-            return self.sessions["glance"].run(None, {"images": images})
+            return {"images": images}
         feed = dict(zip(GRAPHS["focus"]["inputs"], [images, *state]))
         if self.cascade:
             feed["cascade_weight"], feed["cascade_bias"] = self.cascade[f"step{t}_weight"], self.cascade[f"step{t}_bias"]
-        return self.sessions["focus"].run(None, feed)
+        return feed
 
     def predict(self, images: np.ndarray, thresholds: np.ndarray) -> OnnxPrediction:
         """Early-exit inference on normalised images (B, 3, H, W): after each step the images
