@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "imagenette"
+DATA = ROOT.parent / "shared" / "data" / "imagenette"
 
 
 def load_test_parser(doc: str, name: str) -> argparse.ArgumentParser:
@@ -50,16 +51,44 @@ def image_bytes(args: argparse.Namespace) -> list[bytes]:
     return [f.read_bytes() for f in files[:: max(1, len(files) // args.images)][: args.images]]
 
 
-def serving_exports(work: Path) -> dict[str, Path]:
+def serving_exports(work: Path, *, int8: bool = False) -> dict[str, Path]:
     """What the load tests serve, exported under ``work``: the committed Imagenette GFNet
-    (``gfnet``), the same running all T steps (``gfnet-all-T``), and the static Lite0 at
-    128 and 224 px (``static-128px``, ``static-224px``) with their measured accuracy."""
+    (``gfnet``), the same running all T steps (``gfnet-all-T``), the static Lite0 at 128 and
+    224 px (``static-128px``, ``static-224px``) with their measured accuracy, and with
+    ``int8`` the GFNet quantized as ``bench_quantize`` does (``gfnet-int8``)."""
     results = json.loads((RESULTS / "results.json").read_text())
     gfnet = export_imagenette(RESULTS / "gfnet.safetensors", results, work / "gfnet")
     static = {s["size"]: s for s in results["static"]}
-    return {"gfnet": gfnet, "gfnet-all-T": no_exit_copy(gfnet, work / "gfnet-all-T"),
-            **{f"static-{size}px": export_static(size, static[size]["accuracy"], static[size]["madds"], gfnet,
-                                                 work / f"static{size}") for size in (128, 224)}}
+    exports = {"gfnet": gfnet, "gfnet-all-T": no_exit_copy(gfnet, work / "gfnet-all-T"),
+               **{f"static-{size}px": export_static(size, static[size]["accuracy"], static[size]["madds"], gfnet,
+                                                    work / f"static{size}") for size in (128, 224)}}
+    if int8:
+        exports["gfnet-int8"] = export_imagenette(RESULTS / "gfnet.safetensors", results, work / "gfnet-int8",
+                                                  quantize="int8", calibration_data=calibration_folder(800, work))
+    return exports
+
+
+def labelled_files(root: Path) -> tuple[list[Path], np.ndarray]:
+    """An ImageFolder's files in the reproduction's order (classes, then names, sorted) and labels."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
+    return [f for f, _ in files], np.array([c for _, c in files])
+
+
+def calibration_folder(n: int, work: Path) -> Path:
+    """Links to n evenly spaced images of the reproduction's held-out training images, by class."""
+    from glancefocus.config import DataConfig
+    from glancefocus.config.recipes import RECIPES
+    from glancefocus.data.sampling import holdout_split
+
+    files, _ = labelled_files(DATA / "train")
+    _, held = holdout_split(len(files), DataConfig().holdout, RECIPES["imagenette-lite0"].train.seed)
+    folder = work / "calibration"
+    for i in np.linspace(0, len(held) - 1, min(n, len(held))).round().astype(int):
+        f = files[held[i]]
+        (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / f.parent.name / f.name).symlink_to(f)
+    return folder
 
 
 def expected(export: Path, blobs: list[bytes]) -> list[tuple[int, int]]:

@@ -8,7 +8,8 @@ Here the same requests (one Imagenette val image each, decoded and transformed o
 straight to :class:`glancefocus.runtime.engine.Engine` from a feeder thread: first a closed
 loop of ``--concurrency`` outstanding requests (saturation), then open-loop Poisson arrivals
 at 25 / 50 / 75 / 90 % of it.  Rows, same images, same threads: GFNet with exits (each
-scheduling policy), GFNet running all T steps, GFNet one request at a time through
+scheduling policy), the same GFNet exported ``--quantize int8`` (as ``bench_quantize`` does,
+its thresholds found again on held-out images), GFNet running all T steps, GFNet one request at a time through
 ``OnnxGFNet.predict`` (no engine), and the static Lite0 at 128 and 224 px through the same
 engine.  Every answer is checked against ``OnnxGFNet.predict`` on the same image.  The last
 lines compare saturation throughputs with the MAdds ratios they should follow.
@@ -139,6 +140,7 @@ def services(args: argparse.Namespace):
                                                    max_queued=4096, policy=policy)
     for policy in POLICIES:
         yield f"gfnet-engine-{policy}", "gfnet", lambda m, p=policy: Engine(OnnxSteps(m), config(p))
+    yield "gfnet-int8-engine", "gfnet-int8", lambda m: Engine(OnnxSteps(m), config())
     yield "gfnet-one-at-a-time", "gfnet", OneAtATime
     yield "gfnet-engine-all-T", "gfnet-all-T", lambda m: Engine(OnnxSteps(m), config())
     for size in (128, 224):
@@ -152,6 +154,9 @@ def summary(rows: dict[str, dict], madds: dict[str, float]) -> list[str]:
              f"{madds['gfnet-engine-all-T'] / madds[best]:.2f}x fewer MAdds: "
              f"{sat[best] / sat['gfnet-engine-all-T'] / (madds['gfnet-engine-all-T'] / madds[best]):.2f} of the saving kept",
              f"engine vs one at a time: {sat[best] / sat['gfnet-one-at-a-time']:.2f}x throughput"]
+    if "gfnet-int8-engine" in sat:
+        lines.append(f"int8 GFNet vs fp32 ({best}): {sat['gfnet-int8-engine'] / sat[best]:.2f}x throughput, "
+                     f"vs static-128px {sat['gfnet-int8-engine'] / sat['static-128px']:.2f}x")
     for size in (128, 224):
         static = f"static-{size}px"
         p99 = [r["rates"][1]["p99_ms"] for r in (rows[best], rows[static])]
@@ -165,7 +170,7 @@ def main() -> None:
     blobs = image_bytes(args)
     rows, madds = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        exports = serving_exports(Path(tmp))
+        exports = serving_exports(Path(tmp), int8=True)
         for name, export, factory in services(args):
             if args.only and name not in args.only:
                 continue

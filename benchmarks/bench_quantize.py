@@ -24,38 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glancefocus.config import DataConfig
-from glancefocus.config.recipes import RECIPES
-from glancefocus.data.sampling import holdout_split
 from glancefocus.export.quantize import all_steps
 from glancefocus.models.budget import budgeted_accuracy
 from glancefocus.runtime.deploy import OnnxGFNet
 from glancefocus.runtime.preprocess import read_images
 
 from ._common import compare, parser, setup, write
-from ._serve_parts import RESULTS, export_imagenette
+from ._serve_parts import DATA, RESULTS, calibration_folder, export_imagenette, labelled_files
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 CHECKED_QS = (0.05, 1.0, 1.95)  # the cheapest, a middle and the dearest budget point, run by predict
-
-
-def labelled_files(root: Path) -> tuple[list[Path], np.ndarray]:
-    """An ImageFolder's files in the reproduction's order (classes, then names, sorted) and labels."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
-    return [f for f, _ in files], np.array([c for _, c in files])
-
-
-def calibration_folder(n: int, work: Path) -> Path:
-    """Links to n evenly spaced images of the reproduction's held-out training images, by class."""
-    files, _ = labelled_files(DATA / "train")
-    _, held = holdout_split(len(files), DataConfig().holdout, RECIPES["imagenette-lite0"].train.seed)
-    folder = work / "calibration"
-    for i in np.linspace(0, len(held) - 1, min(n, len(held))).round().astype(int):
-        f = files[held[i]]
-        (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
-        (folder / f.parent.name / f.name).symlink_to(f)
-    return folder
 
 
 def accuracies(model: OnnxGFNet, images: np.ndarray, labels: np.ndarray, batch: int) -> dict:
