@@ -19,11 +19,11 @@ since only earlier steps can add to it.  Among ready queues the ``policy`` picks
 ``"deepest"`` (default: the latest step first, which finishes images already mid-way and
 frees their slots), ``"oldest"`` (the queue holding the earliest-arrived request) or
 ``"fullest"`` (the most images).  "deepest" is the default for its p99 at equal throughput:
-with the same Poisson arrivals offered to each (``python -m benchmarks.bench_serve --rates 80 120 145``,
-one run on a quiet 2-core CPU, benchmarks/README.md) its p99 was 23.5 / 32.2 / 47.7 ms at
-72 / 114 / 145 img/s, against 23.9 / 163.8 / 44.4 for "oldest" and 25.2 / 34.0 / 88.6 for
-"fullest": never far from the best and never the worst.  One run each, and noisy: in the
-full load test at each row's own shares of saturation "oldest" had the lower p99 at 75 %.
+in the in-process load test (``python -m benchmarks.bench_engine``, one run on a quiet 2-core
+CPU, benchmarks/README.md) the three policies saturated within 1 % of each other, and at
+25 / 50 / 75 / 90 % of it "deepest" had the lowest p99 at every load (26.6 / 25.6 / 49.9 /
+68.8 ms, against 27.2 / 37.9 / 136.5 / 70.9 for "oldest" and 31.8 / 65.7 / 169.7 / 95.5 for
+"fullest").
 
 Memory is bounded: at most ``max_queued`` images are admitted and unanswered at once; a
 request that does not fit is refused with :class:`QueueFull`, never buffered.
