@@ -95,8 +95,8 @@ def quantize_export(folder: Path, images: np.ndarray) -> dict[str, Any]:
     manifest["quantization"] = quantization = {
         "type": "int8", "format": "QDQ", "weights": "int8, per channel",
         "activations": f"uint8, ranges the central {PERCENTILE} % of the calibration values", "op_types": OP_TYPES,
-        "fp32_nodes": "the stem (the first Conv, MatMul or Gemm after the images) and the cascade fC's MatMul", "calibration_images": len(images), "agreement_with_fp32": agreement.tolist(),
-        "min_agreement": MIN_AGREEMENT,
+        "fp32_nodes": "the stem (the first Conv, MatMul or Gemm after the images) and the cascade fC's MatMul",
+        "calibration_images": len(images), "agreement_with_fp32": agreement.tolist(), "min_agreement": MIN_AGREEMENT,
         "budget_points": "thresholds from the int8 graphs' probabilities on the calibration images; "
                          "q, madds and accuracy are the fp32 model's",
     }
