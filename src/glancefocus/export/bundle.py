@@ -3,10 +3,10 @@
 Writes ``glance.onnx`` (step 1), ``focus.onnx`` (one focus step, run for t = 2..T with the
 recurrent state as inputs and outputs, batch axis dynamic), ``cascade.npz`` (a cascade fC's
 per-step layers) and ``manifest.json`` (see :mod:`glancefocus.runtime.deploy`).  Every graph
-passes ``onnx.checker``, and before the directory appears the export is run by ONNX Runtime and compared with :meth:`GFNet.predict`; with
-``--quantize int8`` the verified graphs are then quantized (:mod:`.quantize`).  The
-files are written to a temporary folder beside ``out`` and renamed into place, so a failed
-export leaves nothing behind.
+passes ``onnx.checker``, and before the directory appears the export is run by ONNX Runtime
+and compared with :meth:`GFNet.predict`; with ``--quantize int8`` the verified graphs are then
+quantized (:mod:`.quantize`).  The files are written to a temporary folder beside ``out`` and
+renamed into place, so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
