@@ -1,6 +1,6 @@
 """The early-exit engine alone, in process: does batching keep the MAdds that exits save?
 
-    python -m benchmarks.bench_engine [--seconds S] [--threads N] [--images N] [--max-batch B]
+    python -m benchmarks.bench_engine [--seconds S] [--threads N] [--replicas N] [--images N] [--max-batch B]
 
 ``bench_serve.py`` measures the whole HTTP path, but on a 2-core machine its async client
 and the HTTP stack share the cores with the model and cap every row near the same rate.
@@ -9,10 +9,12 @@ straight to :class:`glancefocus.runtime.engine.Engine` from a feeder thread: fir
 loop of ``--concurrency`` outstanding requests (saturation), then open-loop Poisson arrivals
 at 25 / 50 / 75 / 90 % of it.  Rows, same images, same threads: GFNet with exits (each
 scheduling policy), the same GFNet exported ``--quantize int8`` (as ``bench_quantize`` does,
-its thresholds found again on held-out images), GFNet running all T steps, GFNet one request at a time through
-``OnnxGFNet.predict`` (no engine), and the static Lite0 at 128 and 224 px through the same
-engine.  Every answer is checked against ``OnnxGFNet.predict`` on the same image.  The last
-lines compare saturation throughputs with the MAdds ratios they should follow.
+its thresholds found again on held-out images), GFNet running all T steps, GFNet one request
+at a time through ``OnnxGFNet.predict`` (no engine), and the static Lite0 at 128 and 224 px
+through the same engine.  Every answer is checked against ``OnnxGFNet.predict`` on the same
+image.  The last lines compare saturation throughputs with the MAdds ratios they should
+follow.  ``--replicas N`` gives each row N copies of its model and engine taking requests in
+turn (``serve --workers N`` in one process).
 """
 
 from __future__ import annotations
@@ -63,6 +65,27 @@ class OneAtATime:
     def __exit__(self, *exc: object) -> None:
         self.inbox.put(None)
         self.thread.join()
+
+
+class Replicas:
+    """``n`` copies of a service, each with its own model, taking requests in turn: what
+    ``glancefocus serve --workers n`` does with processes, here with threads."""
+
+    def __init__(self, services: list) -> None:
+        self.services, self.turn = services, 0
+
+    def submit(self, images: np.ndarray, thresholds: np.ndarray) -> Future[OnnxPrediction]:
+        self.turn += 1
+        return self.services[self.turn % len(self.services)].submit(images, thresholds)
+
+    def __enter__(self) -> Replicas:
+        for s in self.services:
+            s.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.services:
+            s.__exit__(*exc)
 
 
 class Traffic:
@@ -143,30 +166,39 @@ def services(args: argparse.Namespace):
     yield "gfnet-int8-engine", "gfnet-int8", lambda m: Engine(OnnxSteps(m), config())
     yield "gfnet-one-at-a-time", "gfnet", OneAtATime
     yield "gfnet-engine-all-T", "gfnet-all-T", lambda m: Engine(OnnxSteps(m), config())
-    for size in (128, 224):
-        yield f"static-{size}px", f"static-{size}px", lambda m: Engine(OnnxSteps(m), config())
+    for name in ("static-128px", "static-224px"):
+        yield name, name, lambda m: Engine(OnnxSteps(m), config())
 
 
 def summary(rows: dict[str, dict], madds: dict[str, float]) -> list[str]:
+    """The comparisons the serving targets ask for, among the rows that ran."""
     sat = {name: r["saturation"] for name, r in rows.items()}
-    best = max((n for n in sat if n.startswith("gfnet-engine-") and n != "gfnet-engine-all-T"), key=sat.get)
-    lines = [f"exits vs all T steps ({best}): {sat[best] / sat['gfnet-engine-all-T']:.2f}x throughput, "
-             f"{madds['gfnet-engine-all-T'] / madds[best]:.2f}x fewer MAdds: "
-             f"{sat[best] / sat['gfnet-engine-all-T'] / (madds['gfnet-engine-all-T'] / madds[best]):.2f} of the saving kept",
-             f"engine vs one at a time: {sat[best] / sat['gfnet-one-at-a-time']:.2f}x throughput"]
-    if "gfnet-int8-engine" in sat:
-        lines.append(f"int8 GFNet vs fp32 ({best}): {sat['gfnet-int8-engine'] / sat[best]:.2f}x throughput, "
-                     f"vs static-128px {sat['gfnet-int8-engine'] / sat['static-128px']:.2f}x")
-    for size in (128, 224):
-        static = f"static-{size}px"
-        p99 = [r["rates"][1]["p99_ms"] for r in (rows[best], rows[static])]
-        lines.append(f"GFNet vs {static}: {sat[best] / sat[static]:.2f}x throughput, {madds[static] / madds[best]:.2f}x "
-                     f"fewer MAdds; p99 at 50 % load {p99[0]:.1f} vs {p99[1]:.1f} ms")
+    engines = [n for n in sat if n.startswith("gfnet-engine-") and n != "gfnet-engine-all-T"]
+    if not engines:
+        return []
+    best, lines = max(engines, key=sat.get), []
+
+    def versus(other: str, label: str) -> None:
+        if other in sat:
+            p99 = [r["rates"][1]["p99_ms"] for r in (rows[best], rows[other])]
+            lines.append(f"{best} vs {label}: {sat[best] / sat[other]:.2f}x throughput, {madds[other] / madds[best]:.2f}x "
+                         f"fewer MAdds ({sat[best] / sat[other] / (madds[other] / madds[best]):.2f} of the saving kept); "
+                         f"p99 at 50 % load {p99[0]:.1f} vs {p99[1]:.1f} ms")
+    versus("gfnet-engine-all-T", "all T steps")
+    versus("gfnet-one-at-a-time", "one at a time")
+    versus("static-128px", "static-128px")
+    versus("static-224px", "static-224px")
+    for name, other in (("gfnet-int8-engine", best), ("gfnet-int8-engine", "static-128px")):
+        if name in sat and other in sat:
+            lines.append(f"{name} vs {other}: {sat[name] / sat[other]:.2f}x throughput")
     return lines
 
 
 def main() -> None:
-    args = load_test_parser(__doc__, "bench_engine").parse_args()
+    p = load_test_parser(__doc__, "bench_engine")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="copies of each row's model and engine, each with --threads, taking requests in turn (default 1)")
+    args = p.parse_args()
     blobs = image_bytes(args)
     rows, madds = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
@@ -176,12 +208,13 @@ def main() -> None:
                 continue
             model = OnnxGFNet(exports[export], threads=args.threads)
             images = np.stack([model.transform(decode_rgb(b, "x")) for b in blobs])
-            service = factory(model)
+            service = Replicas([factory(model)] + [factory(OnnxGFNet(exports[export], threads=args.threads))
+                                                   for _ in range(args.replicas - 1)])
             traffic = Traffic(service, images, model.thresholds()[0], expected(exports[export], blobs), model.T)
             rows[name] = measure(name, service, traffic, args)
             exits = np.sum([r["exits_per_step"] for r in rows[name]["rates"]], axis=0)
             madds[name] = float(np.dot(exits, model.manifest["madds"]) / exits.sum())
-    lines = summary(rows, madds) if not args.only else []
+    lines = summary(rows, madds)
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": list(rows.values()),
