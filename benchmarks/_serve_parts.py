@@ -68,20 +68,14 @@ def serving_exports(work: Path, *, int8: bool = False) -> dict[str, Path]:
     return exports
 
 
-def labelled_files(root: Path) -> tuple[list[Path], np.ndarray]:
-    """An ImageFolder's files in the reproduction's order (classes, then names, sorted) and labels."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
-    return [f for f, _ in files], np.array([c for _, c in files])
-
-
 def calibration_folder(n: int, work: Path) -> Path:
     """Links to n evenly spaced images of the reproduction's held-out training images, by class."""
     from glancefocus.config import DataConfig
     from glancefocus.config.recipes import RECIPES
     from glancefocus.data.sampling import holdout_split
+    from scripts.imagenette.data import labelled_files
 
-    files, _ = labelled_files(DATA / "train")
+    files, _, _ = labelled_files(DATA / "train")
     _, held = holdout_split(len(files), DataConfig().holdout, RECIPES["imagenette-lite0"].train.seed)
     folder = work / "calibration"
     for i in np.linspace(0, len(held) - 1, min(n, len(held))).round().astype(int):
@@ -94,10 +88,20 @@ def calibration_folder(n: int, work: Path) -> Path:
 def expected(export: Path, blobs: list[bytes]) -> list[tuple[int, int]]:
     """(label, exit step) of each image as ``OnnxGFNet.predict`` gives them: the right answers."""
     from glancefocus.runtime.deploy import OnnxGFNet
-    from glancefocus.runtime.images import decode_rgb
 
     model = OnnxGFNet(export, threads=1)
-    images = np.stack([model.transform(decode_rgb(b, "x")) for b in blobs])
+    return answers(model, decoded(model, blobs))
+
+
+def decoded(model, blobs: list[bytes]) -> np.ndarray:
+    """``blobs`` in ``model``'s (an ``OnnxGFNet``) evaluation view: (N, 3, H, W) float32."""
+    from glancefocus.runtime.images import decode_rgb
+
+    return np.stack([model.transform(decode_rgb(b, "x")) for b in blobs])
+
+
+def answers(model, images: np.ndarray) -> list[tuple[int, int]]:
+    """(label, exit step) of each image under ``model.predict`` at its default budget point."""
     out = model.predict(images, model.thresholds()[0])
     return list(zip(out.labels.tolist(), out.exit_step.tolist()))
 

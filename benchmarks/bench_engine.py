@@ -34,9 +34,8 @@ import numpy as np
 
 from glancefocus.runtime.deploy import OnnxGFNet, OnnxPrediction, OnnxSteps
 from glancefocus.runtime.engine import POLICIES, Engine, EngineConfig
-from glancefocus.runtime.images import decode_rgb
 
-from ._serve_parts import expected, image_bytes, load_test_parser, serving_exports
+from ._serve_parts import answers, decoded, image_bytes, load_test_parser, serving_exports
 
 LOADS = (0.25, 0.5, 0.75, 0.9)
 
@@ -95,7 +94,8 @@ class Traffic:
         self.service, self.images, self.thresholds, self.want, self.T = service, images, thresholds, want, T
         self.lock = threading.Lock()
 
-    def _send(self, n: int, record: dict, done: threading.Semaphore | None = None) -> None:
+    def _send(self, n: int, record: dict, done: threading.Semaphore) -> None:
+        """Submit request ``n``; its answer is checked and recorded, then ``done`` released."""
         i, start = n % len(self.images), time.perf_counter()
 
         def answered(future: Future[OnnxPrediction]) -> None:
@@ -104,8 +104,7 @@ class Traffic:
                 record["latency"].append(time.perf_counter() - start)
                 record["wrong"] += (int(out.labels[0]), int(out.exit_step[0])) != self.want[i]
                 record["exit_steps"].append(int(out.exit_step[0]))
-            if done is not None:
-                done.release()
+            done.release()
         self.service.submit(self.images[i : i + 1], self.thresholds).add_done_callback(answered)
 
     def closed(self, concurrency: int, seconds: float) -> float:
@@ -125,13 +124,13 @@ class Traffic:
         """Poisson arrivals at ``rate`` per second for ``seconds``; waits for every answer."""
         arrivals = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, size=int(rate * seconds * 2) + 10))
         arrivals = arrivals[arrivals < seconds]
-        record, begin = new_record(), time.perf_counter()
+        record, answered, begin = new_record(), threading.Semaphore(0), time.perf_counter()
         for n, at in enumerate(arrivals):
             if (delay := begin + at - time.perf_counter()) > 0:
                 time.sleep(delay)
-            self._send(n, record)
-        while len(record["latency"]) < len(arrivals):
-            time.sleep(0.001)
+            self._send(n, record, answered)
+        for _ in arrivals:
+            answered.acquire()
         elapsed = time.perf_counter() - begin
         ms = np.percentile(np.array(record["latency"]) * 1000, [50, 95, 99])
         return {"offered": rate, "requests": len(arrivals), "throughput": len(arrivals) / elapsed,
@@ -207,10 +206,10 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             model = OnnxGFNet(exports[export], threads=args.threads)
-            images = np.stack([model.transform(decode_rgb(b, "x")) for b in blobs])
+            images = decoded(model, blobs)
             service = Replicas([factory(model)] + [factory(OnnxGFNet(exports[export], threads=args.threads))
                                                    for _ in range(args.replicas - 1)])
-            traffic = Traffic(service, images, model.thresholds()[0], expected(exports[export], blobs), model.T)
+            traffic = Traffic(service, images, model.thresholds()[0], answers(model, images), model.T)
             rows[name] = measure(name, service, traffic, args)
             exits = np.sum([r["exits_per_step"] for r in rows[name]["rates"]], axis=0)
             madds[name] = float(np.dot(exits, model.manifest["madds"]) / exits.sum())

@@ -28,9 +28,10 @@ from glancefocus.export.quantize import all_steps
 from glancefocus.models.budget import budgeted_accuracy
 from glancefocus.runtime.deploy import OnnxGFNet
 from glancefocus.runtime.preprocess import read_images
+from scripts.imagenette.data import labelled_files
 
 from ._common import compare, parser, setup, write
-from ._serve_parts import DATA, RESULTS, calibration_folder, export_imagenette, labelled_files
+from ._serve_parts import DATA, RESULTS, calibration_folder, export_imagenette
 
 CHECKED_QS = (0.05, 1.0, 1.95)  # the cheapest, a middle and the dearest budget point, run by predict
 
@@ -76,7 +77,8 @@ def main() -> None:
                                              calibration_data=calibration, calibration_images=10**6)}
         models = {name: OnnxGFNet(path, threads=1) for name, path in exports.items()}
         sizes = {name: {f: (path / f).stat().st_size for f in ("glance.onnx", "focus.onnx")} for name, path in exports.items()}
-        files, labels = labelled_files(DATA / "val")
+        files, labels, _ = labelled_files(DATA / "val")
+        labels = np.array(labels)
         if args.quick:
             files, labels = files[:: len(files) // 96][:96], labels[:: len(files) // 96][:96]
         images = np.stack(read_images(files, models["fp32"].transform)[0])

@@ -38,21 +38,29 @@ class CachedImages(Dataset):
         return self.transform(self.images[i]), int(self.targets[i])
 
 
+def labelled_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """An ImageFolder's files in the reproduction's order (classes, then names, sorted), their
+    labels and the classes: the order its held-out split and its caches index."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    pairs = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
+    return [f for f, _ in pairs], [c for _, c in pairs], classes
+
+
 def decode(root: Path, cache: Path, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Every image of ``root`` decoded (or, with ``limit``, that many evenly spaced ones:
     a smoke run decodes and caches only what it uses)."""
     cache = cache.with_suffix(f".limit{limit}.pt") if limit else cache
     if cache.exists():
         return torch.load(cache, weights_only=False)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
+    files, labels, classes = labelled_files(root)
     if limit:
-        files = [files[i] for i in torch.linspace(0, len(files) - 1, min(limit, len(files))).long().tolist()]
+        keep = torch.linspace(0, len(files) - 1, min(limit, len(files))).long().tolist()
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     images = torch.empty(len(files), 3, CACHE_SIZE, CACHE_SIZE, dtype=torch.uint8)
     resize = v2.Resize((CACHE_SIZE, CACHE_SIZE), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-    for i, (f, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", leave=False)):
+    for i, f in enumerate(tqdm(files, desc=f"decoding {root.name}", leave=False)):
         images[i] = resize(v2.functional.pil_to_tensor(load_rgb(str(f))))
-    result = (images, torch.tensor([c for _, c in files]), classes)
+    result = (images, torch.tensor(labels), classes)
     atomic_write(cache, lambda tmp: torch.save(result, tmp))  # a later run trusts whatever file is there
     return result
 
