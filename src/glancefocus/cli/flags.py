@@ -49,9 +49,15 @@ def add_fields(
         elif typing.get_origin(kind) is tuple and set(typing.get_args(kind)) == {int}:  # e.g. --scale-range LO HI
             options["type"], options["nargs"] = int, len(typing.get_args(kind))
             options["metavar"] = ("LO", "HI") if options["nargs"] == 2 else f.name.upper()
+        elif typing.get_args(kind) == (str, ...):  # e.g. --reads glance,patch,whole:224
+            options["type"], options["metavar"] = _comma_list, f.name.upper()
         else:
             continue  # nested configs and tuples are not flags
         parser.add_argument(flag, **options)
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def given_fields(args: argparse.Namespace, prefix: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def _train_parser(sub) -> None:
     g.add_argument("--recipe", help="a named recipe (`glancefocus recipes` lists them; default: default)")
     add_fields(g, GFNetConfig, "model", only=("backbone", "patch_size", "T", "image_size", "classifier", "policy_trunk",
                                               "drop_rate", "drop_path_rate", "resize_interpolation", "patch_scale",
-                                              "scale_range", "crop"))
+                                              "scale_range", "crop", "reads"))
     g.add_argument("--pretrained", default=None, help="encoder initialisation: false, true (timm hub), lite0/lite1/lite2 "
                    "(offline packages) or a weights file (default: the recipe's, else false)")
     g = t.add_argument_group("optimisation (defaults: the recipe's, else appendix A.2/A.3 for the backbone family)")

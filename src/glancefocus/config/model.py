@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 from .choices import ClassifierKind, Crop, GlanceResize, PatchScale, PolicyTrunk, check_choices, fill
 from .families import CLASSIFIER_HIDDEN, FAMILY_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD, POLICY_HIDDEN, Family, family_of
+from .reads import Read, parse_reads
 
 @dataclass(frozen=True)
 class GFNetConfig:
@@ -53,6 +55,10 @@ class GFNetConfig:
     crop: Crop | None = field(default=None, metadata={
         "help": "how a region becomes the patch: window (integer corner, the paper's crop) or resample (bilinear, differentiable; "
                 "default: resample with a learned scale, window otherwise)"})
+    # Beyond the paper (RANet, DRNet): steps that read the whole image at a higher resolution.
+    reads: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "what each step reads, comma-separated: glance, patch, whole:R (the whole image at R px, R up to image_size), "
+                "e.g. glance,patch,whole:224; T is their number (default: the paper's glance then T-1 patches)"})
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -72,6 +78,11 @@ class GFNetConfig:
             )
         if self.patch_scale == "learned" and self.crop == "window":
             raise ValueError("a learned patch scale resamples its region: use crop='resample' (--crop resample) or leave crop unset")
+        if self.reads is not None:
+            if self.T != len(self.reads):
+                raise ValueError(f"T ({self.T}) must equal the number of reads ({len(self.reads)}: {','.join(self.reads)}); "
+                                 "leave --T out when you give --reads")
+            parse_reads(self.reads, patch_size=self.patch_size, image_size=self.image_size)  # a clear error now, not at step t
         if self.scale_range is not None:
             lo, hi = self.scale_range
             if not 1 <= lo <= hi <= self.image_size:
@@ -102,6 +113,23 @@ class GFNetConfig:
             "scale_range": (self.patch_size, self.image_size) if self.patch_scale == "learned" else None,
         })
 
+    @functools.cached_property
+    def plan(self) -> tuple[Read, ...]:
+        """What each step reads, steps 1..T: the paper's glance then T−1 patches, or ``reads``."""
+        if self.reads is None:
+            return (Read("glance", self.patch_size),) + (Read("patch", self.patch_size),) * (self.T - 1)
+        return parse_reads(self.reads, patch_size=self.patch_size, image_size=self.image_size)
+
+    @property
+    def patch_steps(self) -> int:
+        """How many steps π chooses a region for (the paper's T − 1); they follow the glance."""
+        return sum(r.kind == "patch" for r in self.plan)
+
+    @property
+    def whole_size(self) -> int | None:
+        """The largest whole-image read, which the whole-image encoder fW is fine-tuned at (None: no such read)."""
+        return max((r.size for r in self.plan if r.kind == "whole"), default=None)
+
     @property
     def action_dims(self) -> int:
         """Numbers π chooses per focus step: (row, col), plus the scale fraction σ if learned."""
@@ -119,8 +147,9 @@ class GFNetConfig:
         if "policy" in saved:
             saved["policy_trunk"] = saved.pop("policy")
         saved["mean"], saved["std"] = tuple(saved.get("mean", IMAGENET_MEAN)), tuple(saved.get("std", IMAGENET_STD))
-        if saved.get("scale_range") is not None:
-            saved["scale_range"] = tuple(saved["scale_range"])
+        for name in ("scale_range", "reads"):
+            if saved.get(name) is not None:
+                saved[name] = tuple(saved[name])
         return cls(**saved)
 
 

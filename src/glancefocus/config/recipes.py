@@ -133,6 +133,8 @@ def resolve(recipe: str | Recipe = "default", *, source: SizedSource | None = No
     fields = _given(model)
     if tc.policy_training == "differentiable":
         fields.setdefault("crop", "resample")
+    if fields.get("reads") is not None:
+        fields.setdefault("T", len(fields["reads"]))  # a plan of reads says how many steps there are
     weights = Weights.parse(pretrained)
     if weights is not None and found.name == "default":
         fields.setdefault("backbone", weights.value.arch)

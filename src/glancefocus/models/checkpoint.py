@@ -84,11 +84,17 @@ def check_compatible(meta: dict[str, Any], config: GFNetConfig, *, path: str | o
     if not glance_only:
         keys += ("T", "classifier", "classifier_hidden", "policy_trunk", "policy_hidden")
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, expected {wanted[k]!r}" for k in keys if saved.get(k) != wanted[k]]
+    if not glance_only and saved and (had := _plan(saved)) != (want := _plan(wanted)):
+        diffs.append(f"reads: checkpoint has {had}, expected {want}")
     if diffs:
         raise ValueError(
             f"checkpoint {path} does not match this model ({'; '.join(diffs)}). "
             "Pass the options the checkpoint was trained with, or start from a matching checkpoint."
         )
+
+
+def _plan(fields: dict[str, Any]) -> str:
+    return ",".join(map(str, GFNetConfig.from_dict(fields).plan))
 
 
 def _existing(path: str | os.PathLike) -> Path:

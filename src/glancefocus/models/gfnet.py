@@ -3,8 +3,10 @@
 Step 1 (glance) classifies the whole image resized to P×P with the global encoder fG.
 Each later step (focus) asks the patch proposal network π where to look, crops a P×P window
 of the full image there, encodes it with the local encoder fL, and updates the recurrent
-classifier fC.  One :meth:`GFNet.step` serves training, all-steps evaluation, early-exit
-inference and the multiply-add count, so the four cannot drift apart.
+classifier fC.  Beyond the paper, the last steps may read the whole image at R > P px with a
+whole-image encoder fW (``GFNetConfig.reads``; RANet, DRNet).  One :meth:`GFNet.step` serves
+training, all-steps evaluation, early-exit inference and the multiply-add count, so the four
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -70,9 +72,9 @@ class StepOutput:
 class GFNetOutput:
     logits: torch.Tensor  # (T, B, C)
     aux_logits: torch.Tensor | None  # (T, B, C)
-    locations: torch.Tensor  # (T-1, B, A): step-first, like logits; A = config.action_dims
-    log_probs: torch.Tensor | None = None  # (T-1, B), with locations="sample"
-    values: torch.Tensor | None = None  # (T-1, B)
+    locations: torch.Tensor  # (K, B, A) of the K = config.patch_steps patch steps, step-first; A = config.action_dims
+    log_probs: torch.Tensor | None = None  # (K, B), with locations="sample"
+    values: torch.Tensor | None = None  # (K, B)
     policy_inputs: list[torch.Tensor] | None = None
 
 
@@ -86,7 +88,7 @@ class Prediction:
     labels: torch.Tensor  # (B,) predicted class at the exit step
     probs: torch.Tensor  # (B, C) softmax at the exit step
     exit_step: torch.Tensor  # (B,) step 1..T at which each image exited
-    locations: torch.Tensor  # (T-1, B, A) focus regions read, step-first as in GFNetOutput; NaN after the exit
+    locations: torch.Tensor  # (K, B, A) regions of the K patch steps, step-first as in GFNetOutput; NaN after the exit
 
 
 class GFNet(nn.Module):
@@ -107,6 +109,11 @@ class GFNet(nn.Module):
         drops = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate}
         self.global_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained, **drops)
         self.local_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained, **drops)
+        # fW, only for plans with whole-image reads (so the paper's checkpoints keep their keys).
+        # Its own weights: the committed Imagenette model's fL, trained on 96 px patches, read
+        # whole 224 px images 1.5 points below the backbone fine-tuned at 224 (RESULTS.md).
+        if cfg.whole_size is not None:
+            self.whole_encoder = create_encoder(cfg.backbone, num_classes=cfg.num_classes, pretrained=pretrained, **drops)
         map_shape, features = probe_encoder(self.local_encoder, cfg.patch_size)
         if cfg.classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {cfg.classifier!r}: use one of {sorted(CLASSIFIERS)}")
@@ -152,7 +159,8 @@ class GFNet(nn.Module):
         need_aux: bool = False,
         explore: torch.Tensor | None = None,
     ) -> tuple[StepOutput, StepState]:
-        """Run step ``t`` (0 = glance, the paper's step t + 1) on full-resolution ``images`` (B, 3, H, W).
+        """Run step ``t`` (0 = glance, the paper's step t + 1) on full-resolution ``images`` (B, 3, H, W);
+        it reads what ``config.plan[t]`` says: the glance, a patch, or the whole image at R px.
 
         ``locations`` for focus steps: ``"mean"`` (π's mean, test time), ``"sample"``
         (l_t ~ N(mean, std²) clipped to [0, 1], Stage II), ``"random"`` (uniform, Stage I),
@@ -161,15 +169,17 @@ class GFNet(nn.Module):
         images that read uniformly random regions instead of π's mean (the end-to-end
         stage's diversity augmentation).
         """
+        read = self.config.plan[t]
         if t == 0:
             look, classifier_state = _Look(), None
         else:
             if state is None:
                 raise ValueError("focus steps (t >= 1) need the state returned by the previous step")
-            look = self._look(images.shape[0], images.device, state, locations, explore)
+            look = self._look(images.shape[0], images.device, state, locations, explore) if read.kind == "patch" else _Look(
+                policy_state=state.policy)
             classifier_state = state.classifier
-        encoder = self.global_encoder if t == 0 else self.local_encoder
-        feature_map, pooled = encoder(self.view(images, look.location))
+        encoder = self.encoder(read.kind)
+        feature_map, pooled = encoder(self.view(images, look.location, size=read.size))
         head_first = t == 0 and self.config.glance_head
         aux = encoder.head(pooled) if (need_aux or head_first) else None
         logits, classifier_state = self.classifier(pooled, classifier_state, aux)
@@ -178,12 +188,22 @@ class GFNet(nn.Module):
         out = StepOutput(logits, aux if need_aux else None, look.location, look.log_prob, look.value, look.policy_input)
         return out, StepState(feature_map.detach(), classifier_state, look.policy_state)
 
-    def view(self, images: torch.Tensor, location: torch.Tensor | None = None) -> torch.Tensor:
-        """What an encoder reads: the glance x̃1 (``location`` None) or the patch of the region
-        at ``location``: the integer window (the paper's crop) or the resampled region."""
+    def encoder(self, kind: str) -> nn.Module:
+        """The encoder of a read: fG for the glance, fL for patches, fW for the whole image."""
+        if kind == "glance":
+            return self.global_encoder
+        return self.local_encoder if kind == "patch" else self.whole_encoder
+
+    def view(self, images: torch.Tensor, location: torch.Tensor | None = None, *, size: int | None = None) -> torch.Tensor:
+        """What an encoder reads: the whole image resized to ``size`` (the glance x̃1 at the
+        patch size by default) when ``location`` is None, else the patch of the region at
+        ``location``: the integer window (the paper's crop) or the resampled region."""
         cfg = self.config
         if location is None:
-            return glance_resize(images, cfg.patch_size, interpolation=cfg.interpolation, method=cfg.glance_resize)
+            size = size or cfg.patch_size
+            if size == images.shape[-1] == images.shape[-2]:
+                return images  # a whole read at the image's own size
+            return glance_resize(images, size, interpolation=cfg.interpolation, method=cfg.glance_resize)
         if cfg.crop == "resample":
             return resample_patches(images, location, cfg.patch_size, scale_range=cfg.scale_range)
         return crop_patches(images, location, cfg.patch_size)
@@ -222,10 +242,11 @@ class GFNet(nn.Module):
         need_aux = self.training if need_aux is None else need_aux
         state, outs = None, []
         for t in range(self.T):
-            where = locations[t - 1] if isinstance(locations, torch.Tensor) and t > 0 else locations
+            # patch steps are steps 2..K+1, so step t reads row t − 1 of a (K, B, A) tensor
+            where = locations[t - 1] if isinstance(locations, torch.Tensor) and 0 < t <= self.config.patch_steps else locations
             out, state = self.step(images, t, state, locations=where, need_aux=need_aux, explore=explore)
             outs.append(out)
-        focus = outs[1:]
+        focus = outs[1:self.config.patch_steps + 1]
         sampled = isinstance(locations, str) and locations == "sample"
         return GFNetOutput(
             logits=torch.stack([o.logits for o in outs]),
@@ -235,6 +256,22 @@ class GFNet(nn.Module):
             values=torch.stack([o.value for o in focus]) if sampled and focus else None,
             policy_inputs=[o.policy_input for o in focus] if sampled else None,
         )
+
+    @torch.no_grad()
+    def init_whole_steps(self) -> None:
+        """Start each whole read's fC layer as fW's own head on ē_t alone (zero weight on
+        ē_1..ē_{t−1}), as the cascade's step 1 is fG's head: a whole step then answers as
+        the backbone fine-tuned at its size does, and training adds what the earlier reads
+        tell.  The GRU classifier has no per-step layer and starts as it is."""
+        if self.config.classifier != "cascade":
+            return
+        head = self.whole_encoder.head
+        for t, read in enumerate(self.config.plan):
+            if read.kind == "whole":
+                layer = self.classifier.layers[t - 1]
+                layer.weight.zero_()
+                layer.weight[:, -head.in_features:] = head.weight
+                layer.bias.copy_(head.bias)
 
     # ------------------------------------------------------------------- early-exit inference
     @torch.inference_mode()
@@ -258,7 +295,7 @@ class GFNet(nn.Module):
         B, C = images.shape[0], self.config.num_classes
         probs = images.new_zeros(B, C, dtype=torch.float32)
         exit_step = torch.full((B,), self.T, dtype=torch.long, device=images.device)
-        locations = torch.full((max(self.T - 1, 0), B, self.config.action_dims), float("nan"), device=images.device)
+        locations = torch.full((self.config.patch_steps, B, self.config.action_dims), float("nan"), device=images.device)
         index = torch.arange(B, device=images.device)
         autocast = (
             torch.autocast(images.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -268,7 +305,7 @@ class GFNet(nn.Module):
             for t in range(self.T):
                 out, state = self.step(images, t, state)
                 step_probs = F.softmax(out.logits.float(), dim=1)
-                if t > 0:
+                if out.location is not None:
                     locations[t - 1, index] = out.location.float()
                 done = step_probs.max(dim=1).values >= thresholds[t] if t < self.T - 1 else None
                 if done is None:
@@ -289,10 +326,11 @@ class GFNet(nn.Module):
         """Cumulative multiply-adds of steps 1..t for one image, t = 1..T.
 
         Counted by ``torch.utils.flop_counter`` (MAdds = FLOPs / 2) on exactly what early-exit
-        inference runs: step 1 is fG + fC; step t ≥ 2 adds π, fL and fC.  A focus step costs
-        the same whatever the side s of its region: fL always reads a P×P patch (the
-        resampling itself, a few multiply-adds per output pixel, is not counted, as the
-        crop is not).
+        inference runs: step 1 is fG + fC; a patch step adds π, fL and fC, a whole-image read
+        fW at its size and fC (so steps may cost unequal amounts).  A patch step costs the
+        same whatever the side s of its region: fL always reads a P×P patch (the resampling
+        itself, a few multiply-adds per output pixel, is not counted, as the crop and the
+        resize are not).
         """
         was_training = self.training
         self.eval()
