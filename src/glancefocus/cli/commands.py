@@ -9,8 +9,8 @@ from pathlib import Path
 from ..config import DataConfig
 from .flags import given_fields
 
-STAGE_NAMES = {"glance": ["glance"], "1": ["stage1"], "2": ["stage2"], "3": ["stage3"], "end2end": ["end2end"],
-               "all": []}  # all: the pipeline of --policy-training (stages.PIPELINES)
+STAGE_NAMES = {"glance": ["glance"], "whole": ["whole"], "1": ["stage1"], "2": ["stage2"], "3": ["stage3"],
+               "end2end": ["end2end"], "all": []}  # all: the pipeline of --policy-training (stages.PIPELINES)
 
 
 def _pretrained(value: str) -> bool | str:

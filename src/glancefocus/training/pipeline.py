@@ -59,7 +59,11 @@ def fit(
     """
     run.out_dir.mkdir(parents=True, exist_ok=True)
     config = config.for_model(model.config)
-    start = init or _start_checkpoint(run, stages[0])
+    stages = [name for name in stages if name != "whole" or model.config.whole_size]  # no whole read, nothing to fine-tune
+    if not stages:
+        raise ValueError("the whole stage fine-tunes fW for whole-image reads, and this model's plan has none: "
+                         "give --reads with a whole:R read (e.g. glance,patch,whole:224)")
+    start = init or _start_checkpoint(run, stages[0], model)
     _initialise(model, start)
     if start is not None and run.world.is_main:
         print(f"initialised from {start}")
@@ -106,8 +110,10 @@ def fine_tune_classifier(classifier: nn.Module, splits: Splits, name: str, *, co
     return run.checkpoint(name)
 
 
-def _start_checkpoint(run: Run, first: str) -> Path | None:
+def _start_checkpoint(run: Run, first: str, model: GFNet) -> Path | None:
     previous = STAGES[first].starts_from
+    if previous == "whole" and not model.config.whole_size:
+        previous = "glance"
     if previous is None:
         return None
     candidate = run.checkpoint(previous)
@@ -124,18 +130,22 @@ def _start_checkpoint(run: Run, first: str) -> Path | None:
 
 
 def _initialise(model: GFNet, init: Path | None) -> None:
-    """Load ``init`` into ``model``: only fG from a glance checkpoint (so one glance fine-tune
-    serves any T, classifier or policy), everything otherwise."""
+    """Load ``init`` into ``model``: only the fine-tuned encoders from a glance checkpoint (fG)
+    or a whole one (fG and fW, whose head then starts the whole steps' fC layers), so one
+    fine-tune serves any T, classifier or policy; everything otherwise."""
     if init is None:
         return
     weights, meta = load_checkpoint(init, device="cpu")
-    glance = meta.get("stage") == "glance"
-    check_compatible(meta, model.config, path=init, glance_only=glance)
-    if glance:
-        prefix = "global_encoder."
-        model.global_encoder.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
-    else:
+    encoders = {"glance": ("global_encoder",), "whole": ("global_encoder", "whole_encoder")}.get(meta.get("stage"))
+    check_compatible(meta, model.config, path=init, glance_only=encoders is not None)
+    if encoders is None:
         model.load_state_dict(weights)
+        return
+    for name in encoders:
+        prefix = name + "."
+        getattr(model, name).load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    if meta.get("stage") == "whole":
+        model.init_whole_steps()
 
 
 def _meta(model: GFNet, classes: list[str], config: TrainConfig, data: DataConfig) -> dict[str, Any]:

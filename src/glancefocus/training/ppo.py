@@ -119,7 +119,9 @@ def rollout(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
         advantages = None if advantages is None else advantages / scale
         returns = (returns - returns.mean()) / scale
     accuracy = (probs.argmax(2) == targets).float().mean(1) * 100
-    return Rollout(out.policy_inputs, out.locations, out.log_probs, rewards, returns, accuracy, advantages)
+    k = out.locations.shape[0]  # π acts at the patch steps only; their returns count the whole reads after them
+    advantages = None if advantages is None else advantages[:k]
+    return Rollout(out.policy_inputs, out.locations, out.log_probs, rewards[:k], returns[:k], accuracy, advantages)
 
 
 def update_loss(replay: torch.nn.Module, batch: Rollout, config: PPOConfig) -> PPOLoss:

@@ -1,6 +1,8 @@
 """The training algorithm, in the order of the paper (appendix A.2–A.3):
 
-0. ``glance``: low-resolution fine-tune of the global encoder fG (appendix B.1);
+0. ``glance``: low-resolution fine-tune of the global encoder fG (appendix B.1), and
+   ``whole``: the same fine-tune of the whole-image encoder fW at its size (beyond the paper,
+   for plans with whole-image reads; skipped otherwise);
 1. ``stage1``: fG, fL and fC with uniformly random patches, deep supervision;
 2. ``stage2``: π alone with PPO, everything else frozen;
 3. ``stage3``: fL and fC (and fG unless frozen) again, with π's locations.
@@ -69,15 +71,17 @@ class Setup:
 
 
 # --------------------------------------------------------------------------------- stage 0
-class GlanceClassifier(nn.Module):
-    """fG and its own head on the glance x̃1: the low-resolution fine-tune's model."""
+class ReadClassifier(nn.Module):
+    """An encoder and its own head on the whole image resized to ``size``: fG on the glance
+    x̃1 (the low-resolution fine-tune's model), or fW on a whole-image read."""
 
-    def __init__(self, model: GFNet) -> None:
+    def __init__(self, model: GFNet, kind: str = "glance") -> None:
         super().__init__()
-        self.encoder, self.view = model.global_encoder, model.view
+        self.encoder, self.view = model.encoder(kind), model.view
+        self.size = model.config.patch_size if kind == "glance" else model.config.whole_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder.head(self.encoder(self.view(images))[1])
+        return self.encoder.head(self.encoder(self.view(images, size=self.size))[1])
 
 
 def fine_tune(
@@ -113,7 +117,17 @@ def glance_stage(s: Setup) -> StagePlan:
     """Fine-tune fG on all training images resized to H'×W' (appendix A.3 "Initialization"),
     until its held-out accuracy stops improving (appendix B.1 gives no epoch count)."""
     c = s.config
-    return fine_tune(s, "glance", GlanceClassifier(s.model), epochs=c.glance_epochs, lr=c.glance_lr, saved=s.model,
+    return fine_tune(s, "glance", ReadClassifier(s.model), epochs=c.glance_epochs, lr=c.glance_lr, saved=s.model,
+                     patience=c.glance_patience)
+
+
+def whole_stage(s: Setup) -> StagePlan:
+    """Fine-tune fW on all training images resized to its largest whole read, as fG is at the
+    patch size (beyond the paper: fW is initialised as appendix A.3 initialises fG, with the
+    glance fine-tune's epochs and rate); its checkpoint also starts each whole step's fC layer
+    from fW's head (:meth:`GFNet.init_whole_steps`)."""
+    c = s.config
+    return fine_tune(s, "whole", ReadClassifier(s.model, "whole"), epochs=c.glance_epochs, lr=c.glance_lr, saved=s.model,
                      patience=c.glance_patience)
 
 
@@ -132,14 +146,16 @@ def _classifier_stage(
         raise ValueError("distill_weight > 0 needs a teacher model (fit(..., teacher=...))")
     model.policy.requires_grad_(train_policy)
     model.policy.critic.requires_grad_(False)  # only PPO's advantage reads the critic
-    model.global_encoder.requires_grad_(not c.freeze_glance)
+    initialised = _initialised_encoders(model)  # fG, and fW: fine-tuned first, frozen where the family freezes fG
+    for encoder in initialised:
+        encoder.requires_grad_(not c.freeze_glance)
     model.local_encoder.requires_grad_(True)
     model.classifier.requires_grad_(True)
     net = wrap(model, s.world)
     trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
     optimizer = s.sgd([
         {"params": trainable(model.classifier), "lr": lr_classifier},
-        {"params": trainable(model.local_encoder) + trainable(model.global_encoder), "lr": c.lr_encoder},
+        {"params": trainable(model.local_encoder) + [p for e in initialised for p in trainable(e)], "lr": c.lr_encoder},
         {"params": trainable(model.policy), "lr": c.lr_policy},
     ])
     loader = s.loader(s.splits.train, train=True)
@@ -156,10 +172,15 @@ def _classifier_stage(
 
     def train_mode():
         model.train()
-        model.global_encoder.train(not c.freeze_glance)  # a frozen fG keeps its BatchNorm statistics
+        for encoder in initialised:  # a frozen fG (fW) keeps its BatchNorm statistics
+            encoder.train(not c.freeze_glance)
 
     return StagePlan(name, model, optimizer, loader, epochs, s.meta, step, lambda: s.heldout_accuracy(patches),
                      scheduler=s.cosine(optimizer, loader, epochs), train_mode=train_mode)
+
+
+def _initialised_encoders(model: GFNet) -> list[nn.Module]:
+    return [model.global_encoder] + ([model.whole_encoder] if model.config.whole_size else [])
 
 
 def stage1(s: Setup) -> StagePlan:
@@ -228,11 +249,14 @@ class Stage:
 
 STAGES: dict[str, Stage] = {
     "glance": Stage("glance", None, glance_stage),
-    "stage1": Stage("stage1", "glance", stage1),
+    "whole": Stage("whole", "glance", whole_stage),
+    "stage1": Stage("stage1", "whole", stage1),  # or "glance", for a plan with no whole-image read
     "stage2": Stage("stage2", "stage1", stage2),
     "stage3": Stage("stage3", "stage2", stage3),
     "end2end": Stage("end2end", "stage1", end2end),
 }
 
 #: The whole pipeline of each way of training π (``TrainConfig.policy_training``).
-PIPELINES: dict[str, list[str]] = {"ppo": ["glance", "stage1", "stage2", "stage3"], "differentiable": ["glance", "stage1", "end2end"]}
+#: ``whole`` runs only for plans with whole-image reads.
+PIPELINES: dict[str, list[str]] = {"ppo": ["glance", "whole", "stage1", "stage2", "stage3"],
+                                   "differentiable": ["glance", "whole", "stage1", "end2end"]}
