@@ -78,6 +78,7 @@ class TorchSteps:
     def __init__(self, model: GFNet, *, amp: torch.dtype | None = None) -> None:
         self.model, self.amp = model.eval(), amp
         self.T, self.num_classes, self.action_dims = model.T, model.config.num_classes, model.config.action_dims
+        self.patch_steps = model.config.patch_steps
         self.device = next(model.parameters()).device
 
     def put(self, images: np.ndarray) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..config.reads import Read
 from ..models.gfnet import GFNet
 from ..models.patches import patch_corners, region_boxes
 
@@ -65,13 +66,14 @@ def plot_results(results: dict[str, Any], path: str | Path, *, title: str = "GFN
             ax.plot([m / 1e6 for m in series["madds"]], series["accuracy"], "s:", label=label)
 
 
-def _draw_patches(ax, boxes: list[list[float]], sized: bool) -> None:
+def _draw_patches(ax, boxes: list[list[float]], sized: bool, current: bool = True) -> None:
     """The regions read so far on one panel, each (top, left, side) in pixels: the newest
-    solid red, earlier ones dashed; with ``sized`` (a learned scale) each labelled with its side."""
+    solid red if this step read it (``current``), earlier ones dashed; with ``sized`` (a
+    learned scale) each labelled with its side."""
     import matplotlib.patches as mpatches
 
     for s, (r, c, side) in enumerate(boxes, start=2):
-        newest = s == len(boxes) + 1
+        newest = current and s == len(boxes) + 1
         ax.add_patch(mpatches.Rectangle(
             (c - 0.5, r - 0.5), side, side, fill=False, edgecolor="red" if newest else "orange",
             linewidth=2 if newest else 1, linestyle="-" if newest else "--",
@@ -91,9 +93,12 @@ def region_pixels(model: GFNet, locations: torch.Tensor, height: int, width: int
     return region_boxes(locations, height, width, cfg.patch_size, cfg.scale_range)
 
 
-def _heading(step: int, exit_step: int | None) -> tuple[str, bool]:
-    """A panel's title for ``step`` (1..T), and whether it comes after the image's exit."""
-    heading = "glance" if step == 1 else f"focus {step - 1}"
+def _heading(step: int, exit_step: int | None, read: Read | None = None) -> tuple[str, bool]:
+    """A panel's title for ``step`` (1..T) reading ``read``, and whether it comes after the image's exit."""
+    if read is not None and read.kind == "whole":
+        heading = f"whole image, {read.size} px"
+    else:
+        heading = "glance" if step == 1 else f"focus {step - 1}"
     if exit_step is not None and step > exit_step:
         return heading + " (after exit)", True
     return heading + (" (exit)" if step == exit_step else ""), False
@@ -113,7 +118,8 @@ def visualize(
     """Save a PNG with one row per image and one column per step.
 
     Column 1 shows the whole image (the glance); column t ≥ 2 shows the patch read at step
-    t as a solid box, earlier patches dashed.  Under each panel: the ``top`` classes of p_t.
+    t as a solid box, earlier patches dashed (a whole-image read: the whole image, its
+    size in the title, with the patches read before it dashed).  Under each panel: the ``top`` classes of p_t.
     Steps after an image's exit step (``exit_steps``, numbered 1..T, if given) are greyed out.
     """
     plt = _pyplot()
@@ -135,10 +141,11 @@ def visualize(
             ax.imshow(shown[b])
             ax.set_xticks([])
             ax.set_yticks([])
-            _draw_patches(ax, [boxes[s][b] for s in range(t)], sized=cfg.patch_scale == "learned")
+            _draw_patches(ax, [boxes[s][b] for s in range(min(t, cfg.patch_steps))], sized=cfg.patch_scale == "learned",
+                          current=t <= cfg.patch_steps)
             names = [classes[j] if classes else j for j in top_k[t, b].tolist()]
             ax.set_xlabel("\n".join(f"{n}: {v:.2f}" for n, v in zip(names, top_p[t, b].tolist())), fontsize=7)
-            heading, after = _heading(t + 1, exits[b])
+            heading, after = _heading(t + 1, exits[b], cfg.plan[t])
             if after:
                 ax.images[0].set_alpha(0.35)
             ax.set_title(heading, fontsize=8)

@@ -1,7 +1,8 @@
 """``glancefocus export``: a trained GFNet as ONNX graphs that keep its early exit.
 
-Writes ``glance.onnx`` (step 1), ``focus.onnx`` (one focus step, run for t = 2..T with the
-recurrent state as inputs and outputs, batch axis dynamic), ``cascade.npz`` (a cascade fC's
+Writes ``glance.onnx`` (step 1), ``focus.onnx`` (one focus step, run for every patch step
+with the recurrent state as inputs and outputs, batch axis dynamic), ``whole<R>.onnx`` (a
+whole-image read at R px, for plans that have one), ``cascade.npz`` (a cascade fC's
 per-step layers) and ``manifest.json`` (see :mod:`glancefocus.runtime.deploy`).  Every graph
 passes ``onnx.checker``, and before the directory appears the export is run by ONNX Runtime
 and compared with :meth:`GFNet.predict`; with ``--quantize int8`` the verified graphs are then
@@ -28,11 +29,11 @@ from .. import __version__
 from ..config import Quantization
 from ..models.budget import threshold_json
 from ..models.checkpoint import read_meta
-from .graphs import FocusStep, GlanceStep, cascade_layers
+from .graphs import FocusStep, GlanceStep, WholeStep, cascade_layers
 from .quantize import CALIBRATION_IMAGES, calibration_images, quantize_export
 from ..inference import imagenet_descriptions
 from ..models.gfnet import GFNet
-from ..runtime.deploy import CASCADE, FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, OnnxGFNet, sha256
+from ..runtime.deploy import CASCADE, FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, OnnxGFNet, graph_name, sha256
 from ..runtime.preprocess import Transform
 
 OPSET = 18  # the first opset whose Resize can antialias (the glance)
@@ -97,7 +98,8 @@ def export_gfnet(
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "files": files, "opset": OPSET, **_versions(),
             "backbone": cfg.backbone, "classes": list(classes), "class_descriptions": imagenet_descriptions(classes),
-            "T": cfg.T, "patch_size": cfg.patch_size, "image_size": cfg.image_size, "crop_pct": cfg.crop_pct,
+            "T": cfg.T, "reads": [str(r) for r in cfg.plan], "patch_size": cfg.patch_size, "image_size": cfg.image_size,
+            "crop_pct": cfg.crop_pct,
             "patch_scale": cfg.patch_scale, "scale_range": list(cfg.scale_range) if cfg.scale_range else None, "crop": cfg.crop,
             "interpolation": cfg.interpolation, "resize_interpolation": cfg.resize_interpolation,
             "mean": list(cfg.mean), "std": list(cfg.std),
@@ -124,6 +126,9 @@ def _calibration(model: GFNet, quantize: Quantization | None, data: str | os.Pat
         return None
     if quantize not in get_args(Quantization):
         raise ValueError(f"--quantize {quantize!r} is not one of {', '.join(get_args(Quantization))}")
+    if model.config.whole_size is not None:
+        raise ValueError(f"--quantize {quantize} is not available for plans with whole-image reads "
+                         f"({','.join(map(str, model.config.plan))}): export them in fp32 (leave --quantize out)")
     if data is None:
         raise ValueError(f"--quantize {quantize} needs --calibration-data DIR: a folder of held-out training images "
                          "(not the val set) to calibrate the activations and set the thresholds on")
@@ -157,7 +162,7 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 
 def _write_graphs(model: GFNet, folder: Path) -> dict[str, dict[str, Any]]:
-    """glance.onnx, focus.onnx and cascade.npz in ``folder``: {name: {"file", "sha256", ...}}."""
+    """glance.onnx, focus.onnx, whole<R>.onnx and cascade.npz in ``folder``: {name: {"file", "sha256", ...}}."""
     import onnx
 
     size = model.config.image_size
@@ -169,12 +174,15 @@ def _write_graphs(model: GFNet, folder: Path) -> dict[str, dict[str, Any]]:
         written["cascade"] = {"file": CASCADE, "sha256": sha256(folder / CASCADE)}
     with torch.no_grad():
         examples = {"glance": (glance, (images,))}
-        if model.T > 1:
-            cascade = (layers["step1_weight"], layers["step1_bias"]) if layers else ()
-            examples["focus"] = (focus, (images, *glance(images)[1:], *cascade))
+        # traced on the glance's state and step 2's layer: the state's width is a dynamic axis
+        after_glance = (*glance(images)[1:], *((layers["step1_weight"], layers["step1_bias"]) if layers else ()))
+        for read in model.config.plan[1:]:
+            name = graph_name(str(read))
+            module = focus if read.kind == "patch" else WholeStep(model, read.size).eval()
+            examples.setdefault(name, (module, (images, *after_glance)))
         for name, (module, args) in examples.items():
             path = folder / f"{name}.onnx"
-            names = {k: list(v[: len(args)] if k == "inputs" else v) for k, v in GRAPHS[name].items()}
+            names = {k: list(v[: len(args)] if k == "inputs" else v) for k, v in GRAPHS[name.rstrip("0123456789")].items()}
             _export(module, args, path, names, cascade=bool(layers))
             onnx.checker.check_model(str(path), full_check=True)
             written[name] = {"file": path.name, "sha256": sha256(path), **names}
@@ -203,7 +211,7 @@ def _verify(model: GFNet, folder: Path) -> None:
     got = OnnxGFNet(folder, threads=1).predict(images.numpy(), never.numpy())
     differences = {
         "probabilities": float((torch.from_numpy(got.probs) - expected.probs).abs().max()),
-        "locations": float((torch.from_numpy(got.locations) - expected.locations).abs().max()) if model.T > 1 else 0.0,
+        "locations": float((torch.from_numpy(got.locations) - expected.locations).abs().max()) if model.config.patch_steps else 0.0,
     }
     if max(differences.values()) > TOLERANCE:
         raise RuntimeError(

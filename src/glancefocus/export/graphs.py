@@ -1,4 +1,5 @@
-"""The two ONNX-exportable steps of a GFNet: the glance and one focus step.
+"""The ONNX-exportable steps of a GFNet: the glance, one focus step and, for plans with
+whole-image reads, one whole step per read size.
 
 Each wraps :class:`~glancefocus.models.gfnet.GFNet` modules and computes what :meth:`GFNet.step`
 computes at test time (π's mean location), with the recurrent state as explicit tensors, so
@@ -8,8 +9,8 @@ does.  Two things change form for the graph, not in value:
 - our anti-aliased glance resize is an ONNX ``Resize`` with ``antialias=1`` (PyTorch's
   exporter has no antialiased interpolation); ONNX Runtime's filter equals PyTorch's to
   about 2e-5 (the release's ``align_corners`` resize exports as it is);
-- the cascade fC's step-t linear layer (t·F × C) is an input of the focus graph, fed by the
-  runtime, so one graph serves every step.  Selecting the layer inside the graph (a
+- the cascade fC's step-t linear layer (t·F × C) is an input of the focus (and whole) graph,
+  fed by the runtime, so one graph serves every step.  Selecting the layer inside the graph (a
   ``Gather`` from the stacked layers) copied it on every call and made ONNX Runtime's focus
   step of MobileNet-V3-Large 1.8 ms (about half) slower at batch 1; a constant or fed weight
   costs 0.17 ms.
@@ -67,11 +68,7 @@ class GlanceStep(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m, cfg = self.model, self.model.config
-        if cfg.glance_resize == "antialias":
-            view = _AntialiasedResize.apply(images, cfg.patch_size, cfg.interpolation)
-        else:
-            view = m.view(images)
-        feature_map, pooled = m.global_encoder(view)
+        feature_map, pooled = m.global_encoder(_resized(m, images, cfg.patch_size))
         head = m.global_encoder.head(pooled) if cfg.glance_head else None
         logits, classifier_state = m.classifier(pooled, None, head)
         if cfg.glance_head:  # as GFNet.step: step 1 answers with fG's own head
@@ -94,18 +91,45 @@ class FocusStep(nn.Module):
         # the window crop as gathers; the resampling crop exports as it is (ONNX GridSample)
         patch = gather_patches(images, location, cfg.patch_size, cfg.image_size) if cfg.crop == "window" else m.view(images, location)
         feature_map, pooled = m.local_encoder(patch)
-        if cascade_layer:
-            weight, bias = cascade_layer
-            classifier_state = torch.cat([classifier_state, pooled], dim=1)
-            logits = classifier_state @ weight + bias
-        else:
-            logits, classifier_state = m.classifier(pooled, classifier_state)
+        logits, classifier_state = _classify(m, pooled, classifier_state, cascade_layer)
         return F.softmax(logits, dim=1), location, feature_map, classifier_state, policy_state
 
 
+class WholeStep(nn.Module):
+    """A whole-image read at ``size`` px: (images, feature map, fC state, π state[, cascade
+    weight, bias]) → probs p_t and the states, the map and π's state passed on as they came
+    (no patch step follows a whole read, so nothing reads fW's map)."""
+
+    def __init__(self, model: GFNet, size: int) -> None:
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, images, feature_map, classifier_state, policy_state, *cascade_layer) -> tuple[torch.Tensor, ...]:
+        m = self.model
+        _, pooled = m.whole_encoder(_resized(m, images, self.size))
+        logits, classifier_state = _classify(m, pooled, classifier_state, cascade_layer)
+        return F.softmax(logits, dim=1), feature_map.clone(), classifier_state, policy_state.clone()
+
+
+def _resized(m: GFNet, images: torch.Tensor, size: int) -> torch.Tensor:
+    """:meth:`GFNet.view` of the whole image at ``size``, with the antialiased resize as ONNX's."""
+    if size == m.config.image_size or m.config.glance_resize != "antialias":
+        return m.view(images, size=size)
+    return _AntialiasedResize.apply(images, size, m.config.interpolation)
+
+
+def _classify(m: GFNet, pooled: torch.Tensor, classifier_state: torch.Tensor, cascade_layer: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """fC on a focus or whole step's ē_t; a cascade's layer comes as graph inputs."""
+    if not cascade_layer:
+        return m.classifier(pooled, classifier_state)
+    weight, bias = cascade_layer
+    classifier_state = torch.cat([classifier_state, pooled], dim=1)
+    return classifier_state @ weight + bias, classifier_state
+
+
 def cascade_layers(model: GFNet) -> dict[str, torch.Tensor]:
-    """The cascade fC's layers as the focus graph takes them: ``step{t}_weight`` (t·F, C)
-    and ``step{t}_bias`` for the 0-based focus steps t = 1..T-1; empty for a GRU fC."""
+    """The cascade fC's layers as the focus and whole graphs take them: ``step{t}_weight``
+    (t·F, C) and ``step{t}_bias`` for the 0-based steps t = 1..T-1; empty for a GRU fC."""
     if model.config.classifier != "cascade":
         return {}
     layers = {}

@@ -1,7 +1,8 @@
 """Early-exit GFNet inference under ONNX Runtime, with ``onnxruntime`` and ``numpy`` only.
 
 An export directory (written by ``glancefocus export``) holds ``glance.onnx``, ``focus.onnx``
-(one focus step, reused for steps 2..T), for a cascade fC (MobileNet-V3, EfficientNet) its
+(one focus step, reused for every patch step), ``whole<R>.onnx`` for each size R of a plan's
+whole-image reads (``GFNetConfig.reads``), for a cascade fC (MobileNet-V3, EfficientNet) its
 per-step linear layers in ``cascade.npz``, which the focus graph takes as inputs, and
 ``manifest.json`` (classes, thresholds per budget point, sizes, normalisation, MAdds per
 step, versions and each file's SHA-256).
@@ -35,7 +36,20 @@ GRAPHS = {
     "glance": {"inputs": ("images",), "outputs": ("probs", *STATE)},
     "focus": {"inputs": ("images", *STATE, "cascade_weight", "cascade_bias"),
               "outputs": ("probs", "location", *(f"next_{s}" for s in STATE))},
+    "whole": {"inputs": ("images", *STATE, "cascade_weight", "cascade_bias"), "outputs": ("probs", *(f"next_{s}" for s in STATE))},
 }
+GRAPH_OF_READ = {"glance": "glance", "patch": "focus", "whole": "whole"}  # a read's graph: whole<R> per size R
+
+
+def graph_name(read: str) -> str:
+    """The graph file (without .onnx) that runs a read such as ``"whole:224"``."""
+    kind, _, size = read.partition(":")
+    return f"whole{size}" if kind == "whole" else GRAPH_OF_READ[kind]
+
+
+def paper_reads(T: int, patch_size: int) -> list[str]:
+    """The paper's plan: the glance, then T − 1 patches (what a manifest without ``reads`` ran)."""
+    return [f"glance:{patch_size}"] + [f"patch:{patch_size}"] * (T - 1)
 CASCADE = "cascade.npz"
 
 
@@ -46,7 +60,7 @@ class OnnxPrediction:
     labels: np.ndarray  # (B,) predicted class at the exit step
     probs: np.ndarray  # (B, C) softmax at the exit step
     exit_step: np.ndarray  # (B,) exit step, 1..T
-    locations: np.ndarray  # (T-1, B, A) focus regions (row, col[, scale fraction]), step-first; NaN after the exit
+    locations: np.ndarray  # (K, B, A) regions of the K patch steps (row, col[, scale fraction]), step-first; NaN after the exit
 
 
 def sha256(path: Path) -> str:
@@ -109,9 +123,13 @@ class OnnxGFNet:
         options = options or ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        self.T: int = m["T"]
+        self.reads: list[str] = m.get("reads") or paper_reads(self.T, m["patch_size"])
+        self.graphs = [graph_name(read) for read in self.reads]  # step t runs self.graphs[t]
+        self.patch_steps = self.graphs.count("focus")
         self.sessions = {
             name: ort.InferenceSession(str(self.directory / m["files"][name]["file"]), options, providers=list(providers))
-            for name in GRAPHS if name in m["files"]
+            for name in dict.fromkeys(self.graphs) if name in m["files"]
         }
         for name, session in self.sessions.items():
             self._check_interface(name, session)
@@ -122,7 +140,6 @@ class OnnxGFNet:
         focus = self.sessions.get("focus")
         if focus is not None and ("cascade_weight" in {i.name for i in focus.get_inputs()}) != bool(self.cascade):
             raise ValueError(f"{self.directory}: the focus graph and {CASCADE} do not belong together: re-export with --force")
-        self.T: int = m["T"]
         self.action_dims: int = 3 if m.get("patch_scale") == "learned" else 2  # (row, col[, scale fraction])
         self.classes: list[str] = m["classes"]
         self.transform = Transform(m["image_size"], m["crop_pct"], tuple(m["mean"]), tuple(m["std"]),
@@ -131,7 +148,7 @@ class OnnxGFNet:
     def _check_interface(self, name: str, session: Any) -> None:
         inputs = [i.name for i in session.get_inputs()]
         outputs = [o.name for o in session.get_outputs()]
-        expected = GRAPHS[name]
+        expected = GRAPHS[name.rstrip("0123456789")]  # whole224 -> whole
         # A GRU fC's focus graph has no cascade layer inputs.
         if outputs != list(expected["outputs"]) or inputs != list(expected["inputs"][: len(inputs)]):
             raise ValueError(
@@ -147,9 +164,9 @@ class OnnxGFNet:
         return np.array([float(v) for v in point["thresholds"]], dtype=np.float32), summary
 
     def step(self, t: int, images: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
-        """Run step ``t`` (0 = glance) on normalised images (B, 3, H, W).  Returns the glance's
-        [probs, *state] or a focus step's [probs, location, *state]."""
-        return self.sessions["focus" if t else "glance"].run(None, self.feed(t, images, state))
+        """Run step ``t`` (0 = glance) on normalised images (B, 3, H, W).  Returns a patch
+        step's [probs, location, *state], any other step's [probs, *state]."""
+        return self.sessions[self.graphs[t]].run(None, self.feed(t, images, state))
 
     def feed(self, t: int, images: np.ndarray, state: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The inputs of step ``t``'s graph by name (a cascade fC's step-t layer included);
@@ -171,11 +188,11 @@ class OnnxGFNet:
         B = images.shape[0]
         probs = np.zeros((B, len(self.classes)), dtype=np.float32)
         exit_step = np.full(B, self.T, dtype=np.int64)
-        locations = np.full((self.T - 1, B, self.action_dims), np.nan, dtype=np.float32)
+        locations = np.full((self.patch_steps, B, self.action_dims), np.nan, dtype=np.float32)
         index, state = np.arange(B), []
         for t in range(self.T):
             step_probs, *state = self.step(t, images, state)
-            if t > 0:
+            if self.graphs[t] == "focus":
                 location, *state = state
                 locations[t - 1, index] = location
             done = step_probs.max(axis=1) >= thresholds[t] if t < self.T - 1 else np.ones(len(index), dtype=bool)
@@ -206,13 +223,14 @@ class OnnxSteps:
 
     def __init__(self, model: OnnxGFNet) -> None:
         self.model, self.T, self.num_classes, self.action_dims = model, model.T, len(model.classes), model.action_dims
+        self.patch_steps = model.patch_steps
 
     def put(self, images: np.ndarray) -> np.ndarray:
         return images
 
     def step(self, t: int, images: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, list]:
         probs, *rest = self.model.step(t, images, state)
-        return (probs, None, rest) if t == 0 else (probs, rest[0], rest[1:])
+        return (probs, rest[0], rest[1:]) if self.model.graphs[t] == "focus" else (probs, None, rest)
 
     @staticmethod
     def take(x: np.ndarray, index: np.ndarray) -> np.ndarray:

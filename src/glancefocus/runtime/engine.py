@@ -74,6 +74,7 @@ class Steps(Protocol):
     T: int
     num_classes: int
     action_dims: int  # numbers per focus region: (row, col[, scale fraction])
+    patch_steps: int  # steps 2..K+1 read a region (the paper's T − 1); whole-image reads may follow
 
     def put(self, images: np.ndarray) -> Any:
         """Normalised float32 images (B, 3, H, W) → the step function's own array type."""
@@ -109,7 +110,7 @@ class Engine:
                  observe: Callable[[int, int, int], None] | None = None) -> None:
         self.steps, self.config, self.observe = steps, config, observe
         self.T = steps.T
-        self._slots = SlotTable(config.max_queued, steps.T, steps.num_classes, steps.action_dims)
+        self._slots = SlotTable(config.max_queued, steps.T, steps.num_classes, steps.action_dims, steps.patch_steps)
         self._queues: list[deque[_Chunk]] = [deque() for _ in range(self.T)]
         self._sizes = np.zeros(self.T, dtype=np.int64)
         self._cond = threading.Condition()

@@ -24,12 +24,13 @@ class SlotTable:
     plus the owner of each slot.  Not thread-safe: the engine holds its lock around calls
     (except :meth:`resolve`, which only touches futures)."""
 
-    def __init__(self, capacity: int, T: int, num_classes: int, action_dims: int = 2) -> None:
+    def __init__(self, capacity: int, T: int, num_classes: int, action_dims: int = 2, patch_steps: int | None = None) -> None:
         self.capacity = capacity
         self.thresholds = np.zeros((capacity, T), dtype=np.float32)
         self.probs = np.zeros((capacity, num_classes), dtype=np.float32)
         self.exit_step = np.zeros(capacity, dtype=np.int64)
-        self.locations = np.full((max(T - 1, 0), capacity, action_dims), np.nan, dtype=np.float32)
+        patch_steps = max(T - 1, 0) if patch_steps is None else patch_steps
+        self.locations = np.full((patch_steps, capacity, action_dims), np.nan, dtype=np.float32)
         self.owner = np.zeros(capacity, dtype=np.int64)
         self._free = np.arange(capacity)[::-1].copy()  # a stack: _free[:_n_free] are free
         self._n_free = capacity
