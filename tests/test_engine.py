@@ -21,12 +21,13 @@ from glancefocus.inference import TorchSteps  # noqa: E402
 from glancefocus.runtime import Engine, EngineConfig, OnnxGFNet, OnnxSteps, QueueFull  # noqa: E402
 from glancefocus.runtime.engine import POLICIES  # noqa: E402
 
-from serving import POINTS, POOL, SIZE, T, tiny_gfnet  # noqa: E402
+from serving import POINTS, POOL, SIZE, T, UNEQUAL, tiny_gfnet  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    model = tiny_gfnet()
+@pytest.fixture(scope="module", params=[None, UNEQUAL], ids=["paper", "unequal"])
+def models(request, tmp_path_factory):
+    """The paper's plan, and one whose steps read different sizes (a whole-image read last)."""
+    model = tiny_gfnet(request.param)
     out = export_gfnet(model, tmp_path_factory.mktemp("engine") / "onnx", classes=list("abcde"), budget_points=POINTS)
     return model, OnnxGFNet(out, threads=1)
 
