@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import reproduce
+from . import escalate, reproduce
 from .report import markdown_table
 
 
@@ -18,6 +18,9 @@ def parser() -> argparse.ArgumentParser:
                    description=reproduce.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.add_parser("gather", parents=[run], help="reassemble --out/results.json from --out/parts and the runs under "
                    "--out/variants (no data read; the run's options as given to reproduce)")
+    escalate.options(sub.add_parser("escalate", help="a GFNet whose steps escalate to whole-image reads, from the recipe's "
+                                    "weights and a static model (see escalate.py)"), cascade=False)
+    escalate.options(sub.add_parser("cascade", help="the plain cascade: the glance, then a static model at R px"), cascade=True)
     table = sub.add_parser("table", help="print RESULTS.md's tables from --out/results.json")
     table.add_argument("--out", type=Path, default=Path("results/imagenette"))
     return p
@@ -26,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(argv)
+    if args.subcommand in ("escalate", "cascade"):
+        getattr(escalate, args.subcommand)(args)
+        return
     if args.subcommand == "table":
         print(markdown_table(json.loads((args.out / "results.json").read_text())))
         return
