@@ -141,6 +141,25 @@ def cascade(args: argparse.Namespace) -> None:
                   "recipe": {"cascade": ["glance (fG and its head, 96 px)", f"static Lite0 at {size} px"]},
                   "command": f"python -m scripts.imagenette cascade --sizes {size}"}
         _write(args.out / "variants" / f"cascade-96-{size}", report)
+    _encoder_choice(model, _static_model(args.work, max(args.sizes), world.device), val, world, args.out / "parts")
+
+
+@torch.inference_mode()
+def _encoder_choice(model: GFNet, static: Resized, val, world: World, parts: Path) -> None:
+    """Which encoder should read the whole image: val accuracy of each candidate's own head
+    on whole images at the static model's size, before any training on them."""
+    size, hits = static.size, {"fL (the recipe's, trained on 96 px patches)": [], "fG (the recipe's, fine-tuned at 96 px)": [],
+                               f"fW (the backbone fine-tuned at {static.size} px)": []}
+    for images, targets in val:
+        images, targets = images.to(world.device), targets.to(world.device)
+        view = model.view(images, size=size)
+        for name, logits in zip(hits, (model.local_encoder.head(model.local_encoder(view)[1]),
+                                       model.global_encoder.head(model.global_encoder(view)[1]), static(images))):
+            hits[name].append(logits.argmax(1) == targets)
+    choice = {"size": size, "accuracy": {name: 100 * float(torch.cat(h).float().mean()) for name, h in hits.items()}}
+    parts.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(parts / "whole_encoder_choice.json", json.dumps(choice, indent=2))
+    print(choice)
 
 
 def _loaders(splits: Splits, world: World, batch: int):

@@ -5,7 +5,9 @@
   (SPEC "Table 2"), trained with the family defaults of appendix A.2–A.3;
 - ``default``: what ``glancefocus train`` builds when no recipe is named;
 - ``demo``: the whole pipeline on the built-in data in minutes on a CPU;
-- ``imagenette-lite0``: the measured reproduction on Imagenette (``python -m scripts.imagenette``).
+- ``imagenette-lite0``: the measured reproduction on Imagenette (``python -m scripts.imagenette``);
+- ``imagenette-lite0-whole``: the same with a last step that reads the whole image at 224 px
+  (``python -m scripts.imagenette escalate``).
 
 :func:`resolve` is the one place that turns a recipe and its overrides into final configs.
 """
@@ -97,11 +99,24 @@ IMAGENETTE_LITE0 = Recipe(
     description="measured reproduction on Imagenette",
 )
 
+IMAGENETTE_LITE0_WHOLE = Recipe(
+    "imagenette-lite0-whole",
+    # Beyond the paper (RANet, DRNet): the recipe's glance and one patch, then the whole image
+    # at 224 px for the images they leave unsure; fW is fine-tuned at 224 px by the whole
+    # stage, as fG is at 96 px, and frozen after (the family freezes fG).
+    GFNetConfig(backbone="tf_efficientnet_lite0", num_classes=10, patch_size=96, T=3, image_size=224,
+                reads=("glance", "patch", "whole:224")),
+    IMAGENETTE_LITE0.train,
+    pretrained=Weights.LITE0,
+    description="Imagenette: glance, patch, then the whole image at 224 px",
+)
+
 RECIPES: dict[str, Recipe] = {
     **TABLE2,
     "default": Recipe("default", GFNetConfig(), sized_by_data=True, description="ResNet-50, 96 px, T = 5"),
     "demo": DEMO,
     "imagenette-lite0": IMAGENETTE_LITE0,
+    "imagenette-lite0-whole": IMAGENETTE_LITE0_WHOLE,
 }
 
 
