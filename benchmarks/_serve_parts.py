@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "imagenette"
+PATCHES_MODEL = RESULTS / "gfnet-patches.safetensors"  # the recipe's model: a glance and three patches
 DATA = ROOT.parent / "shared" / "data" / "imagenette"
 
 
@@ -52,20 +53,34 @@ def image_bytes(args: argparse.Namespace) -> list[bytes]:
 
 
 def serving_exports(work: Path, *, int8: bool = False) -> dict[str, Path]:
-    """What the load tests serve, exported under ``work``: the committed Imagenette GFNet
-    (``gfnet``), the same running all T steps (``gfnet-all-T``), the static Lite0 at 128 and
-    224 px (``static-128px``, ``static-224px``) with their measured accuracy, and with
-    ``int8`` the GFNet quantized as ``bench_quantize`` does (``gfnet-int8``)."""
+    """What the load tests serve, exported under ``work``: the Imagenette recipe's GFNet
+    (``gfnet``: the paper's plan of a glance and three patches), the same running all T steps
+    (``gfnet-all-T``), the committed GFNet whose last step reads the whole image at 224 px at
+    the budget points of equal accuracy to the static model at 224 and 160 px
+    (``whole-eq224px``, ``whole-eq160px``), the static Lite0 at 128, 160 and 224 px
+    (``static-<size>px``) with their measured accuracy, and with ``int8`` the recipe's GFNet
+    quantized as ``bench_quantize`` does (``gfnet-int8``)."""
     results = json.loads((RESULTS / "results.json").read_text())
-    gfnet = export_imagenette(RESULTS / "gfnet.safetensors", results, work / "gfnet")
+    recipe = results["variants"]["recipe"]
+    gfnet = export_imagenette(PATCHES_MODEL, recipe, work / "gfnet")
     static = {s["size"]: s for s in results["static"]}
     exports = {"gfnet": gfnet, "gfnet-all-T": no_exit_copy(gfnet, work / "gfnet-all-T"),
                **{f"static-{size}px": export_static(size, static[size]["accuracy"], static[size]["madds"], gfnet,
-                                                    work / f"static{size}") for size in (128, 224)}}
+                                                    work / f"static{size}") for size in (128, 160, 224)}}
+    whole = export_imagenette(RESULTS / "gfnet.safetensors", results, work / "whole")
+    for size in (224, 160):
+        exports[f"whole-eq{size}px"] = equal_accuracy_copy(whole, work / f"whole-eq{size}", static[size]["accuracy"],
+                                                           standard_error(static[size]["accuracy"], results["num_val"]))
     if int8:
-        exports["gfnet-int8"] = export_imagenette(RESULTS / "gfnet.safetensors", results, work / "gfnet-int8",
+        exports["gfnet-int8"] = export_imagenette(PATCHES_MODEL, recipe, work / "gfnet-int8",
                                                   quantize="int8", calibration_data=calibration_folder(800, work))
     return exports
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """One binomial standard error of an accuracy (%) measured on ``n`` images, in points."""
+    p = accuracy / 100
+    return 100 * (p * (1 - p) / n) ** 0.5
 
 
 def calibration_folder(n: int, work: Path) -> Path:
@@ -121,11 +136,25 @@ def export_imagenette(checkpoint: Path, results: dict, out: Path, **options) -> 
 
 def no_exit_copy(export: Path, out: Path) -> Path:
     """The same graphs with one budget point that runs every image through all T steps."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    return _one_point_copy(export, out, {"q": 0, "madds": manifest["madds"][-1], "accuracy": manifest["anytime_accuracy"][-1],
+                                         "thresholds": ["inf"] * (manifest["T"] - 1) + ["-inf"]})
+
+
+def equal_accuracy_copy(export: Path, out: Path, accuracy: float, se: float) -> Path:
+    """The same graphs with one budget point: the cheapest whose val accuracy is within ``se``
+    of ``accuracy`` (a static model's), so a load test serves it at equal accuracy."""
+    points = json.loads((export / "manifest.json").read_text())["budget_points"]
+    reached = [p for p in points if p["accuracy"] >= accuracy - se]
+    if not reached:
+        raise ValueError(f"{export}: no budget point within {se:.2f} of {accuracy:.2f} %")
+    return _one_point_copy(export, out, min(reached, key=lambda p: p["madds"]))
+
+
+def _one_point_copy(export: Path, out: Path, point: dict) -> Path:
     shutil.copytree(export, out, dirs_exist_ok=True)
     manifest = json.loads((out / "manifest.json").read_text())
-    T = manifest["T"]
-    manifest["budget_points"] = [{"q": 0, "madds": manifest["madds"][-1], "accuracy": manifest["anytime_accuracy"][-1],
-                                  "thresholds": ["inf"] * (T - 1) + ["-inf"]}]
+    manifest["budget_points"] = [point]
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
 

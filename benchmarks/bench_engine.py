@@ -7,10 +7,12 @@ and the HTTP stack share the cores with the model and cap every row near the sam
 Here the same requests (one Imagenette val image each, decoded and transformed once) go
 straight to :class:`glancefocus.runtime.engine.Engine` from a feeder thread: first a closed
 loop of ``--concurrency`` outstanding requests (saturation), then open-loop Poisson arrivals
-at 25 / 50 / 75 / 90 % of it.  Rows, same images, same threads: GFNet with exits (each
+at 25 / 50 / 75 / 90 % of it.  Rows, same images, same threads: the recipe's GFNet with exits (each
 scheduling policy), the same GFNet exported ``--quantize int8`` (as ``bench_quantize`` does,
 its thresholds found again on held-out images), GFNet running all T steps, GFNet one request
-at a time through ``OnnxGFNet.predict`` (no engine), and the static Lite0 at 128 and 224 px
+at a time through ``OnnxGFNet.predict`` (no engine), the committed GFNet whose last step reads
+the whole image at 224 px at its budget points of equal accuracy to the static model at 224
+and 160 px (``whole-eq224px``, ``whole-eq160px``), and the static Lite0 at 128, 160 and 224 px
 through the same engine.  Every answer is checked against ``OnnxGFNet.predict`` on the same
 image.  The last lines compare saturation throughputs with the MAdds ratios they should
 follow.  ``--replicas N`` gives each row N copies of its model and engine taking requests in
@@ -165,7 +167,7 @@ def services(args: argparse.Namespace):
     yield "gfnet-int8-engine", "gfnet-int8", lambda m: Engine(OnnxSteps(m), config())
     yield "gfnet-one-at-a-time", "gfnet", OneAtATime
     yield "gfnet-engine-all-T", "gfnet-all-T", lambda m: Engine(OnnxSteps(m), config())
-    for name in ("static-128px", "static-224px"):
+    for name in ("static-128px", "static-160px", "static-224px", "whole-eq160px", "whole-eq224px"):
         yield name, name, lambda m: Engine(OnnxSteps(m), config())
 
 
@@ -187,6 +189,13 @@ def summary(rows: dict[str, dict], madds: dict[str, float]) -> list[str]:
     versus("gfnet-one-at-a-time", "one at a time")
     versus("static-128px", "static-128px")
     versus("static-224px", "static-224px")
+    for size in (160, 224):  # the committed GFNet at equal accuracy to the static model
+        mine, static = f"whole-eq{size}px", f"static-{size}px"
+        if mine in sat and static in sat:
+            p99 = [rows[r]["rates"][1]["p99_ms"] for r in (mine, static)]
+            lines.append(f"{mine} vs {static}: {sat[mine] / sat[static]:.2f}x throughput, {madds[static] / madds[mine]:.2f}x "
+                         f"fewer MAdds; p99 at 50 % load {p99[0]:.1f} vs {p99[1]:.1f} ms; wrong answers "
+                         f"{sum(r['wrong'] for r in rows[mine]['rates'])}")
     for name, other in (("gfnet-int8-engine", best), ("gfnet-int8-engine", "static-128px")):
         if name in sat and other in sat:
             lines.append(f"{name} vs {other}: {sat[name] / sat[other]:.2f}x throughput")

@@ -2,8 +2,8 @@
 
     python -m benchmarks.bench_quantize [--calibration N] [--batch B] [--step-batch B] [--quick]
 
-The committed model (``results/imagenette/gfnet.safetensors``, EfficientNet-Lite0, 96 px
-patches, T = 4) is exported twice with the budget points of its ``results.json``: fp32, and
+The recipe's model (``results/imagenette/gfnet-patches.safetensors``, EfficientNet-Lite0, 96 px
+patches, T = 4) is exported twice with the budget points of its ``results.json`` entry: fp32, and
 ``--quantize int8`` calibrated on N (default 800) evenly spaced images of the reproduction's
 held-out split of Imagenette train (``holdout_split`` with the recipe's seed and 10 %: the
 images the fp32 thresholds were set on, never trained on), whose thresholds the export finds
@@ -31,7 +31,7 @@ from glancefocus.runtime.preprocess import read_images
 from scripts.imagenette.data import labelled_files
 
 from ._common import compare, parser, setup, write
-from ._serve_parts import DATA, RESULTS, calibration_folder, export_imagenette
+from ._serve_parts import DATA, PATCHES_MODEL, RESULTS, calibration_folder, export_imagenette
 
 CHECKED_QS = (0.05, 1.0, 1.95)  # the cheapest, a middle and the dearest budget point, run by predict
 
@@ -68,12 +68,12 @@ def main() -> None:
     args = p.parse_args()
     device = setup(args)
     repeats, warmup = args.repeats or (2 if args.quick else 10), args.warmup if args.warmup is not None else 2
-    results = json.loads((RESULTS / "results.json").read_text())
+    results = json.loads((RESULTS / "results.json").read_text())["variants"]["recipe"]
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         calibration = calibration_folder(48 if args.quick else args.calibration, work)
-        exports = {"fp32": export_imagenette(RESULTS / "gfnet.safetensors", results, work / "fp32"),
-                   "int8": export_imagenette(RESULTS / "gfnet.safetensors", results, work / "int8", quantize="int8",
+        exports = {"fp32": export_imagenette(PATCHES_MODEL, results, work / "fp32"),
+                   "int8": export_imagenette(PATCHES_MODEL, results, work / "int8", quantize="int8",
                                              calibration_data=calibration, calibration_images=10**6)}
         models = {name: OnnxGFNet(path, threads=1) for name, path in exports.items()}
         sizes = {name: {f: (path / f).stat().st_size for f in ("glance.onnx", "focus.onnx")} for name, path in exports.items()}

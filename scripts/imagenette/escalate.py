@@ -42,6 +42,7 @@ from glancefocus.data.sources import Splits, make_loader
 from glancefocus.distributed import World, init_world
 from glancefocus.evaluation.cascade import evaluate_cascade
 from glancefocus.evaluation.evaluate import evaluate_model
+from glancefocus.evaluation.plots import plot_results
 from glancefocus.models.checkpoint import load_checkpoint, save_checkpoint
 from glancefocus.runtime.files import atomic_write_text
 from glancefocus.training.pipeline import fit, new_model
@@ -52,7 +53,7 @@ from glancefocus.training.trainer import Run
 from .data import load_imagenette
 from .heads import encoder_heads
 from .parts import Resized, evaluate_gfnet, madds_at
-from .variants import KEYS
+from .variants import KEYS, is_cascade, mean_budgeted, variants_measured
 
 RECIPE = "imagenette-lite0"
 
@@ -135,7 +136,7 @@ def cascade(args: argparse.Namespace) -> None:
         started = time.time()
         static = _static_model(args.work, size, world.device)
         results = evaluate_cascade([glance, static], [glance_madds, madds_at(static.net, size)], heldout, val, world)
-        report = {**results, "patch_size": model.config.patch_size, "T": 2, "reads": f"glance:96 | static:{size}",
+        report = {**results, "patch_size": model.config.patch_size, "T": 2, "reads": f"glance:96, then static:{size}",
                   "epochs": {"static": f"static{size} (reproduce --static-only)"},
                   "seconds": {"evaluation": round(time.time() - started)},
                   "recipe": {"cascade": ["glance (fG and its head, 96 px)", f"static Lite0 at {size} px"]},
@@ -174,7 +175,25 @@ def _static_model(work: Path, size: int, device) -> Resized:
 
 def _write(folder: Path, report: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "results.json", json.dumps({k: report[k] for k in (*KEYS, "reads") if k in report}, indent=2))
+    atomic_write_text(folder / "results.json", json.dumps({k: report[k] for k in KEYS if k in report}, indent=2))
+    _figure(folder.parents[1])
     budget = report["budgeted"]
     print(f"{folder.name}: anytime {[round(a, 2) for a in report['anytime_accuracy']]} at "
           f"{[round(m / 1e6, 1) for m in report['madds']]} MMAdds; budgeted {budget[0]['accuracy']:.2f}..{budget[-1]['accuracy']:.2f} %")
+
+
+def _figure(out: Path) -> None:
+    """``escalation.png``: the budgeted curve of each plan and cascade measured so far under
+    ``out/variants``, beside the static model at each size."""
+    measured = {n: v for n, v in variants_measured(out / "variants").items() if "reads" in v}
+    if not measured or not (out / "results.json").exists():
+        return
+    best = max((n for n in measured if not is_cascade(n)), key=lambda n: mean_budgeted(measured[n]), default=None)
+    if best is None:
+        return
+    static = json.loads((out / "results.json").read_text())["static"]
+    extra = {f"{n} (budgeted)": {"madds": [p["madds"] for p in v["budgeted"]], "accuracy": [p["accuracy"] for p in v["budgeted"]]}
+             for n, v in measured.items() if n != best}
+    extra["static Lite0 (96..224 px)"] = {"madds": [s["madds"] for s in static], "accuracy": [s["accuracy"] for s in static]}
+    plot_results(measured[best], out / "escalation.png", title=f"Steps that escalate to the whole image: {best} (Imagenette val)",
+                 extra=extra)

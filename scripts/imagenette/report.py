@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .variants import against_static
+from .variants import against_static, curve_at, is_cascade
 
 
 def _m(value: float) -> str:
@@ -29,7 +29,8 @@ def _policies(report: dict) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
     for stage, row in report.get("stage3_ablation", {}).items():
         for name, accs in row["anytime_accuracy_by_policy"].items():
-            lines.append(f"| {name}, {stage} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
+            if len(accs) == T:  # the recipe's model, when it is the headline
+                lines.append(f"| {name}, {stage} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
     return lines
 
 
@@ -161,6 +162,8 @@ def _variants(report: dict) -> list[str]:
              + " | oracle exit | step 2: learned − random | curve − static at 128 / 160 / 224 px MAdds | reaches 224 px (±1 SE) at | training after the glance (min) |",
              "|---|---|---|" + "---:|" * (T + 5)]
     for name, v in variants.items():
+        if "reads" in v or len(v["anytime_accuracy"]) != T:  # plans with whole-image reads, cascades: _escalation's table
+            continue
         r = v.get("recipe", {})
         side = f"{r['scale_range'][0]}–{r['scale_range'][1]}" if r.get("patch_scale") == "learned" else str(v["patch_size"])
         by = v["anytime_accuracy_by_policy"]
@@ -174,12 +177,52 @@ def _variants(report: dict) -> list[str]:
     return [""] + lines
 
 
+ESCALATION_MADDS = (100e6, 125e6, 150e6, 175e6, 200e6)
+
+
+def _escalation(report: dict) -> list[str]:
+    """The plans that escalate to whole-image reads against the plain cascades of static
+    models and the static model: per step (accuracy at cumulative MMAdds), oracle, the
+    budgeted curve at fixed costs, the fewest MAdds that reach the static 224 px accuracy."""
+    variants = {n: v for n, v in report.get("variants", {}).items() if "reads" in v or n == "recipe"}
+    if len(variants) < 2:
+        return []
+    static = {s["size"]: s for s in report["static"]}
+    lines = ["| model | reads | steps: top-1 % at MMAdds | oracle exit | budgeted curve at "
+             + " / ".join(f"{m / 1e6:.0f}" for m in ESCALATION_MADDS) + " MMAdds | reaches 224 px (±1 SE) at | training (min) |",
+             "|---|---|---|---:|---|---:|---:|"]
+    static_row = " / ".join(_at_static(report["static"], m) for m in ESCALATION_MADDS)
+    lines.append(f"| static Lite0 (interpolated between sizes) | one size | – | – | {static_row} | 1.00× its MAdds | |")
+    for name, v in sorted(variants.items(), key=lambda item: (is_cascade(item[0]), item[0] != "recipe", item[0])):
+        steps = " → ".join(f"{a:.2f} @ {m / 1e6:.0f}" for a, m in zip(v["anytime_accuracy"], v["madds"]))
+        curve = " / ".join("–" if (a := curve_at(v["budgeted"], m)) is None else f"{a:.2f}" for m in ESCALATION_MADDS)
+        reach = against_static(v, report["static"], se=_se(static[224]["accuracy"], report.get("num_val", 3925)))
+        fraction = reach["reaches_largest_at_fraction"]
+        minutes = sum(v.get("seconds", {}).get(k, 0) for k in ("stage1", "stage2", "stage3", "stage3_on_plan")) / 60
+        lines.append(f"| {name} | {v.get('reads', 'glance,patch,patch,patch')} | {steps} | {v['oracle']['accuracy']:.2f} "
+                     f"@ {v['oracle']['madds'] / 1e6:.0f} | {curve} | " + ("not reached" if fraction is None else f"{fraction:.2f}×")
+                     + f" | {minutes:.0f} |")
+    return [""] + lines
+
+
+def _se(accuracy: float, n: int) -> float:
+    p = accuracy / 100
+    return 100 * (p * (1 - p) / n) ** 0.5
+
+
+def _at_static(static: list[dict], madds: float) -> str:
+    """The static model's accuracy at ``madds``, linear between its sizes."""
+    points = [{"madds": s["madds"], "accuracy": s["accuracy"]} for s in static]
+    at = curve_at(points, madds)
+    return "–" if at is None else f"{at:.2f}"
+
+
 def markdown_table(report: dict) -> str:
     """The models, the patch policies (with and without Stage III when both ran), each part
     alone, step 2 over a grid of places (and π refitted to it), the Stage I learning curve, the lever runs (and their
     Stage II where they ran one), where π looks, and the budgeted curve."""
     lines = _models(report) + [""] + _policies(report) + _components(report) + _grid(report) + _bound(report) + _curve(report)
-    lines += _levers(report) + _stage2_runs(report) + _variants(report)
+    lines += _levers(report) + _stage2_runs(report) + _variants(report) + _escalation(report)
     lines += ["", "| focus step | mean location (row, col[, scale fraction]) | std across images |", "|---:|---|---|"]
     for t, s in enumerate(report["policy_locations"], 2):
         lines.append(f"| {t} | ({', '.join(f'{m:.2f}' for m in s['mean'])}) | ({', '.join(f'{d:.3f}' for d in s['std'])}) |")

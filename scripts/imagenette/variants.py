@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 #: What each variant and the recipe report, with the same keys and meanings as results.json.
-KEYS = ("patch_size", "T", "epochs", "madds", "anytime_accuracy", "thresholds", "budgeted", "oracle",
+KEYS = ("patch_size", "T", "reads", "epochs", "madds", "anytime_accuracy", "thresholds", "budgeted", "oracle",
         "anytime_accuracy_by_policy", "policy_locations", "encoder_heads", "location_grid", "seconds", "recipe", "command")
 
 
@@ -34,13 +34,19 @@ def with_variants(report: dict, folder: Path) -> dict:
         return report
     recipe = {k: report[k] for k in KEYS if k in report}
     everything = {"recipe": recipe, **variants}
-    best = max(everything, key=lambda name: mean_budgeted(everything[name]))
+    gfnets = [name for name in everything if not is_cascade(name)]  # a cascade of static models is the baseline, not a GFNet
+    best = max(gfnets, key=lambda name: mean_budgeted(everything[name]))
     headline = {**report, "variants": everything}
     if best != "recipe":
         headline.update(variants[best])
         headline["headline"] = f"variant {best}"
         headline["figures_from"] = f"variants/{best}"
     return headline
+
+
+def is_cascade(name: str) -> bool:
+    """The plain cascades of static models are the variants whose name says so."""
+    return "cascade" in name
 
 
 def curve_at(budgeted: list[dict], madds: float) -> float | None:
