@@ -20,7 +20,7 @@ from glancefocus.distributed import World
 from glancefocus.config.recipes import DEMO, IMAGENETTE_LITE0
 from glancefocus.training.trainer import Run, Trainer
 from glancefocus.training.losses import deep_supervision_loss, distillation_loss
-from glancefocus.models.gfnet import GFNetOutput
+from glancefocus.models.outputs import GFNetOutput
 from glancefocus.training.stages import Setup, stage1, stage3
 
 TINY = {"backbone": "resnet18", "num_classes": 3, "patch_size": 32, "T": 3, "image_size": 64}

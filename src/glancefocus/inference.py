@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from .evaluation.evaluate import thresholds_tensor
-from .models.gfnet import GFNet, StepState
+from .models.gfnet import GFNet
+from .models.outputs import StepState
 from .runtime.images import load_rgb
 from .runtime.predictions import choose_budget_point, predict_in_batches
 from .runtime.preprocess import Transform

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .backbones import create_encoder, probe_encoder
+from .outputs import GFNetOutput, Prediction, StepOutput, StepState
 from .checkpoint import load_checkpoint
 from .classifier import CLASSIFIERS
 from ..config import GFNetConfig
@@ -28,23 +29,6 @@ from .patches import crop_patches, glance_resize, resample_patches
 from .policy import PatchPolicy
 from ..config.recipes import resolve
 from ..config.weights import Pretrained, Weights
-
-
-@dataclass
-class StepState:
-    """What step t+1 needs from steps 1..t; every tensor is batch-first."""
-
-    feature_map: torch.Tensor  # last encoder map, detached: π's input (as the release)
-    classifier: torch.Tensor
-    policy: torch.Tensor | None = None
-
-    def select(self, keep: torch.Tensor) -> StepState:
-        """The state of the samples in ``keep`` (a boolean mask or index tensor)."""
-        return StepState(
-            self.feature_map[keep],
-            self.classifier[keep],
-            None if self.policy is None else self.policy[keep],
-        )
 
 
 @dataclass
@@ -56,39 +40,6 @@ class _Look:
     value: torch.Tensor | None = None
     policy_state: torch.Tensor | None = None
     policy_input: torch.Tensor | None = None
-
-
-@dataclass
-class StepOutput:
-    logits: torch.Tensor  # (B, C) logits of p_t
-    aux_logits: torch.Tensor | None  # (B, C) the encoder's own head on ē_t (deep supervision)
-    location: torch.Tensor | None = None  # (B, A) l_t (and σ_t), None for the glance
-    log_prob: torch.Tensor | None = None  # (B,) of a sampled l_t
-    value: torch.Tensor | None = None  # (B,) critic's V(s_t)
-    policy_input: torch.Tensor | None = None  # the map π read, kept for PPO re-evaluation
-
-
-@dataclass
-class GFNetOutput:
-    logits: torch.Tensor  # (T, B, C)
-    aux_logits: torch.Tensor | None  # (T, B, C)
-    locations: torch.Tensor  # (K, B, A) of the K = config.patch_steps patch steps, step-first; A = config.action_dims
-    log_probs: torch.Tensor | None = None  # (K, B), with locations="sample"
-    values: torch.Tensor | None = None  # (K, B)
-    policy_inputs: list[torch.Tensor] | None = None
-
-
-@dataclass
-class Prediction:
-    """Result of early-exit inference for a batch of B images.
-
-    Steps are numbered as in the paper, 1 (the glance) to T, in every public output.
-    """
-
-    labels: torch.Tensor  # (B,) predicted class at the exit step
-    probs: torch.Tensor  # (B, C) softmax at the exit step
-    exit_step: torch.Tensor  # (B,) step 1..T at which each image exited
-    locations: torch.Tensor  # (K, B, A) regions of the K patch steps, step-first as in GFNetOutput; NaN after the exit
 
 
 class GFNet(nn.Module):

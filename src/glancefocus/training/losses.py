@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.gfnet import GFNetOutput
+from ..models.outputs import GFNetOutput
 
 
 def deep_supervision_loss(out: GFNetOutput, targets: torch.Tensor, aux_weight: float) -> torch.Tensor:
