@@ -54,6 +54,12 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     _run("reproduce", *common, "--work", str(tmp_path / "work6"), "--out", str(out / "variants" / "zoom"), "--skip-static",
          "--policy-training", "differentiable", "--patch-scale", "learned", "--end2end-epochs", "1")
     assert all((tmp_path / "work6" / f"{s}.safetensors").exists() for s in ("stage1", "end2end"))  # Stage I, then end to end
+    # steps that escalate to the whole image (fW: the static 128 px model of work3), and the plain cascade
+    more = ["--data", str(IMAGENETTE), "--out", str(out), "--limit", "40", "--work", str(tmp_path / "work3"), "--from-weights", str(weights)]
+    _run("escalate", *more, "--reads", "glance,whole:128", "--name", "whole128", "--epochs", "1")
+    _run("cascade", *more, "--sizes", "128")
+    choice = json.loads((out / "parts" / "whole_encoder_choice.json").read_text())
+    assert choice["size"] == 128 and len(choice["accuracy"]) == 3 and (out / "escalation.png").stat().st_size > 0
     _run("reproduce", *common, "--work", str(tmp_path / "work4"), "--from-weights", str(weights))  # trains nothing: reports
 
     results = json.loads((out / "results.json").read_text())
@@ -113,13 +119,18 @@ def test_reproduction_script_smoke_run_split_in_invocations(tmp_path: Path) -> N
     assert "| π refitted at step 2 |" in table and "| after stage3, 12 images | accuracy |" in table
     # the variants beside the recipe's own model, with the same keys; the best is the headline
     variants = results["variants"]
-    assert set(variants) == {"recipe", "zoom"} and variants["recipe"]["recipe"]["policy_training"] == "ppo"
+    assert set(variants) == {"recipe", "zoom", "whole128", "cascade-96-128"} and variants["recipe"]["recipe"]["policy_training"] == "ppo"
+    whole, cascade = variants["whole128"], variants["cascade-96-128"]
+    assert whole["reads"] == "glance,whole:128" and whole["madds"][0] == cascade["madds"][0]
+    assert whole["anytime_accuracy"][0] == cascade["anytime_accuracy"][0] == variants["recipe"]["anytime_accuracy"][0]  # one glance
+    assert whole["madds"][1] - whole["madds"][0] == pytest.approx(cascade["madds"][1] - cascade["madds"][0], rel=0.01)  # fW at 128 px
+    assert "| cascade-96-128 | glance:96, then static:128 |" in table and "| whole128 | glance,whole:128 |" in table
     zoom = variants["zoom"]
     assert zoom["recipe"]["policy_training"] == "differentiable" and zoom["recipe"]["scale_range"] == [96, 224]
     assert len(zoom["policy_locations"][0]["mean"]) == 3 and len(zoom["budgeted"]) == 39
     grid = zoom["location_grid"]["after end2end"]
     assert grid["scales"] == 3 and len(grid["accuracy_by_place"][0][0]) == 3
-    best = max(variants, key=lambda name: sum(p["accuracy"] for p in variants[name]["budgeted"]))
-    assert results["budgeted"] == variants[best]["budgeted"]
+    best = max((n for n in variants if "cascade" not in n), key=lambda name: sum(p["accuracy"] for p in variants[name]["budgeted"]))
+    assert results["budgeted"] == variants[best]["budgeted"]  # the best GFNet, never the cascade
     assert (results["headline"] == "variant zoom") == (best == "zoom")
     assert "| variant |" in table and "| zoom | differentiable | 96–224 |" in table
