@@ -62,7 +62,7 @@ def options(p: argparse.ArgumentParser, *, cascade: bool) -> None:
     p.add_argument("--data", type=Path, default=Path("../shared/data/imagenette"))
     p.add_argument("--out", type=Path, default=Path("results/imagenette"))
     p.add_argument("--work", type=Path, default=Path("runs/imagenette"), help="the static models, the decoded-image cache")
-    p.add_argument("--from-weights", type=Path, default=Path("results/imagenette/gfnet.safetensors"),
+    p.add_argument("--from-weights", type=Path, default=Path("results/imagenette/gfnet-patches.safetensors"),
                    help="the recipe's GFNet (fG, fL, π, fC)")
     p.add_argument("--limit", type=int, default=0, help="use only this many train and val images (smoke runs)")
     if cascade:
