@@ -202,6 +202,38 @@ def test_a_timed_out_request_is_a_504_and_dropped(export, reference) -> None:
         assert 'glancefocus_requests_total{status="504"} 1.0' in c.get("/metrics").text
 
 
+def test_a_client_that_hangs_up_mid_batch_has_its_images_dropped(export) -> None:
+    """The server notices the hang-up while the engine holds the images, and cancels them."""
+    steps, gate = gated_steps()
+    body = _multipart([("files", f"{i}.png", png(i)) for i in range(2)])
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ"), (b"content-length", b"%d" % len(body))],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+    with make_client(export, steps) as c:
+        async def call() -> list[dict]:
+            messages, sent = [{"type": "http.request", "body": body, "more_body": False}], []
+
+            async def receive() -> dict:
+                if messages:
+                    return messages.pop(0)
+                await asyncio.sleep(0.3)  # the client leaves while its images wait at the gate
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+            await c.app(scope, receive, send)
+            return sent
+
+        sent = c.portal.call(call)
+        assert sent[0]["status"] == 499
+        assert 'glancefocus_requests_total{status="499"} 1.0' in c.get("/metrics").text
+        gate.set()
+        wait_for(lambda: "glancefocus_queued_images 0.0" in c.get("/metrics").text)
+        assert c.post("/v1/predict", files=files(png(3))).status_code == 200
+
+
 def test_a_failing_step_is_a_counted_json_500(export) -> None:
     class Broken(OnnxSteps):
         def step(self, t, images, state):

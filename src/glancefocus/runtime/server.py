@@ -109,7 +109,7 @@ class _Service:
                                                      limits.max_pixels)
             future = submit(images, thresholds)
         with self._engine_errors():
-            out = await asyncio.wrap_future(future)  # cancelled on timeout: the engine drops the images
+            out = await _unless_gone(request, future)
         m = self.model.manifest
         rows = prediction_rows([u.name for u in uploads], out.probs, out.exit_step, out.locations, m["madds"],
                                self.model.classes, m.get("class_descriptions"))
@@ -143,6 +143,26 @@ class _Service:
             "default_budget_point": self.point, "versions": versions, "engine": asdict(self.config.engine),
             "limits": asdict(self.config.limits),
         }
+
+
+async def _unless_gone(request: Request, future) -> Any:
+    """The engine's answer; if the client hangs up first (or the deadline passes), the future
+    is cancelled, so the engine drops the images instead of computing an answer nobody reads."""
+    answer = asyncio.wrap_future(future)
+
+    async def disconnected() -> None:  # the body is read: the next message is the hang-up
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    gone = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not answer.done():
+            answer.cancel()
+    if answer.cancelled():
+        raise UploadError(499, "the client disconnected before its answer")
+    return answer.result()
 
 
 def create_app(config: ServeConfig, *, steps: Callable[[OnnxGFNet], Steps] = OnnxSteps,

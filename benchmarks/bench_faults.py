@@ -1,0 +1,335 @@
+"""Fault test under load: `glancefocus serve` with hostile traffic mixed into a steady stream.
+
+    python -m benchmarks.bench_faults [--seconds S] [--load 0.5] [--hostile-rate R] [--quick]
+
+One server (`glancefocus serve`, one ONNX Runtime thread, the limits below) on 127.0.0.1,
+the committed Imagenette GFNet at its most accurate budget point, one Imagenette val image per
+good request.  Its capacity is measured with a closed loop of 32 clients; then an open-loop
+Poisson stream of good requests at --load of it runs for --seconds, first alone (the baseline)
+and then, with the same arrivals, mixed with --hostile-rate hostile requests per second, taken
+in turn from HOSTILE: decompression bombs, thin and huge images, chunked and multipart floods,
+truncated, non-image and EPS files, clients that disconnect mid-upload or give up mid-batch,
+budgets out of range.  Every good answer is checked against `OnnxGFNet.predict` (what
+`predict --onnx` answers); every hostile request must get its own 4xx (or, for the clients that
+leave, nothing).  Then: peak RSS (sampled every 20 ms), the engine alive, SIGTERM's exit
+time; and a server SIGKILLed mid-stream and restarted on the same port: the client must see
+refused connections, never a wrong answer, and answers again once it is back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import re
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from ._serve_parts import DATA, RESULTS, ROOT, expected, export_imagenette, free_port, rss_mb, start
+
+MIB = 2**20
+LIMITS = {"--max-images": 4, "--max-image-bytes": 2 * MIB, "--max-body-bytes": 4 * MIB, "--max-pixels": 20_000_000,
+          "--limit-concurrency": 64, "--decode-threads": 2, "--max-queued": 256, "--request-timeout": 10}
+
+
+def _png(width: int, height: int, *, declared: tuple[int, int] | None = None) -> bytes:
+    """A greyscale PNG written by hand (zeros compress to nothing): ``declared`` claims another size."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = zlib.compress(b"".join(b"\0" + bytes(width) for _ in range(height)), 9)
+    header = struct.pack(">IIBBBBB", *(declared or (width, height)), 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+async def _flood(total: int):
+    for _ in range(total // 65536):
+        yield bytes(65536)
+
+
+def _disconnect(url: str) -> int:
+    """Send half of a declared body and hang up: the server must simply let go."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 200000\r\n\r\n")
+        s.sendall(bytes(100_000))
+    return 0
+
+
+def hostile(good: bytes) -> dict[str, tuple[dict, tuple[int, ...]]]:
+    """name: (httpx request arguments, the statuses it may get; 0 = the client left)."""
+    big_field = [("notes", (None, b"x" * MIB))] * 200
+    return {
+        "bomb (40000x40000 declared)": ({"content": _png(8, 1, declared=(40000, 40000))}, (413,)),
+        "huge (9000x9000)": ({"content": _png(9000, 9000)}, (413,)),
+        "thin (1x2000)": ({"content": _png(2000, 1)}, (400,)),
+        "chunked 64 MiB": ({"content": _flood(64 * MIB)}, (413, 0)),
+        "multipart 64 MiB file": ({"files": [("files", ("big.png", bytes(64 * MIB)))]}, (413, 0)),
+        "multipart 200 x 1 MiB fields": ({"files": big_field}, (400, 0)),
+        "truncated": ({"content": good[: len(good) // 2]}, (400,)),
+        "not an image": ({"content": b"%PDF-1.4 this is not an image"}, (400,)),
+        "EPS": ({"content": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"}, (400,)),
+        "budget nan": ({"content": good, "params": {"budget": "nan"}}, (422,)),
+        "budget below the curve": ({"content": good, "params": {"budget": "1"}}, (422,)),
+        "disconnect mid-upload": ({"disconnect": True}, (0,)),
+        "gives up mid-batch": ({"content": good, "timeout": 0.005}, (0, 200)),
+    }
+
+
+class Traffic:
+    def __init__(self, url: str, blobs: list[bytes], answers: list[tuple[int, int]]) -> None:
+        self.url, self.blobs, self.answers = url, blobs, answers
+        self.client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=256))
+
+    async def good(self, n: int, out: dict) -> None:
+        i = n % len(self.blobs)
+        start = time.perf_counter()
+        try:
+            r = await self.client.post(f"{self.url}/v1/predict", content=self.blobs[i])
+        except httpx.ConnectError:  # nobody listening (a server being restarted)
+            out["refused"] += 1
+            return
+        except httpx.HTTPError:  # the connection broke mid-request (a server killed under it)
+            out["reset"] += 1
+            return
+        if r.status_code != 200:
+            out["lost"] += 1
+            out.setdefault("lost_statuses", []).append(r.status_code)
+            return
+        out["latencies"].append(time.perf_counter() - start)
+        row = r.json()["predictions"][0]
+        out["wrong"] += (row["label"], row["exit_step"]) != self.answers[i]
+
+    async def bad(self, name: str, request: dict, allowed: tuple[int, ...], out: dict) -> None:
+        request = dict(request)
+        try:
+            if request.pop("disconnect", False):
+                status = await asyncio.to_thread(_disconnect, self.url)
+            else:
+                timeout = request.pop("timeout", 30)
+                async with httpx.AsyncClient(timeout=timeout) as c:  # its own connection: a flood may close it
+                    status = (await c.post(f"{self.url}/v1/predict", **request)).status_code
+        except httpx.HTTPError:
+            status = 0
+        seen = out["hostile"].setdefault(name, {})
+        seen[status] = seen.get(status, 0) + 1
+        if status not in allowed:
+            out["unexpected"].append(f"{name}: {status}")
+
+    async def closed(self, clients: int, seconds: float) -> float:
+        out = {"latencies": [], "wrong": 0, "lost": 0, "refused": 0, "reset": 0}
+        stop = time.perf_counter() + seconds
+
+        async def worker(k: int) -> None:
+            n = k
+            while time.perf_counter() < stop:
+                await self.good(n, out)
+                n += clients
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        return len(out["latencies"]) / (time.perf_counter() - begin)
+
+    async def open(self, rate: float, seconds: float, hostile_rate: float = 0.0, on_time=None) -> dict:
+        """Poisson good arrivals (seed 0: the same in every run) and, from a process of their
+        own (so that building and sending them does not delay the good requests' client),
+        evenly spaced hostile ones."""
+        out = {"latencies": [], "wrong": 0, "lost": 0, "refused": 0, "reset": 0}
+        arrivals = np.cumsum(np.random.default_rng(0).exponential(1 / rate, size=int(rate * seconds * 2) + 10))
+        arrivals = arrivals[arrivals < seconds]
+        bad = _HostileProcess(self.url, self.blobs[0], hostile_rate, seconds) if hostile_rate else None
+        tasks, begin = [], time.perf_counter()
+        for n, t in enumerate(arrivals):
+            if (delay := begin + t - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            if on_time is not None:
+                on_time(t)
+            tasks.append(asyncio.create_task(self.good(n, out)))
+        await asyncio.gather(*tasks)
+        ms = np.percentile(np.array(out["latencies"]) * 1000, [50, 99]) if out["latencies"] else [np.nan] * 2
+        return {**{k: v for k, v in out.items() if k != "latencies"}, **(bad.result() if bad else {}),
+                "good_sent": len(arrivals), "answered": len(out["latencies"]), "p50_ms": ms[0], "p99_ms": ms[1]}
+
+
+class _HostileProcess:
+    """Hostile requests at ``rate`` per second for ``seconds``, sent by another process that
+    starts its schedule when this object is made (once its payloads are built)."""
+
+    def __init__(self, url: str, good: bytes, rate: float, seconds: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.results, go = context.Queue(), context.Event()
+        self.process = context.Process(target=_hostile_main, args=(url, good, rate, seconds, self.results, go))
+        self.process.start()
+        assert self.results.get(timeout=120) == "ready"
+        go.set()
+
+    def result(self) -> dict:
+        out = self.results.get(timeout=300)
+        self.process.join(60)
+        return out
+
+
+def _hostile_main(url: str, good: bytes, rate: float, seconds: float, results, go) -> None:
+    kinds = list(hostile(good).items())
+    out = {"hostile": {}, "unexpected": []}
+
+    async def send() -> None:
+        traffic, tasks, begin = Traffic(url, [good], []), [], time.perf_counter()
+        for k, t in enumerate(np.arange(0.05, seconds, 1 / rate)):
+            if (delay := begin + t - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            name, (request, allowed) = kinds[k % len(kinds)]
+            tasks.append(asyncio.create_task(traffic.bad(name, request, allowed, out)))
+        await asyncio.gather(*tasks)
+    results.put("ready")
+    go.wait()
+    asyncio.run(send())
+    results.put(out)
+
+
+class PeakRss:
+    """The largest VmRSS of a process, sampled every 20 ms on a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.peak = max(self.peak, rss_mb(self.pid))
+            except (FileNotFoundError, ProcessLookupError, AttributeError):
+                return
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def serve_command(export: Path, port: int) -> list[str]:
+    limits = [str(x) for kv in LIMITS.items() for x in kv]
+    return [sys.executable, "-m", "glancefocus.cli", "serve", "--onnx", str(export), "--port", str(port), "--threads", "1",
+            "--log-level", "error", *limits]
+
+
+def rss_bound_mb(image_size: int, T: int) -> float:
+    """What the limits allow beyond the idle server: bodies held by the requests in progress,
+    images being decoded (3 bytes a pixel, twice while converting), the engine's queue."""
+    bodies = LIMITS["--limit-concurrency"] * LIMITS["--max-body-bytes"]
+    decoding = LIMITS["--decode-threads"] * LIMITS["--max-pixels"] * 6
+    queue = LIMITS["--max-queued"] * 3 * image_size**2 * 4 * 2  # the images and a copy while batched
+    return (bodies + decoding + queue) / MIB
+
+
+async def run(args: argparse.Namespace, export: Path, blobs: list[bytes], answers: list) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    manifest = json.loads((export / "manifest.json").read_text())
+    server = start(serve_command(export, port), port, 1)
+    idle = rss_mb(server.pid)
+    traffic = Traffic(url, blobs, answers)
+    await traffic.closed(32, 2)  # warm-up
+    capacity = await traffic.closed(32, args.seconds / 2)
+    rate = args.load * capacity
+    print(f"capacity {capacity:.1f} img/s; good stream at {rate:.1f} req/s for {args.seconds:g} s", flush=True)
+    baseline = await traffic.open(rate, args.seconds)
+    peak = PeakRss(server.pid)
+    faults = await traffic.open(rate, args.seconds, args.hostile_rate)
+    peak_mb = peak.stop()
+    text = httpx.get(f"{url}/metrics").text
+    alive = "glancefocus_engine_alive 1.0" in text
+    statuses = {k: int(float(v)) for k, v in re.findall(r'^glancefocus_requests_total\{status="(\d+)"\} (\S+)$', text, re.M)}
+    healthy = httpx.get(f"{url}/healthz").status_code == 200
+    began = time.perf_counter()
+    server.send_signal(signal.SIGTERM)
+    status = server.wait(60)
+    sigterm_s = time.perf_counter() - began
+    await traffic.client.aclose()
+    restart = await kill_and_restart(args, export, blobs, answers, rate)
+    return {"capacity": capacity, "rate": rate, "baseline": baseline, "faults": faults, "idle_rss_mb": idle,
+            "peak_rss_mb": peak_mb, "rss_bound_mb": idle + rss_bound_mb(manifest["image_size"], manifest["T"]),
+            "engine_alive": alive and healthy, "statuses": statuses, "sigterm_s": sigterm_s, "sigterm_status": status, "restart": restart}
+
+
+async def kill_and_restart(args: argparse.Namespace, export: Path, blobs: list[bytes], answers: list, rate: float) -> dict:
+    """SIGKILL a server a third into a good stream and start it again at once on the same port."""
+    port = free_port()
+    server = start(serve_command(export, port), port, 1)
+    traffic = Traffic(f"http://127.0.0.1:{port}", blobs, answers)
+    state: dict = {"killed": False, "restarted": None}
+
+    def on_time(t: float) -> None:
+        if not state["killed"] and t > args.seconds / 3:
+            state["killed"] = True
+            server.kill()
+            server.wait()
+            threading.Thread(target=lambda: state.update(restarted=start(serve_command(export, port), port, 1))).start()
+    result = await traffic.open(rate, args.seconds * 2, on_time=on_time)
+    for _ in range(600):
+        if state["restarted"] is not None:
+            break
+        await asyncio.sleep(0.1)
+    after = httpx.post(f"http://127.0.0.1:{port}/v1/predict", content=blobs[0], timeout=30)
+    state["restarted"].terminate()
+    state["restarted"].wait(60)
+    await traffic.client.aclose()
+    return {**result, "answers_after_restart": after.status_code == 200}
+
+
+def report(r: dict) -> str:
+    b, f, k = r["baseline"], r["faults"], r["restart"]
+    lines = [
+        f"capacity {r['capacity']:.1f} img/s, good stream at {r['rate']:.1f} req/s",
+        f"baseline: {b['answered']} of {b['good_sent']} answered, wrong {b['wrong']}, lost {b['lost']}, p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms",
+        f"with hostile traffic ({sum(sum(v.values()) for v in f['hostile'].values())} requests): {f['answered']} answered, wrong {f['wrong']}, "
+        f"lost {f['lost']}, reset {f['reset']}, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms; unexpected hostile answers: {f['unexpected']}",
+        f"RSS idle {r['idle_rss_mb']:.0f} MB, peak {r['peak_rss_mb']:.0f} MB (bound {r['rss_bound_mb']:.0f} MB); "
+        f"engine alive {r['engine_alive']}; answered by status {r['statuses']}; SIGTERM exit {r['sigterm_s']:.2f} s (status {r['sigterm_status']})",
+        f"SIGKILL + restart: {k['answered']} answered, wrong {k['wrong']}, refused {k['refused']}, reset (in flight when killed) "
+        f"{k['reset']}, lost {k['lost']}, "
+        f"answers after restart {k['answers_after_restart']}",
+    ]
+    lines += [f"  {name}: " + ", ".join(f"{n} x {status or 'client left'}" for status, n in seen.items())
+              for name, seen in f["hostile"].items()]
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each stream (default 20)")
+    p.add_argument("--load", type=float, default=0.5, help="good requests as a share of capacity (default 0.5)")
+    p.add_argument("--hostile-rate", type=float, default=4.0, help="hostile requests per second (default 4)")
+    p.add_argument("--images", type=int, default=100, help="Imagenette val images (default 100)")
+    p.add_argument("--quick", action="store_true", help="4-second streams: a smoke test")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    if args.quick:
+        args.seconds = 4.0
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"bench_faults{'-quick' if args.quick else ''}.json"
+    from glancefocus.runtime.preprocess import image_files
+
+    files = image_files([DATA / "val"])
+    blobs = [f.read_bytes() for f in files[:: len(files) // args.images][: args.images]]
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
+        results = json.loads((RESULTS / "results.json").read_text())
+        export = export_imagenette(RESULTS / "gfnet.safetensors", results, Path(tmp) / "gfnet")
+        measured = await run(args, export, blobs, expected(export, blobs))
+    print(report(measured))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "limits": LIMITS, **measured,
+                                    "load_average": list(__import__("os").getloadavg())}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
