@@ -266,3 +266,16 @@ def test_stop_gives_up_after_its_timeout(models, pool) -> None:
     with pytest.raises(EngineFailed, match="shut down before answering"):
         future.result(timeout=1)
     steps.gate.set()
+
+
+def test_a_batch_that_returns_after_a_timed_out_stop_is_let_go(models, pool) -> None:
+    """The step that outlived stop's grace period finishes into nothing: the worker ends
+    quietly instead of dying on requests that were failed already."""
+    images, budgets = pool
+    steps = _Gate(models[1])
+    engine = Engine(steps, EngineConfig(max_batch=4)).start()
+    engine.submit(images[:2], budgets[0])
+    engine.stop(timeout=0.2)
+    steps.gate.set()
+    engine._thread.join(10)
+    assert not engine._thread.is_alive() and engine.error is None

@@ -80,7 +80,9 @@ class SlotTable:
         owners, counts = np.unique(self.owner[slots], return_counts=True)
         finished = []
         for rid, count in zip(owners.tolist(), counts.tolist()):  # once per request, not per image
-            request = self._requests[rid]
+            request = self._requests.get(rid)
+            if request is None:  # failed already by fail_all (a stop that timed out)
+                continue
             request.remaining -= count
             if request.remaining == 0:
                 del self._requests[rid]

@@ -58,7 +58,7 @@ class _Service:
 
     def _died(self, error: BaseException) -> None:
         """The engine's worker died (its thread): stop serving so that a supervisor restarts us."""
-        if self.on_fatal is not None:
+        if self.on_fatal is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.on_fatal)
 
     @property
