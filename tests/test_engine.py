@@ -19,6 +19,7 @@ pytest.importorskip("onnx")
 from glancefocus.export.bundle import export_gfnet  # noqa: E402
 from glancefocus.inference import TorchSteps  # noqa: E402
 from glancefocus.runtime import Engine, EngineConfig, OnnxGFNet, OnnxSteps, QueueFull  # noqa: E402
+from glancefocus.runtime.engine import EngineFailed  # noqa: E402
 from glancefocus.runtime.engine import POLICIES  # noqa: E402
 
 from serving import POINTS, POOL, SIZE, T, UNEQUAL, tiny_gfnet  # noqa: E402
@@ -169,3 +170,113 @@ def test_config_is_checked() -> None:
         EngineConfig(policy="random")
     with pytest.raises(ValueError, match="max_batch"):
         EngineConfig(max_batch=0)
+
+
+# --------------------------------------------------------------------------- faults
+class _Counting(_Gate):
+    """Gated steps that record each batch's size."""
+
+    def __init__(self, model: OnnxGFNet) -> None:
+        super().__init__(model)
+        self.sizes: list[int] = []
+
+    def step(self, t, images, state):
+        self.gate.wait(30)
+        self.sizes.append(len(images))
+        return OnnxSteps.step(self, t, images, state)
+
+
+def test_a_cancelled_request_is_dropped_and_the_others_answered(models, pool) -> None:
+    """A caller who gives up (cancels its future) mid-batch or while queued: its images go no
+    further, the requests batched with it are answered, and the engine goes on."""
+    images, budgets = pool
+    steps = _Counting(models[1])
+    never = np.full(T, 2.0, dtype=np.float32)  # no probability reaches 2: every image runs T steps
+    with Engine(steps, EngineConfig(max_batch=8, max_wait_ms=0)) as engine:
+        first = engine.submit(images[:1], never)  # the batch in the step when the others are cancelled
+        time.sleep(0.1)
+        running_with = engine.submit(images[1:3], never)
+        queued = engine.submit(images[3:6], never)
+        kept = engine.submit(images[6:8], budgets[1])
+        assert first.cancel() and queued.cancel()
+        steps.gate.set()
+        _check(kept.result(timeout=30), models[1].predict(images[6:8], budgets[1]), atol=1e-5)
+        _check(running_with.result(timeout=30), models[1].predict(images[1:3], never), atol=1e-5)
+        assert max(steps.sizes[1:]) == 4  # the cancelled ones never ran past their first batch
+        _check(engine.predict(images[:2], budgets[0]), models[1].predict(images[:2], budgets[0]), atol=1e-5)
+        assert engine.alive and engine.queued() == 0
+
+
+def test_a_step_with_bad_output_fails_its_requests_only(models, pool) -> None:
+    images, budgets = pool
+
+    class Short(OnnxSteps):
+        def step(self, t, batch, state):
+            probs, location, state = super().step(t, batch, state)
+            return (probs[:1] if len(batch) == 3 else probs), location, state
+
+    with Engine(Short(models[1]), EngineConfig(max_batch=3, max_wait_ms=0)) as engine:
+        with pytest.raises(ValueError, match=r"step 1 returned probabilities of shape \(1, 5\) for 3 images"):
+            engine.submit(images[:3], budgets[0]).result(timeout=30)
+        _check(engine.predict(images[:2], budgets[0]), models[1].predict(images[:2], budgets[0]), atol=1e-5)
+        assert engine.alive
+
+
+def test_a_dead_engine_fails_everything_at_once_and_says_so(models, pool) -> None:
+    """A fault outside the step (here the state's bookkeeping) kills the worker: the requests
+    in flight fail at once, new ones are refused, and on_death is told."""
+    images, budgets = pool
+    deaths = []
+
+    class BadTake(OnnxSteps):
+        def take(self, x, index):
+            raise MemoryError("no room")
+
+    engine = Engine(BadTake(models[1]), EngineConfig(max_batch=4, max_wait_ms=0), on_death=deaths.append).start()
+    futures = [engine.submit(images[:3], np.full(T, 2.0, dtype=np.float32)), engine.submit(images[3:4], budgets[0])]
+    for f in futures:
+        with pytest.raises(EngineFailed, match="internal error"):
+            f.result(timeout=30)
+    assert not engine.alive and len(deaths) == 1 and isinstance(deaths[0], MemoryError)
+    with pytest.raises(EngineFailed):
+        engine.submit(images[:1], budgets[0])
+    engine.stop(timeout=5)
+
+
+def test_room_is_reserved_before_decoding(models, pool) -> None:
+    images, budgets = pool
+    with Engine(OnnxSteps(models[1]), EngineConfig(max_queued=4)) as engine:
+        with engine.reserve(3) as submit:
+            with pytest.raises(QueueFull, match="3 images are in flight, the most this engine holds is 4"):
+                engine.reserve(2).__enter__()
+            future = submit(images[:3], budgets[0])
+        _check(future.result(timeout=30), models[1].predict(images[:3], budgets[0]), atol=1e-5)
+        with engine.reserve(4):
+            pass  # given back unused
+        assert engine.predict(images[:4], budgets[0]).labels.shape == (4,)
+
+
+def test_stop_gives_up_after_its_timeout(models, pool) -> None:
+    images, budgets = pool
+    steps = _Gate(models[1])
+    engine = Engine(steps, EngineConfig(max_batch=4)).start()
+    future = engine.submit(images[:2], budgets[0])
+    started = time.monotonic()
+    engine.stop(timeout=0.3)
+    assert time.monotonic() - started < 5
+    with pytest.raises(EngineFailed, match="shut down before answering"):
+        future.result(timeout=1)
+    steps.gate.set()
+
+
+def test_a_batch_that_returns_after_a_timed_out_stop_is_let_go(models, pool) -> None:
+    """The step that outlived stop's grace period finishes into nothing: the worker ends
+    quietly instead of dying on requests that were failed already."""
+    images, budgets = pool
+    steps = _Gate(models[1])
+    engine = Engine(steps, EngineConfig(max_batch=4)).start()
+    engine.submit(images[:2], budgets[0])
+    engine.stop(timeout=0.2)
+    steps.gate.set()
+    engine._thread.join(10)
+    assert not engine._thread.is_alive() and engine.error is None

@@ -3,6 +3,7 @@ orientation.  Every reader goes through ``images.load_rgb``; the tests read thro
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -183,3 +184,46 @@ def test_a_bomb_met_by_a_loader_process_is_still_one_line(tmp_path: Path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("glancefocus: error: image ") and "bomb.png has 1600000000 pixels" in err
     assert "\n" not in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- hostile files
+def test_only_the_allowed_formats_reach_a_plugin(tmp_path: Path, monkeypatch) -> None:
+    """An EPS file is refused before PIL's EPS plugin (which runs Ghostscript) looks at it."""
+    from PIL import EpsImagePlugin
+
+    parsed = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: parsed.append(self))
+    eps = tmp_path / "doc.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    with pytest.raises(ValueError) as e:
+        load_rgb(str(eps))
+    assert not parsed
+    assert "doc.eps: it is not a JPEG, PNG, WebP, GIF, BMP, TIFF or PPM image" in str(e.value)
+
+
+def test_an_unreadable_upload_is_named_without_object_addresses() -> None:
+    from glancefocus.runtime.images import decode_rgb
+
+    with pytest.raises(ValueError) as e:
+        decode_rgb(b"hello", "notes.txt")
+    assert "notes.txt" in str(e.value) and "0x" not in str(e.value) and "0x" not in str(e.value.__cause__)
+    buffer = io.BytesIO()
+    Image.fromarray(picture()).save(buffer, format="PNG")
+    with pytest.raises(ValueError, match="cannot read image cut.png") as e:
+        decode_rgb(buffer.getvalue()[:100], "cut.png")
+    assert "0x" not in str(e.value)
+
+
+def test_a_thin_image_is_refused_from_its_header(tmp_path: Path, monkeypatch) -> None:
+    """1 x 2000 pixels (85 bytes) would become 256 x 512000 once its short side is resized:
+    refused before decoding; a ratio of exactly 32 is still read."""
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or load(self))
+    thin = write_png(tmp_path / "thin.png", np.zeros((1, 2000), np.uint8))
+    with pytest.raises(ValueError, match=r"thin.png is 2000x1, more than 32 times as long as it is wide"):
+        load_rgb(str(thin))
+    assert not decoded
+    assert load_rgb(str(write_png(tmp_path / "ok.png", np.zeros((64, 2), np.uint8)))).size == (2, 64)
+    with pytest.raises(ValueError, match="more than 32 times"):
+        load_rgb(str(write_png(tmp_path / "tall.png", np.zeros((65, 2), np.uint8))))

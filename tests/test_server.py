@@ -95,7 +95,7 @@ def test_answers_equal_onnx_predict(export, reference) -> None:
     ("large_body", 413, "over this server's limit of 20000"),
     ("too_many", 413, "images in one request, the most this server takes is 4"),
     ("budget_range", 422, "below this model's cheapest budget point"),
-    ("budget_text", 422, "budget must be a number"),
+    ("budget_text", 422, "budget must be a positive, finite number"),
 ])
 def test_bad_requests_name_the_problem(export, case, status, message) -> None:
     good, big = png(0), png(1, size=200)

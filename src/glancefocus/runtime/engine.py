@@ -26,46 +26,33 @@ CPU, benchmarks/README.md) the three policies saturated within 1 % of each other
 "fullest").
 
 Memory is bounded: at most ``max_queued`` images are admitted and unanswered at once; a
-request that does not fit is refused with :class:`QueueFull`, never buffered.
+request that does not fit is refused with :class:`QueueFull`, never buffered (a server
+reserves room before decoding a request).  No request stops the engine: a cancelled future
+drops its images wherever they wait, a failing step fails its batch's requests only, and if
+the worker still dies, every request fails at once with :class:`EngineFailed` and
+``on_death`` is told.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from .deploy import OnnxPrediction
+from .engine_config import POLICIES, EngineConfig, EngineFailed, QueueFull
 from .engine_tables import SlotTable
 
-POLICIES = ("deepest", "oldest", "fullest")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How the engine batches: the largest batch of one step, how long a queue may wait to
-    fill, the most images in flight, and which ready step runs next."""
-
-    max_batch: int = 32
-    max_wait_ms: float = 2.0
-    max_queued: int = 1024
-    policy: str = "deepest"
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queued < 1 or self.max_wait_ms < 0:
-            raise ValueError(f"max_batch and max_queued must be >= 1 and max_wait_ms >= 0: {self}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
-
-
-class QueueFull(RuntimeError):
-    """The engine holds ``max_queued`` images already (or is stopping): retry later."""
+__all__ = ["POLICIES", "Engine", "EngineConfig", "EngineFailed", "QueueFull", "Steps"]
+log = logging.getLogger("glancefocus.engine")
 
 
 class Steps(Protocol):
@@ -107,20 +94,24 @@ class Engine:
     """
 
     def __init__(self, steps: Steps, config: EngineConfig = EngineConfig(), *,
-                 observe: Callable[[int, int, int], None] | None = None) -> None:
-        self.steps, self.config, self.observe = steps, config, observe
+                 observe: Callable[[int, int, int], None] | None = None,
+                 on_death: Callable[[BaseException], None] | None = None) -> None:
+        self.steps, self.config, self.observe, self.on_death = steps, config, observe, on_death
         self.T = steps.T
         self._slots = SlotTable(config.max_queued, steps.T, steps.num_classes, steps.action_dims, steps.patch_steps)
         self._queues: list[deque[_Chunk]] = [deque() for _ in range(self.T)]
         self._sizes = np.zeros(self.T, dtype=np.int64)
         self._cond = threading.Condition()
         self._stopping = False
+        self._reserved = 0  # images of requests being decoded, admitted ahead
+        self.error: BaseException | None = None  # why the worker died
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------------- clients
-    def submit(self, images: np.ndarray, thresholds: np.ndarray) -> Future[OnnxPrediction]:
+    def submit(self, images: np.ndarray, thresholds: np.ndarray, *, _reserved: int = 0) -> Future[OnnxPrediction]:
         """Queue normalised images (B, 3, H, W) with their thresholds η_1..η_T; the future
-        gives their :class:`OnnxPrediction`.  Raises :class:`QueueFull` if they do not fit."""
+        gives their :class:`OnnxPrediction` (cancel it to give up: the images are dropped).
+        Raises :class:`QueueFull` if they do not fit, :class:`EngineFailed` if the engine died."""
         thresholds = np.asarray(thresholds, dtype=np.float32).ravel()
         if thresholds.size != self.T:
             raise ValueError(f"expected {self.T} thresholds (one per step, T={self.T}), got {thresholds.size}")
@@ -131,15 +122,46 @@ class Engine:
         future: Future[OnnxPrediction] = Future()
         now = time.monotonic()
         with self._cond:
-            if self._stopping:
-                raise QueueFull("the engine is shutting down")
+            self._check_room(len(images) - _reserved)
+            self._reserved -= _reserved
             slots = self._slots.admit(len(images), thresholds, future, now)
-            if slots is None:
-                raise QueueFull(f"{self._slots.in_flight} images are in flight, the most this engine holds is "
-                                f"{self.config.max_queued}: retry later")
+            rid = int(self._slots.owner[slots[0]])
             self._push(0, _Chunk(slots, self.steps.put(np.ascontiguousarray(images, dtype=np.float32)), [], now, now))
             self._cond.notify_all()
+        future.add_done_callback(lambda f: f.cancelled() and self._cancel(rid))
         return future
+
+    @contextmanager
+    def reserve(self, n: int) -> Iterator[Callable[[np.ndarray, np.ndarray], Future[OnnxPrediction]]]:
+        """Room for ``n`` images, held while their request is decoded: QueueFull / EngineFailed
+        at once if there is none.  Yields ``submit`` into that room; unused room is given back."""
+        if n > self.config.max_queued:
+            raise ValueError(f"{n} images is more than the engine holds at once ({self.config.max_queued})")
+        with self._cond:
+            self._check_room(n)
+            self._reserved += n
+        held = [n]
+        try:
+            yield lambda images, thresholds: self.submit(images, thresholds, _reserved=held.pop())
+        finally:
+            if held:
+                with self._cond:
+                    self._reserved -= n
+
+    def _check_room(self, n: int) -> None:
+        """Raise unless ``n`` more images fit now (called under the lock)."""
+        if self.error is not None:
+            raise EngineFailed(f"the engine stopped after an internal error ({type(self.error).__name__})")
+        if self._stopping:
+            raise QueueFull("the engine is shutting down")
+        if n > self._slots.free - self._reserved:
+            raise QueueFull(f"{self._slots.in_flight + self._reserved} images are in flight, the most this engine "
+                            f"holds is {self.config.max_queued}: retry later")
+
+    def _cancel(self, rid: int) -> None:
+        with self._cond:
+            self._slots.cancel(rid)
+            self._cond.notify_all()
 
     def predict(self, images: np.ndarray, thresholds: np.ndarray) -> OnnxPrediction:
         """``submit`` and wait."""
@@ -153,6 +175,11 @@ class Engine:
         """Images waiting for each step now."""
         return self._sizes.tolist()
 
+    @property
+    def alive(self) -> bool:
+        """The worker runs (or has drained after ``stop``) and has not died of an error."""
+        return self.error is None and (self._stopping or (self._thread is not None and self._thread.is_alive()))
+
     # ----------------------------------------------------------------------- lifecycle
     def start(self) -> Engine:
         self._thread = threading.Thread(target=self._run, name="glancefocus-engine", daemon=True)
@@ -160,12 +187,15 @@ class Engine:
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish every image already admitted, then end the worker."""
+        """Refuse new work, finish every image already admitted, then end the worker; after
+        ``timeout`` seconds the requests still in flight fail with EngineFailed instead."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._fail_all(EngineFailed(f"the server shut down before answering (grace period of {timeout} s)"))
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -175,26 +205,56 @@ class Engine:
 
     # ----------------------------------------------------------------------- worker
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            t, chunk = batch
-            try:
-                probs, location, state = self.steps.step(t, chunk.images, chunk.state)
-            except Exception as e:  # a failing step fails its requests, not the engine
-                with self._cond:
-                    finished = self._slots.fail(chunk.slots, e)
-                self._slots.resolve(finished)
-                continue
-            self._record(t, chunk, probs, location, state)
+        try:
+            while (batch := self._next_batch()) is not None:
+                t, chunk = batch
+                try:
+                    probs, location, state = self.steps.step(t, chunk.images, chunk.state)
+                    done = self._exits(t, chunk, probs)
+                except Exception as e:  # a failing step fails its requests, not the engine
+                    log.exception("step %d failed on a batch of %d images", t + 1, len(chunk.slots))
+                    with self._cond:
+                        finished = self._slots.fail(chunk.slots, e)
+                    self._slots.resolve(finished)
+                    continue
+                self._record(t, chunk, done, probs, location, state)
+        except BaseException as e:  # a fault of the engine itself: fail everything, loudly
+            log.critical("the engine's worker died: every request in flight fails", exc_info=e)
+            self.error = e
+            self._fail_all(EngineFailed(f"the engine stopped after an internal error ({type(e).__name__})"))
+            if self.on_death is not None:
+                self.on_death(e)
+
+    def _fail_all(self, error: EngineFailed) -> None:
+        with self._cond:
+            self._stopping = True
+            finished = self._slots.fail_all(error)
+            self._sizes[:] = 0
+            for queue in self._queues:
+                queue.clear()
+        self._slots.resolve(finished)
 
     def _next_batch(self) -> tuple[int, _Chunk] | None:
         with self._cond:
             while True:
                 t, wait = self._choose(time.monotonic())
                 if t is not None:
-                    return t, self._pop(t)
+                    chunk = self._drop_cancelled(self._pop(t))
+                    if chunk is not None:
+                        return t, chunk
+                    continue
                 if self._stopping and not self._sizes.any():
                     return None
                 self._cond.wait(wait)
+
+    def _drop_cancelled(self, chunk: _Chunk) -> _Chunk | None:
+        """``chunk`` without the images of cancelled requests (their slots freed); None if empty."""
+        dropped = self._slots.dropped[chunk.slots]
+        if not dropped.any():
+            return chunk
+        self._slots.finish(chunk.slots[dropped])  # cancelled: nobody to answer
+        keep = np.flatnonzero(~dropped)
+        return self._take(chunk, keep, chunk.entered) if keep.size else None
 
     def _choose(self, now: float) -> tuple[int | None, float | None]:
         """The ready step the policy picks, or (None, seconds until one is ready)."""
@@ -248,13 +308,19 @@ class Engine:
         return _Chunk(chunk.slots[index], take(chunk.images, index), [take(s, index) for s in chunk.state],
                       entered, chunk.arrival)
 
-    def _record(self, t: int, chunk: _Chunk, probs: np.ndarray, location: np.ndarray | None, state: list[Any]) -> None:
-        """Write the exits of one batch, move the others to step t+1, answer finished requests."""
+    def _exits(self, t: int, chunk: _Chunk, probs: np.ndarray) -> np.ndarray:
+        """Which images of the batch leave after step ``t`` (all of them after the last)."""
+        if probs.shape != (len(chunk.slots), self.steps.num_classes):  # checked here: it would corrupt the tables
+            raise ValueError(f"step {t + 1} returned probabilities of shape {probs.shape} for {len(chunk.slots)} images")
         if t == self.T - 1:
-            done = np.ones(len(chunk.slots), dtype=bool)
-        else:
-            done = probs.max(axis=1) >= self._slots.thresholds[chunk.slots, t]
+            return np.ones(len(chunk.slots), dtype=bool)
+        return probs.max(axis=1) >= self._slots.thresholds[chunk.slots, t]
+
+    def _record(self, t: int, chunk: _Chunk, done: np.ndarray, probs: np.ndarray, location: np.ndarray | None,
+                state: list[Any]) -> None:
+        """Write the exits of one batch, move the others to step t+1, answer finished requests."""
         with self._cond:
+            done = done | self._slots.dropped[chunk.slots]  # cancelled meanwhile: go no further
             self._slots.write(t, chunk.slots, done, probs, location)
             stay = np.flatnonzero(~done)
             if stay.size:
@@ -264,4 +330,8 @@ class Engine:
             self._cond.notify_all()
         self._slots.resolve(finished)
         if self.observe is not None:
-            self.observe(t, len(chunk.slots), len(chunk.slots) - stay.size)
+            try:
+                self.observe(t, len(chunk.slots), len(chunk.slots) - stay.size)
+            except Exception:  # metrics must never stop the engine
+                log.exception("the engine's observe hook failed")
+

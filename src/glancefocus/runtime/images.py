@@ -5,9 +5,16 @@ predictor and the server's uploads), so they all see the same pixels.  PIL and n
 
 Beyond PIL's ``Image.open(...).convert("RGB")``, :func:`load_rgb`:
 
-- refuses an image with more pixels than the limit (:func:`pixel_limit`) before decoding it,
-  as a bad file like a truncated one (PIL would only warn up to twice its own limit, and a
-  file of a few hundred KB can declare billions of pixels);
+- reads only the formats of :data:`FORMATS` (JPEG, PNG, WebP, GIF, BMP, TIFF and PPM): any
+  other file is refused before a plugin parses it (PIL's EPS plugin, for one, runs Ghostscript
+  on the file);
+- refuses, from its header and before decoding it, an image with more pixels than the limit
+  (:func:`pixel_limit`), as a bad file like a truncated one (PIL would only warn up to twice
+  its own limit, and a file of a few hundred KB can declare billions of pixels), and one whose
+  long side is more than :data:`MAX_ASPECT_RATIO` times its short side: the evaluation view
+  resizes the short side to the model's size, so a 1 x 2000 image of 85 bytes would become a
+  256 x 512000 picture (1.3 GB to resize and crop) — within the ratio, the resized image is at
+  most 32 times the crop's square;
 - scales 16-bit greyscale (PIL modes ``I;16*`` and ``I``) to 8 bits as value / 257, rounded,
   so a 16-bit twin of an 8-bit image reads exactly the same (PIL's conversion clips such
   values and reads an ordinary picture as almost white).  16-bit RGB(A) and grey+alpha PNGs
@@ -32,10 +39,31 @@ MAX_PIXELS_VARIABLE = "GLANCEFOCUS_MAX_PIXELS"
 # twice that for a moment while it is converted.
 DEFAULT_MAX_PIXELS = 89_478_485
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# PIL's format names; a JPEG with several pictures (a phone's MPO) opens through "JPEG".
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF or PPM"
+MAX_ASPECT_RATIO = 32  # long side / short side; a wide panorama is about 10
 
 
-class ImageTooLarge(ValueError):
-    """An image with more pixels than the limit: refused before it is decoded."""
+class ImageRefused(ValueError):
+    """An image refused from its header, before it is decoded: its shape is out of bounds."""
+
+
+class ImageTooLarge(ImageRefused):
+    """An image with more pixels than the limit."""
+
+    # Optional: a DataLoader worker re-raises an error from its message alone.
+    def __init__(self, message: str, pixels: int | None = None, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.pixels, self.limit = pixels, limit
+
+
+_ADDRESS = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")  # an object's repr: never shown to a client
+
+
+class _Cause(ValueError):
+    """The reason an image could not be read, in words a client may see (readers show
+    ``e.__cause__``, without the file's name, next to the file)."""
 
 
 def pixel_limit() -> int:
@@ -53,28 +81,38 @@ def pixel_limit() -> int:
     return limit
 
 
-def _too_large(path: str, pixels: str, limit: int) -> ImageTooLarge:
+def _too_large(path: str, pixels: int | None, shown: str, limit: int) -> ImageTooLarge:
     return ImageTooLarge(
-        f"image {path} has {pixels} pixels, more than the limit of {limit} (it may be a decompression bomb): "
-        f"shrink or delete it, or raise the limit with {MAX_PIXELS_VARIABLE}=N (decoding takes about 3 bytes a pixel)"
+        f"image {path} has {shown} pixels, more than the limit of {limit} (it may be a decompression bomb): "
+        f"shrink or delete it, or raise the limit with {MAX_PIXELS_VARIABLE}=N (decoding takes about 3 bytes a pixel)",
+        pixels, limit,
     )
 
 
+def _check_shape(name: str, width: int, height: int, limit: int) -> None:
+    """Refuse, before decoding, too many pixels or too thin a picture (see the module's docstring)."""
+    if width * height > limit:
+        raise _too_large(name, width * height, f"{width}x{height} = {width * height}", limit)
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise ImageRefused(f"image {name} is {width}x{height}, more than {MAX_ASPECT_RATIO} times as long as it is wide "
+                         "(reading it would resize its short side to the model's and the long side with it): "
+                         "crop it to the part to classify")
+
+
 def _open(source: BinaryIO, name: str, limit: int) -> Image.Image:
-    """The decoded image as stored, or ImageTooLarge if it declares more than ``limit`` pixels."""
+    """The decoded image as stored; ImageTooLarge if it declares more than ``limit`` pixels."""
     if limit > Image.MAX_IMAGE_PIXELS:  # PIL refuses above twice its own limit whatever ours says
         Image.MAX_IMAGE_PIXELS = limit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides, below
         try:
-            image = Image.open(source)
-            width, height = image.size
-            if width * height > limit:
-                raise _too_large(name, f"{width}x{height} = {width * height}", limit)
+            image = Image.open(source, formats=FORMATS)  # only these plugins look at the bytes
+            _check_shape(name, *image.size, limit)
             image.load()
         except Image.DecompressionBombError as e:
             declared = re.search(r"\((\d+) pixels\)", str(e))
-            raise _too_large(name, declared.group(1) if declared else "too many", limit) from None
+            pixels = int(declared.group(1)) if declared else None
+            raise _too_large(name, pixels, str(pixels or "too many"), limit) from None
     return image
 
 
@@ -112,10 +150,13 @@ def decode_rgb(data: BinaryIO | bytes, name: str, *, max_pixels: int | None = No
     limit = pixel_limit() if max_pixels is None else max_pixels
     try:
         image = _open(io.BytesIO(data) if isinstance(data, bytes) else data, name, limit)
-    except ImageTooLarge:
+        return _eight_bit(_upright(image)).convert("RGB")
+    except UnidentifiedImageError:  # its message holds the stream's repr (a memory address)
+        raise ValueError(f"cannot read image {name}: it is not a {FORMAT_NAMES} image. "
+                         "Convert it to one of these or delete it.") from _Cause("not a " + FORMAT_NAMES + " image")
+    except ImageRefused:
         raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ValueError(
-            f"cannot read image {name}: {e}. The file is corrupt or truncated: replace or delete it."
-        ) from e
-    return _eight_bit(_upright(image)).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        cause = _Cause(_ADDRESS.sub("", str(e)))
+        raise ValueError(f"cannot read image {name}: {cause}. The file is corrupt or truncated: replace or delete it.") from cause
+
