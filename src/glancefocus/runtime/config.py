@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .engine_config import EngineConfig
+from .engine_api import EngineConfig
 from .uploads import UploadLimits
 
 

@@ -43,37 +43,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from .deploy import OnnxPrediction
-from .engine_config import POLICIES, EngineConfig, EngineFailed, QueueFull
+from .engine_api import POLICIES, EngineConfig, EngineFailed, QueueFull, Steps
 from .engine_tables import SlotTable
 
 __all__ = ["POLICIES", "Engine", "EngineConfig", "EngineFailed", "QueueFull", "Steps"]
 log = logging.getLogger("glancefocus.engine")
-
-
-class Steps(Protocol):
-    """A model as the engine runs it, one step at a time on any array type."""
-
-    T: int
-    num_classes: int
-    action_dims: int  # numbers per focus region: (row, col[, scale fraction])
-    patch_steps: int  # steps 2..K+1 read a region (the paper's T − 1); whole-image reads may follow
-
-    def put(self, images: np.ndarray) -> Any:
-        """Normalised float32 images (B, 3, H, W) → the step function's own array type."""
-
-    def step(self, t: int, images: Any, state: list[Any]) -> tuple[np.ndarray, np.ndarray | None, list[Any]]:
-        """Step ``t`` (0 = glance): (probabilities (B, C), focus region (B, action_dims) or None, next state)."""
-
-    def take(self, x: Any, index: np.ndarray) -> Any:
-        """The rows ``index`` of ``x`` (an image batch or a state tensor)."""
-
-    def cat(self, xs: list[Any]) -> Any:
-        """Concatenate along the batch axis."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .config import ServeConfig
 from .deploy import OnnxGFNet
-from .engine_config import POLICIES, EngineConfig
+from .engine_api import POLICIES, EngineConfig
 from .uploads import UploadLimits
 
 CONFIG_ENV = "GLANCEFOCUS_SERVE_CONFIG"
