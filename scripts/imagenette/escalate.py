@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -43,8 +44,8 @@ from glancefocus.distributed import World, init_world
 from glancefocus.evaluation.cascade import evaluate_cascade
 from glancefocus.evaluation.evaluate import evaluate_model
 from glancefocus.evaluation.plots import plot_results
-from glancefocus.models.checkpoint import load_checkpoint, save_checkpoint
-from glancefocus.runtime.files import atomic_write_text
+from glancefocus.models.checkpoint import load_checkpoint, save_checkpoint, update_meta
+from glancefocus.runtime.files import atomic_write, atomic_write_text
 from glancefocus.training.pipeline import fit, new_model
 from glancefocus.training.runlog import RunLog
 from glancefocus.training.stages import ReadClassifier
@@ -70,7 +71,8 @@ def options(p: argparse.ArgumentParser, *, cascade: bool) -> None:
     else:
         p.add_argument("--reads", required=True, help="the plan, e.g. glance,patch,whole:224")
         p.add_argument("--name", required=True, help="the variant's folder under --out/variants")
-        p.add_argument("--epochs", type=int, default=2, help="Stage III epochs on the plan")
+        p.add_argument("--epochs", type=int, default=1, help="Stage III epochs on the plan")
+        p.add_argument("--export", type=Path, help="also write the trained plan, its evaluation in its metadata, here")
 
 
 def _static(work: Path, size: int, device) -> torch.nn.Module:
@@ -109,6 +111,10 @@ def escalate(args: argparse.Namespace) -> None:
         save_checkpoint(initial, model.state_dict(), {"config": model.config.to_dict(), "stage": "composed"})
     fit(model, splits, ["stage3"], config=tc, run=run, data=DataConfig(root=str(args.data), workers=0), init=initial)
     trained = time.time() - started
+    done = args.out / "variants" / args.name / "results.json"
+    if done.exists() and json.loads(done.read_text()).get("reads") == args.reads:  # measured already: only export
+        _export(run.checkpoint("stage3"), json.loads(done.read_text()), args.export)
+        return
     if model.config.patch_steps:
         results = evaluate_gfnet(model, splits, run, tc.batch_size)
     else:  # no patch for a policy to choose: the ablation would repeat the same numbers
@@ -121,6 +127,18 @@ def escalate(args: argparse.Namespace) -> None:
               "recipe": {"reads": args.reads, "stage3_epochs": args.epochs, "whole_encoder_frozen": tc.freeze_glance},
               "command": "python -m scripts.imagenette escalate " + " ".join(sys.argv[2:])}
     _write(args.out / "variants" / args.name, report)
+    _export(run.checkpoint("stage3"), report, args.export)
+
+
+def _export(checkpoint: Path, results: dict, to: Path | None) -> None:
+    """The trained plan with its evaluation in its metadata (so `glancefocus export`,
+    `predict` and `serve` take it as it is), copied to ``to``."""
+    keep = ("num_val", "num_heldout", "madds", "anytime_accuracy", "thresholds", "budgeted", "oracle")
+    update_meta(checkpoint, results={"patches": "learned", **{k: results[k] for k in keep}}, madds=results["madds"])
+    if to is not None:
+        to.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(to, lambda tmp: shutil.copyfile(checkpoint, tmp))
+        print(f"wrote {to}")
 
 
 def cascade(args: argparse.Namespace) -> None:
