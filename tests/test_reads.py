@@ -147,11 +147,20 @@ def test_int8_export_of_a_whole_plan_is_refused_clearly(tmp_path: Path) -> None:
 
 
 def test_ppo_acts_and_scores_at_the_patch_steps_only() -> None:
-    model = _spread_model(("glance", "patch", "patch", "whole:64"))
-    batch = rollout(model, torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3]), PPOConfig())
+    model, images, targets = _spread_model(("glance", "patch", "patch", "whole:64")), torch.randn(4, 3, 64, 64), torch.arange(4)
+    torch.manual_seed(0)
+    batch = rollout(model, images, targets, PPOConfig(normalize_returns=False))
     assert batch.actions.shape == (2, 4, 2) and batch.log_probs.shape == (2, 4)
     assert batch.rewards.shape == (2, 4) and batch.returns.shape == (2, 4) and len(batch.feature_maps) == 2
     assert batch.accuracy.shape == (4,)  # every step's accuracy, the whole read's included
+    # the patch steps' returns count the whole read after them: R_2 = r_2 + γ r_3 + γ² r_4
+    with torch.no_grad():
+        probs = model(images, locations=batch.actions).logits.softmax(2)
+    true = probs[:, torch.arange(4), targets]
+    r = true[1:] - true[:-1]
+    gamma = PPOConfig().gamma
+    torch.testing.assert_close(batch.rewards, r[:2])
+    torch.testing.assert_close(batch.returns[0], r[0] + gamma * r[1] + gamma ** 2 * r[2])
 
 
 # ---------------------------------------------------------------------------- training
@@ -179,6 +188,14 @@ def test_the_pipeline_of_a_plan_fine_tunes_fw_and_learns(tmp_path: Path) -> None
                  "--device", "cpu", str(image)]) == 0
 
 
+def test_a_plan_without_patches_skips_stage2(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4, size=64)
+    out = tmp_path / "run"
+    assert main(["train", "--stage", "all", "--data", str(data), "--backbone", "resnet18", "--patch-size", "32", "--image-size", "64",
+                 "--reads", "glance,whole:48", "--epochs", "1", *RUN_ARGS, "--out", str(out)]) == 0
+    assert not (out / "stage2.safetensors").exists() and (out / "stage3.safetensors").exists()
+
+
 def test_whole_stage_of_a_plan_without_a_whole_read_is_refused(tmp_path: Path, capsys) -> None:
     data = make_image_folder(tmp_path / "data", per_class=2, size=64)
     rc = main(["train", "--stage", "whole", "--data", str(data), "--backbone", "resnet18", "--patch-size", "32",
@@ -186,16 +203,21 @@ def test_whole_stage_of_a_plan_without_a_whole_read_is_refused(tmp_path: Path, c
     assert rc != 0 and "has none: give --reads" in capsys.readouterr().err
 
 
-def test_a_resumed_plan_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+def test_a_resumed_plan_run_matches_an_uninterrupted_one(tmp_path: Path, capsys) -> None:
     data = make_image_folder(tmp_path / "data", per_class=6, size=64)
-    common = ["train", "--data", str(data), "--epochs", "1", *CLI_MODEL, *RUN_ARGS]
+    lite = ["--backbone", "tf_efficientnet_lite0", *CLI_MODEL[2:]]  # a cascade fC, fG and fW frozen after their fine-tunes
+    common = ["train", "--data", str(data), "--epochs", "1", *lite, *RUN_ARGS]
     assert main([*common, "--stage", "all", "--out", str(tmp_path / "straight")]) == 0
     assert main([*common, "--stage", "glance", "--out", str(tmp_path / "stopped")]) == 0
+    assert main([*common, "--stage", "1", "--out", str(tmp_path / "stopped")]) != 0  # Stage I needs fW's fine-tune first
+    assert "Run --stage whole first" in capsys.readouterr().err
     assert main([*common, "--stage", "whole", "--out", str(tmp_path / "stopped")]) == 0
     assert main([*common, "--stage", "all", "--resume", "--out", str(tmp_path / "stopped")]) == 0
     a, b = (load_file(str(tmp_path / run / "stage2.safetensors")) for run in ("straight", "stopped"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    whole, stage1 = (load_file(str(tmp_path / "straight" / f"{s}.safetensors")) for s in ("whole", "stage1"))
+    assert all(torch.equal(v, stage1[k]) for k, v in whole.items() if k.startswith("whole_encoder."))  # fW frozen in Stage I
 
 
 # LayerNorm, not BatchNorm: a batch split over two processes computes what one process does.

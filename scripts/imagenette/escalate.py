@@ -54,7 +54,7 @@ from glancefocus.training.trainer import Run
 from .data import load_imagenette
 from .heads import encoder_heads
 from .parts import Resized, evaluate_gfnet, madds_at
-from .variants import KEYS, is_cascade, mean_budgeted, variants_measured
+from .variants import KEYS, best_gfnet, is_cascade, variants_measured
 
 RECIPE = "imagenette-lite0"
 
@@ -134,7 +134,7 @@ def _export(checkpoint: Path, results: dict, to: Path | None) -> None:
     """The trained plan with its evaluation in its metadata (so `glancefocus export`,
     `predict` and `serve` take it as it is), copied to ``to``."""
     keep = ("num_val", "num_heldout", "madds", "anytime_accuracy", "thresholds", "budgeted", "oracle")
-    update_meta(checkpoint, results={"patches": "learned", **{k: results[k] for k in keep}}, madds=results["madds"])
+    update_meta(checkpoint, results={"patches": "learned", **{k: results[k] for k in keep if k in results}}, madds=results["madds"])
     if to is not None:
         to.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(to, lambda tmp: shutil.copyfile(checkpoint, tmp))
@@ -144,8 +144,7 @@ def _export(checkpoint: Path, results: dict, to: Path | None) -> None:
 def cascade(args: argparse.Namespace) -> None:
     world = init_world()
     r = resolve(RECIPE)
-    model = GFNet(r.model).to(world.device)
-    model.load_state_dict(load_checkpoint(args.from_weights, device=world.device)[0])
+    model = GFNet.from_checkpoint(args.from_weights, device=world.device)[0]  # its glance, whatever its T
     splits = load_imagenette(args.data, args.work / "cache", model.config, seed=r.train.seed, holdout=DataConfig().holdout,
                              limit=args.limit)
     heldout, val = _loaders(splits, world, r.train.batch_size)
@@ -206,12 +205,12 @@ def _figure(out: Path) -> None:
     measured = {n: v for n, v in variants_measured(out / "variants").items() if "reads" in v}
     if not measured or not (out / "results.json").exists():
         return
-    best = max((n for n in measured if not is_cascade(n)), key=lambda n: mean_budgeted(measured[n]), default=None)
-    if best is None:
+    if all(is_cascade(n) for n in measured):
         return
+    best = best_gfnet(measured)
     static = json.loads((out / "results.json").read_text())["static"]
     extra = {f"{n} (budgeted)": {"madds": [p["madds"] for p in v["budgeted"]], "accuracy": [p["accuracy"] for p in v["budgeted"]]}
              for n, v in measured.items() if n != best}
     extra["static Lite0 (96..224 px)"] = {"madds": [s["madds"] for s in static], "accuracy": [s["accuracy"] for s in static]}
-    plot_results(measured[best], out / "escalation.png", title=f"Steps that escalate to the whole image: {best} (Imagenette val)",
+    plot_results(measured[best], out / "escalation.png", title=f"Escalating to the whole image: {best}",
                  extra=extra)

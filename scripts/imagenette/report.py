@@ -192,19 +192,20 @@ def _escalation(report: dict) -> list[str]:
     variants = {n: v for n, v in report.get("variants", {}).items() if "reads" in v or n == "recipe"}
     if len(variants) < 2:
         return []
-    static = {s["size"]: s for s in report["static"]}
+    largest = max(report["static"], key=lambda s: s["size"])
     lines = ["| model | reads | steps: top-1 % at MMAdds | oracle exit | budgeted curve at "
-             + " / ".join(f"{m / 1e6:.0f}" for m in ESCALATION_MADDS) + " MMAdds | reaches 224 px (±1 SE) at | training (min) |",
+             + " / ".join(f"{m / 1e6:.0f}" for m in ESCALATION_MADDS) + f" MMAdds | reaches {largest['size']} px (±1 SE) at "
+             "| training (min) |",
              "|---|---|---|---:|---|---:|---:|"]
     static_row = " / ".join(_at_static(report["static"], m) for m in ESCALATION_MADDS)
     lines.append(f"| static Lite0 (interpolated between sizes) | one size | – | – | {static_row} | 1.00× its MAdds | |")
     for name, v in sorted(variants.items(), key=lambda item: (is_cascade(item[0]), item[0] != "recipe", item[0])):
         steps = " → ".join(f"{a:.2f} @ {m / 1e6:.0f}" for a, m in zip(v["anytime_accuracy"], v["madds"]))
         curve = " / ".join("–" if (a := curve_at(v["budgeted"], m)) is None else f"{a:.2f}" for m in ESCALATION_MADDS)
-        reach = against_static(v, report["static"], se=_se(static[224]["accuracy"], report.get("num_val", 3925)))
+        reach = against_static(v, report["static"], se=_se(largest["accuracy"], report.get("num_val", 3925)))
         fraction = reach["reaches_largest_at_fraction"]
         minutes = sum(v.get("seconds", {}).get(k, 0) for k in ("stage1", "stage2", "stage3", "stage3_on_plan")) / 60
-        lines.append(f"| {name} | {v.get('reads', 'glance,patch,patch,patch')} | {steps} | {v['oracle']['accuracy']:.2f} "
+        lines.append(f"| {name} | {v.get('reads') or ','.join(['glance'] + ['patch'] * (v['T'] - 1))} | {steps} | {v['oracle']['accuracy']:.2f} "
                      f"@ {v['oracle']['madds'] / 1e6:.0f} | {curve} | " + ("not reached" if fraction is None else f"{fraction:.2f}×")
                      + f" | {minutes:.0f} |")
     return [""] + lines

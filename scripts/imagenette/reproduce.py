@@ -210,6 +210,8 @@ def train_gfnet(args, model: GFNet, splits, run: Run, tc: TrainConfig, parts: Pa
     """The stages not yet done, each followed by what is measured of it; returns the last
     stage trained or imported (None: stopped before any)."""
     skipped = set() if args.stage3 else {"stage3"}
+    if not model.config.whole_size:
+        skipped.add("whole")  # the paper's plan has no whole-image read to fine-tune fW for
     if args.policy_training == "differentiable" and args.end2end_after == "glance":
         skipped.add("stage1")  # AdaFocusV2's one stage, from the glance fine-tune
     order = [s for s in PIPELINES[args.policy_training] if s not in skipped]

@@ -96,7 +96,7 @@ def export_gfnet(
         files = _write_graphs(model, tmp)
         cfg = model.config
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "files": files, "opset": OPSET, **_versions(),
+            "format": FORMAT, "format_version": FORMAT_VERSION if cfg.whole_size else 1, "files": files, "opset": OPSET, **_versions(),
             "backbone": cfg.backbone, "classes": list(classes), "class_descriptions": imagenet_descriptions(classes),
             "T": cfg.T, "reads": [str(r) for r in cfg.plan], "patch_size": cfg.patch_size, "image_size": cfg.image_size,
             "crop_pct": cfg.crop_pct,

@@ -30,7 +30,8 @@ from .preprocess import Transform
 
 MANIFEST = "manifest.json"
 FORMAT = "glancefocus-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: steps may read the whole image (``reads``); a version-1 runtime refuses such an export
+READABLE_VERSIONS = (1, 2)  # 1: the paper's plan, written so by exports without whole-image reads
 STATE = ("feature_map", "classifier_state", "policy_state")
 GRAPHS = {
     "glance": {"inputs": ("images",), "outputs": ("probs", *STATE)},
@@ -82,9 +83,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             "Write one with `glancefocus export --checkpoint MODEL.safetensors --out DIR`"
         )
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path} is not a {FORMAT} manifest of version {FORMAT_VERSION} "
+            f"{path} is not a {FORMAT} manifest of version {' or '.join(map(str, READABLE_VERSIONS))} "
             f"(found {manifest.get('format')!r} version {manifest.get('format_version')!r}): re-export the model"
         )
     for name, entry in manifest["files"].items():

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..models.checkpoint import check_compatible, load_checkpoint
-from ..config import DataConfig, TrainConfig
+from ..config import DataConfig, GFNetConfig, TrainConfig
 from ..config.recipes import Resolved
 from ..data.sources import Splits, load_data, loader_workers
 from ..distributed import barrier
@@ -60,6 +60,9 @@ def fit(
     run.out_dir.mkdir(parents=True, exist_ok=True)
     config = config.for_model(model.config)
     stages = [name for name in stages if name != "whole" or model.config.whole_size]  # no whole read, nothing to fine-tune
+    if not model.config.patch_steps and "stage2" in stages and len(stages) > 1:
+        stages.remove("stage2")  # no patch step: π has nothing to choose
+        print("skipping Stage II: this plan reads no patch for π to place")
     if not stages:
         raise ValueError("the whole stage fine-tunes fW for whole-image reads, and this model's plan has none: "
                          "give --reads with a whole:R read (e.g. glance,patch,whole:224)")
@@ -89,6 +92,8 @@ def fit(
         else:
             started = time.time()
             setup.trainer.fit(STAGES[name].build(setup))
+            if name == "whole":  # as loading its checkpoint does: the whole steps' fC layers start as fW's head
+                model.init_whole_steps()
             if run.world.is_main:
                 print(f"[{name}] done in {time.time() - started:.0f} s -> {last}")
         barrier(run.world)
@@ -114,6 +119,9 @@ def _start_checkpoint(run: Run, first: str, model: GFNet) -> Path | None:
     previous = STAGES[first].starts_from
     if previous == "whole" and not model.config.whole_size:
         previous = "glance"
+    if previous == "whole" and not run.checkpoint("whole").exists():
+        raise FileNotFoundError(f"{first} of a plan with whole-image reads starts from the whole checkpoint: none at "
+                                f"{run.checkpoint('whole')}. Run --stage whole first (after --stage glance) or pass --init CHECKPOINT")
     if previous is None:
         return None
     candidate = run.checkpoint(previous)
@@ -138,6 +146,9 @@ def _initialise(model: GFNet, init: Path | None) -> None:
     weights, meta = load_checkpoint(init, device="cpu")
     encoders = {"glance": ("global_encoder",), "whole": ("global_encoder", "whole_encoder")}.get(meta.get("stage"))
     check_compatible(meta, model.config, path=init, glance_only=encoders is not None)
+    if meta.get("stage") == "whole" and (saved := GFNetConfig.from_dict(meta["config"]).whole_size) != model.config.whole_size:
+        raise ValueError(f"{init} holds fW fine-tuned at {saved} px, and this model reads the whole image at "
+                         f"{model.config.whole_size or 'no'} px: give the same --reads, or start from a glance checkpoint")
     if encoders is None:
         model.load_state_dict(weights)
         return

@@ -110,18 +110,17 @@ def rollout(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
     compares each sampled action with what π would do on that very image, which removes the
     image's own difficulty from the advantage (self-critical training, Rennie et al. 2017)."""
     out, probs, rewards, returns = _returns(model, images, targets, "sample", config.gamma)
-    advantages = None
+    k = out.locations.shape[0]  # π acts at the patch steps only; their returns count the whole reads after them
+    rewards, returns, advantages = rewards[:k], returns[:k], None
     if config.baseline == "greedy":  # the critic is still fitted (Eq. 8's value term), though Â does not read it
         _, _, _, greedy_returns = _returns(model, images, targets, "mean", config.gamma)
-        advantages = returns - greedy_returns
+        advantages = returns - greedy_returns[:k]
     if config.normalize_returns:
         scale = returns.std() + 1e-5
         advantages = None if advantages is None else advantages / scale
         returns = (returns - returns.mean()) / scale
     accuracy = (probs.argmax(2) == targets).float().mean(1) * 100
-    k = out.locations.shape[0]  # π acts at the patch steps only; their returns count the whole reads after them
-    advantages = None if advantages is None else advantages[:k]
-    return Rollout(out.policy_inputs, out.locations, out.log_probs, rewards[:k], returns[:k], accuracy, advantages)
+    return Rollout(out.policy_inputs, out.locations, out.log_probs, rewards, returns, accuracy, advantages)
 
 
 def update_loss(replay: torch.nn.Module, batch: Rollout, config: PPOConfig) -> PPOLoss:
