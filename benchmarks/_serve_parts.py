@@ -71,6 +71,9 @@ def serving_exports(work: Path, *, int8: bool = False) -> dict[str, Path]:
     for size in (224, 160):
         exports[f"whole-eq{size}px"] = equal_accuracy_copy(whole, work / f"whole-eq{size}", static[size]["accuracy"],
                                                            standard_error(static[size]["accuracy"], results["num_val"]))
+    # the static 224 px model of fW's own fine-tune (the cascade's second stage): equal weights, equal accuracy
+    own = results["variants"]["cascade-96-224"]["anytime_accuracy"][1]
+    exports["whole-eq224px-fw"] = equal_accuracy_copy(whole, work / "whole-eq224-fw", own, standard_error(own, results["num_val"]))
     if int8:
         exports["gfnet-int8"] = export_imagenette(PATCHES_MODEL, recipe, work / "gfnet-int8",
                                                   quantize="int8", calibration_data=calibration_folder(800, work))
@@ -143,12 +146,13 @@ def no_exit_copy(export: Path, out: Path) -> Path:
 
 def equal_accuracy_copy(export: Path, out: Path, accuracy: float, se: float) -> Path:
     """The same graphs with one budget point: the cheapest whose val accuracy is within ``se``
-    of ``accuracy`` (a static model's), so a load test serves it at equal accuracy."""
+    of ``accuracy`` (a static model's), so a load test serves it at equal accuracy; where no
+    point reaches it, the cheapest of the most accurate ones (said on stderr)."""
     points = json.loads((export / "manifest.json").read_text())["budget_points"]
-    reached = [p for p in points if p["accuracy"] >= accuracy - se]
-    if not reached:
-        raise ValueError(f"{export}: no budget point within {se:.2f} of {accuracy:.2f} %")
-    return _one_point_copy(export, out, min(reached, key=lambda p: p["madds"]))
+    target = min(accuracy - se, max(p["accuracy"] for p in points))
+    if target < accuracy - se:
+        print(f"{out.name}: no budget point within {se:.2f} of {accuracy:.2f} %: served at its best, {target:.2f} %", file=sys.stderr)
+    return _one_point_copy(export, out, min((p for p in points if p["accuracy"] >= target), key=lambda p: p["madds"]))
 
 
 def _one_point_copy(export: Path, out: Path, point: dict) -> Path:
