@@ -229,7 +229,7 @@ def _worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         run = Run(Path(out), World(rank, world_size, torch.device("cpu")), quiet=True)
-        for stage in ("glance", "whole", "stage1"):  # each starts from the checkpoint rank 0 wrote
+        for stage in ("glance", "whole"):  # each starts from the checkpoint rank 0 wrote (Stage I: test_distributed)
             _, model = train(resolve(Recipe("tiny", GFNetConfig(**DDP_CONFIG), DDP_TRAIN)), [stage],
                              data=DataConfig(data, holdout=0.25, workers=0), run=run)
             torch.save(model.state_dict(), Path(out) / f"{stage}.rank{rank}.pt")
@@ -240,7 +240,7 @@ def _worker(rank: int, world_size: int, init_file: str, data: str, out: str) -> 
 def test_two_processes_train_a_plan_as_one(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "data", per_class=16, size=64)  # 24 training images: three batches of 8
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(data), str(tmp_path / "ddp")), nprocs=2, join=True)
-    for stage in ("glance", "whole", "stage1"):
+    for stage in ("glance", "whole"):
         r0, r1 = (torch.load(tmp_path / "ddp" / f"{stage}.rank{r}.pt", weights_only=True) for r in range(2))
         assert all(torch.equal(r0[k], r1[k]) for k in r0), f"{stage}: the two processes drifted apart"
     # fW's fine-tune has no random draws: two processes x 4 images per step == one process x 8 images
