@@ -60,6 +60,8 @@ def serving_exports(work: Path, *, int8: bool = False) -> dict[str, Path]:
     (``whole-eq224px``, ``whole-eq160px``), the static Lite0 at 128, 160 and 224 px
     (``static-<size>px``) with their measured accuracy, and with ``int8`` the recipe's GFNet
     quantized as ``bench_quantize`` does (``gfnet-int8``)."""
+    from scripts.imagenette.variants import standard_error
+
     results = json.loads((RESULTS / "results.json").read_text())
     recipe = results["variants"]["recipe"]
     gfnet = export_imagenette(PATCHES_MODEL, recipe, work / "gfnet")
@@ -80,10 +82,6 @@ def serving_exports(work: Path, *, int8: bool = False) -> dict[str, Path]:
     return exports
 
 
-def standard_error(accuracy: float, n: int) -> float:
-    """One binomial standard error of an accuracy (%) measured on ``n`` images, in points."""
-    p = accuracy / 100
-    return 100 * (p * (1 - p) / n) ** 0.5
 
 
 def calibration_folder(n: int, work: Path) -> Path:

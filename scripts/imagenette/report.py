@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .variants import against_static, curve_at, is_cascade
+from .variants import against_static, curve_at, is_cascade, standard_error
 
 
 def _m(value: float) -> str:
@@ -202,18 +202,13 @@ def _escalation(report: dict) -> list[str]:
     for name, v in sorted(variants.items(), key=lambda item: (is_cascade(item[0]), item[0] != "recipe", item[0])):
         steps = " → ".join(f"{a:.2f} @ {m / 1e6:.0f}" for a, m in zip(v["anytime_accuracy"], v["madds"]))
         curve = " / ".join("–" if (a := curve_at(v["budgeted"], m)) is None else f"{a:.2f}" for m in ESCALATION_MADDS)
-        reach = against_static(v, report["static"], se=_se(largest["accuracy"], report.get("num_val", 3925)))
+        reach = against_static(v, report["static"], se=standard_error(largest["accuracy"], report.get("num_val", 3925)))
         fraction = reach["reaches_largest_at_fraction"]
         minutes = sum(v.get("seconds", {}).get(k, 0) for k in ("stage1", "stage2", "stage3", "stage3_on_plan")) / 60
         lines.append(f"| {name} | {v.get('reads') or ','.join(['glance'] + ['patch'] * (v['T'] - 1))} | {steps} | {v['oracle']['accuracy']:.2f} "
                      f"@ {v['oracle']['madds'] / 1e6:.0f} | {curve} | " + ("not reached" if fraction is None else f"{fraction:.2f}×")
                      + f" | {minutes:.0f} |")
     return [""] + lines
-
-
-def _se(accuracy: float, n: int) -> float:
-    p = accuracy / 100
-    return 100 * (p * (1 - p) / n) ** 0.5
 
 
 def _at_static(static: list[dict], madds: float) -> str:

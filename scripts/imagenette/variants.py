@@ -62,6 +62,12 @@ def is_cascade(name: str) -> bool:
     return "cascade" in name
 
 
+def standard_error(accuracy: float, n: int) -> float:
+    """One binomial standard error of an accuracy (%) measured on ``n`` images, in points."""
+    p = accuracy / 100
+    return 100 * (p * (1 - p) / n) ** 0.5
+
+
 def curve_at(budgeted: list[dict], madds: float) -> float | None:
     """The budgeted curve's accuracy at ``madds`` (linear between its points, best point at or
     below each cost first: the curve a user can reach), None outside its range."""
