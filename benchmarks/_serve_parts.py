@@ -82,8 +82,6 @@ def serving_exports(work: Path, *, int8: bool = False) -> dict[str, Path]:
     return exports
 
 
-
-
 def calibration_folder(n: int, work: Path) -> Path:
     """Links to n evenly spaced images of the reproduction's held-out training images, by class."""
     from glancefocus.config import DataConfig
